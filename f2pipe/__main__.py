@@ -1,0 +1,3 @@
+from f2pipe.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""f2pipe bridge: MQTT -> Kafka raw-iot-data without losing a message."""

@@ -1,0 +1,1 @@
+"""f2pipe sink: the batched, idempotent Kafka -> TimescaleDB writer."""
