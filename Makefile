@@ -1,0 +1,56 @@
+# f2pipe: `make test` and (soon) `make dev` are the two commands; see README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: setup system venv lint format test test-unit test-integration bench clean help
+
+help:
+	@echo "make setup   virtual environment, packages and system packages (mosquitto, redis, postgresql)"
+	@echo "make lint    ruff (lint + format check) and mypy"
+	@echo "make test    setup, lint, then the whole test suite against real servers"
+	@echo "make format  apply ruff's formatting and safe fixes"
+	@echo "make bench   f2pipe bench --quick"
+
+setup: system venv
+
+system:
+	@scripts/setup-system.sh
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q "uv==$(UV_VERSION)"
+
+# uv.lock pins every package; --frozen refuses to run if pyproject and lock disagree.
+venv: $(UV)
+	$(UV) sync --frozen --all-packages --python $(PYTHON)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: setup lint
+	$(BIN)/python -m pytest
+
+test-unit: venv
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: setup
+	$(BIN)/python -m pytest tests/integration
+
+bench: venv
+	$(BIN)/f2pipe bench --quick
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,83 @@
+"""`f2pipe`: one command, a subcommand per service and per operations task.
+
+Handlers import their service lazily, so `f2pipe --help` stays fast and a service's
+dependencies load only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from f2pipe_shared.settings import SettingsError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from f2pipe.commands import migrate
+
+    return migrate(conninfo=args.conninfo, directory=args.directory)
+
+
+def _seed_demo(args: argparse.Namespace) -> int:
+    from f2pipe.commands import seed_demo
+
+    return seed_demo(
+        conninfo=args.conninfo, controllers=args.controllers, claim_codes=args.claim_codes
+    )
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from f2pipe.bench.main import run
+
+    return run(args.suite, repeats=args.repeats, out_dir=args.out, quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="f2pipe", description="Secure ingestion pipeline for F2 Smart Controllers."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("migrate", help="apply the SQL migrations (safe to run again)")
+    p.add_argument("--conninfo", help="libpq conninfo; default: POSTGRES_*/TIMESCALE_* settings")
+    p.add_argument("--directory", type=Path, help="migrations directory (default: migrations/)")
+    p.set_defaults(handler=_migrate)
+
+    p = sub.add_parser("seed-demo", help="register a demo fleet (idempotent)")
+    p.add_argument("--controllers", type=int, default=10, help="how many controllers (default 10)")
+    p.add_argument("--conninfo", help="libpq conninfo; default: POSTGRES_* settings")
+    p.add_argument(
+        "--claim-codes",
+        type=Path,
+        metavar="PATH",
+        help="write new controllers' claim codes here (mode 0600) instead of printing them",
+    )
+    p.set_defaults(handler=_seed_demo)
+
+    p = sub.add_parser("bench", help="run benchmarks: print a table, write bench-results/*.json")
+    p.add_argument("suite", nargs="?", default="codec", choices=["codec"], help="what to measure")
+    p.add_argument("--repeats", type=int, default=7, help="runs per measurement (median quoted)")
+    p.add_argument("--quick", action="store_true", help="fewer, shorter runs")
+    p.add_argument("--out", type=Path, default=Path("bench-results"), help="JSON output directory")
+    p.set_defaults(handler=_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except SettingsError as exc:
+        print(f"f2pipe {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

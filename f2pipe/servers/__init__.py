@@ -1,0 +1,22 @@
+"""Real servers started on free ports in directories of our own.
+
+The test suite and `f2pipe dev` both use these: PostgreSQL, Redis, Mosquitto and the
+Kafka-protocol broker, each a child process we start, wait for and stop.
+"""
+
+from f2pipe.servers.base import MissingBinaryError, ServerError, ServerProcess, free_port
+from f2pipe.servers.kafka import KafkaBroker
+from f2pipe.servers.mosquitto import MosquittoServer
+from f2pipe.servers.postgres import PostgresServer
+from f2pipe.servers.redis import RedisServer
+
+__all__ = [
+    "KafkaBroker",
+    "MissingBinaryError",
+    "MosquittoServer",
+    "PostgresServer",
+    "RedisServer",
+    "ServerError",
+    "ServerProcess",
+    "free_port",
+]

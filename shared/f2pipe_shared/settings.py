@@ -1,0 +1,186 @@
+"""Typed settings read once from the environment, with the original deployment's names.
+
+Every service loads the groups it needs through `load()`; a bad value raises
+`SettingsError` whose message names the environment variable, and the command line turns
+that into a one-line error and exit status 2.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from psycopg.conninfo import make_conninfo
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(ValueError):
+    """One or more environment variables hold a value f2pipe cannot use."""
+
+
+class Environment(StrEnum):
+    development = "development"
+    production = "production"
+
+
+class _Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+
+class CommonSettings(_Settings):
+    f2pipe_env: Environment = Environment.production
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    log_format: str = Field("json", pattern=r"^(json|text)$")
+
+
+class KafkaSettings(_Settings):
+    kafka_bootstrap_servers: str = Field("localhost:9092", min_length=1)
+    kafka_raw_topic: str = Field("raw-iot-data", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    kafka_processed_topic: str = Field("processed-iot-data", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    kafka_deadletter_topic: str = Field("iot-dead-letter", pattern=r"^[A-Za-z0-9._-]{1,249}$")
+    kafka_raw_partitions: int = Field(6, ge=1, le=1024)
+    kafka_processed_partitions: int = Field(6, ge=1, le=1024)
+    kafka_replication_factor: int = Field(1, ge=1, le=16)
+    # Consumer-group joins wait for this on some brokers (DESIGN.md): short in development.
+    kafka_max_poll_interval_ms: int = Field(300_000, ge=1_000)
+    kafka_session_timeout_ms: int = Field(45_000, ge=1_000)
+
+
+class PostgresSettings(_Settings):
+    """The registry database (devices, templates, certificates)."""
+
+    postgres_host: str = "localhost"
+    postgres_port: int = Field(5432, ge=1, le=65535)
+    postgres_user: str = "f2pipe"
+    postgres_password: SecretStr = SecretStr("")
+    postgres_db: str = "f2pipe"
+    postgres_sslmode: str = Field(
+        "prefer", pattern=r"^(disable|allow|prefer|require|verify-ca|verify-full)$"
+    )
+
+    @property
+    def conninfo(self) -> str:
+        return _conninfo(
+            host=self.postgres_host,
+            port=self.postgres_port,
+            user=self.postgres_user,
+            password=self.postgres_password,
+            dbname=self.postgres_db,
+            sslmode=self.postgres_sslmode,
+        )
+
+
+class TimescaleSettings(_Settings):
+    """The telemetry database; every unset TIMESCALE_* falls back to its POSTGRES_* twin."""
+
+    timescale_host: str | None = None
+    timescale_port: int | None = Field(None, ge=1, le=65535)
+    timescale_user: str | None = None
+    timescale_password: SecretStr | None = None
+    timescale_db: str | None = None
+    timescale_sslmode: str | None = Field(
+        None, pattern=r"^(disable|allow|prefer|require|verify-ca|verify-full)$"
+    )
+
+    def conninfo(self, registry: PostgresSettings) -> str:
+        return _conninfo(
+            host=self.timescale_host or registry.postgres_host,
+            port=self.timescale_port or registry.postgres_port,
+            user=self.timescale_user or registry.postgres_user,
+            password=self.timescale_password or registry.postgres_password,
+            dbname=self.timescale_db or registry.postgres_db,
+            sslmode=self.timescale_sslmode or registry.postgres_sslmode,
+        )
+
+
+class TelemetryPolicySettings(_Settings):
+    """How long readings live and when chunks compress (TimescaleDB; see docs/data_model.md)."""
+
+    telemetry_retention: str = Field(
+        "365 days", pattern=r"^\d+ (hours?|days?|weeks?|months?|years?)$"
+    )
+    telemetry_compress_after: str = Field("7 days", pattern=r"^\d+ (hours?|days?|weeks?|months?)$")
+    telemetry_chunk_interval: str = Field("1 day", pattern=r"^\d+ (hours?|days?|weeks?)$")
+
+
+class RedisSettings(_Settings):
+    redis_host: str = "localhost"
+    redis_port: int = Field(6379, ge=1, le=65535)
+    redis_db: int = Field(0, ge=0, le=15)
+    redis_password: SecretStr | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.redis_password.get_secret_value()}@" if self.redis_password else ""
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+
+class MqttSettings(_Settings):
+    mqtt_broker_host: str = "localhost"
+    mqtt_broker_port: int = Field(8883, ge=1, le=65535)
+    mqtt_keepalive: int = Field(30, ge=5, le=3600)
+
+
+class CaSettings(_Settings):
+    ca_cn: str = Field("f2pipe CA", min_length=1, max_length=64)
+    ca_expiry: int = Field(3650, ge=1, le=36500, description="days")
+    broker_cn: str = Field("mqtt_broker", min_length=1, max_length=64)
+    broker_expiry: int = Field(825, ge=1, le=3650, description="days")
+    device_expiry: int = Field(365, ge=1, le=3650, description="days")
+    ca_dir: str = "ca"
+    issued_dir: str = "issued"
+    certgen_api_host: str = "localhost"
+    certgen_api_port: int = Field(8080, ge=1, le=65535)
+    certgen_admin_token: SecretStr | None = None
+
+
+class BridgeSettings(_Settings):
+    bridge_batch_max_messages: int = Field(500, ge=1, le=100_000)
+    bridge_batch_linger_ms: int = Field(50, ge=0, le=60_000)
+    bridge_shared_group: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$")
+    bridge_max_payload_bytes: int = Field(16_384, ge=64, le=268_435_455)
+
+
+class SinkSettings(_Settings):
+    batch_size: int = Field(5_000, ge=1, le=1_000_000)
+    flush_interval: float = Field(0.5, gt=0, le=3600, description="seconds; 0.05 = 50 ms")
+
+
+class SimulatorSettings(_Settings):
+    publish_interval: float = Field(30.0, gt=0, le=86_400, description="seconds")
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load(cls: type[S], **overrides: Any) -> S:
+    """Read `cls` from the environment, naming the variable in any error."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        variable = str(error["loc"][0]).upper() if error["loc"] else "?"
+        value = error.get("input")
+        shown = "" if isinstance(value, dict) or value is None else f"={value!r}"
+        problems.append(f"{variable}{shown}: {error['msg']}")
+    return "invalid settings: " + "; ".join(problems)
+
+
+def _conninfo(
+    *, host: str, port: int, user: str, password: SecretStr, dbname: str, sslmode: str
+) -> str:
+    secret = password.get_secret_value()
+    return make_conninfo(
+        host=host,
+        port=port,
+        user=user,
+        dbname=dbname,
+        sslmode=sslmode,
+        **({"password": secret} if secret else {}),
+    )

@@ -1,0 +1,98 @@
+"""Real servers for the test suite, started once per session on free ports.
+
+PostgreSQL, Redis, Mosquitto and the Kafka-protocol broker run as child processes in a
+temporary directory. A missing binary skips the tests that need it on a developer's
+machine, and fails them when CI=true: CI must never pass by skipping.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from f2pipe.servers import (
+    KafkaBroker,
+    MissingBinaryError,
+    MosquittoServer,
+    PostgresServer,
+    RedisServer,
+)
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def missing(exc: MissingBinaryError) -> None:
+    if IN_CI:
+        pytest.fail(f"CI=true and a server binary is missing: {exc}", pytrace=False)
+    pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def servers_dir() -> Iterator[Path]:
+    # Not pytest's tmp_path: that lives under a 0700 directory the `postgres` user
+    # (PostgreSQL's server runs as it when we are root) cannot enter.
+    path = Path(tempfile.mkdtemp(prefix="f2pipe-servers-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server(servers_dir: Path) -> Iterator[PostgresServer]:
+    try:
+        server = PostgresServer(servers_dir / "postgres")
+    except MissingBinaryError as exc:
+        missing(exc)
+    with server:
+        yield server
+
+
+_db_numbers = itertools.count(1)
+
+
+@pytest.fixture
+def pg_conninfo(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database for one test."""
+    return postgres_server.create_database(f"test_{os.getpid()}_{next(_db_numbers)}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(servers_dir: Path) -> Iterator[RedisServer]:
+    try:
+        server = RedisServer(servers_dir / "redis")
+    except MissingBinaryError as exc:
+        missing(exc)
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mosquitto_server(servers_dir: Path) -> Iterator[MosquittoServer]:
+    """A plain loopback broker for tests of our MQTT plumbing; TLS tests start their own."""
+    try:
+        server = MosquittoServer(servers_dir / "mosquitto", allow_anonymous=True)
+    except MissingBinaryError as exc:
+        missing(exc)
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(servers_dir: Path) -> Iterator[str]:
+    """bootstrap.servers of the Kafka-protocol broker: ours, or KAFKA_BOOTSTRAP_SERVERS."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    try:
+        broker = KafkaBroker(servers_dir / "kafka")
+    except MissingBinaryError as exc:
+        missing(exc)
+    with broker:
+        yield broker.bootstrap_servers
