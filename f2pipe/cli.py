@@ -36,6 +36,17 @@ def _bench(args: argparse.Namespace) -> int:
     return run(args.suite, repeats=args.repeats, out_dir=args.out, quick=args.quick)
 
 
+def _config_doc(args: argparse.Namespace) -> int:
+    from f2pipe.configdoc import render
+
+    text = render()
+    if args.write:
+        args.write.write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="f2pipe", description="Secure ingestion pipeline for F2 Smart Controllers."
@@ -57,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="write new controllers' claim codes here (mode 0600) instead of printing them",
     )
     p.set_defaults(handler=_seed_demo)
+
+    p = sub.add_parser("config-doc", help="print every setting (Markdown) or --write it to a file")
+    p.add_argument("--write", type=Path, metavar="PATH", help="e.g. docs/configuration.md")
+    p.set_defaults(handler=_config_doc)
 
     p = sub.add_parser("bench", help="run benchmarks: print a table, write bench-results/*.json")
     p.add_argument("suite", nargs="?", default="codec", choices=["codec"], help="what to measure")

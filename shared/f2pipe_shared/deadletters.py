@@ -22,7 +22,7 @@ class Stage(StrEnum):
 
 
 class Reason(StrEnum):
-    invalid_topic = "invalid_topic"
+    bad_topic = "bad_topic"
     oversize = "oversize"
     bad_batch = "bad_batch"
     invalid_json = "invalid_json"

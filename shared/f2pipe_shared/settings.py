@@ -29,34 +29,73 @@ class _Settings(BaseSettings):
 
 
 class CommonSettings(_Settings):
-    f2pipe_env: Environment = Environment.production
-    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
-    log_format: str = Field("json", pattern=r"^(json|text)$")
+    f2pipe_env: Environment = Field(
+        Environment.production,
+        description="`development` relaxes what production requires (e.g. certgen's admin token)",
+    )
+    log_level: str = Field(
+        "INFO",
+        pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$",
+        description="DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    )
+    log_format: str = Field(
+        "json", pattern=r"^(json|text)$", description="`json` (one object per line) or `text`"
+    )
 
 
 class KafkaSettings(_Settings):
-    kafka_bootstrap_servers: str = Field("localhost:9092", min_length=1)
-    kafka_raw_topic: str = Field("raw-iot-data", pattern=r"^[A-Za-z0-9._-]{1,249}$")
-    kafka_processed_topic: str = Field("processed-iot-data", pattern=r"^[A-Za-z0-9._-]{1,249}$")
-    kafka_deadletter_topic: str = Field("iot-dead-letter", pattern=r"^[A-Za-z0-9._-]{1,249}$")
-    kafka_raw_partitions: int = Field(6, ge=1, le=1024)
-    kafka_processed_partitions: int = Field(6, ge=1, le=1024)
-    kafka_replication_factor: int = Field(1, ge=1, le=16)
+    kafka_bootstrap_servers: str = Field(
+        "localhost:9092",
+        min_length=1,
+        description="Kafka bootstrap servers, `host:port[,host:port…]`",
+    )
+    kafka_raw_topic: str = Field(
+        "raw-iot-data",
+        pattern=r"^[A-Za-z0-9._-]{1,249}$",
+        description="bridge → processor: batches of MQTT messages",
+    )
+    kafka_processed_topic: str = Field(
+        "processed-iot-data",
+        pattern=r"^[A-Za-z0-9._-]{1,249}$",
+        description="processor → sink: batches of decoded readings and events",
+    )
+    kafka_deadletter_topic: str = Field(
+        "iot-dead-letter",
+        pattern=r"^[A-Za-z0-9._-]{1,249}$",
+        description="what a stage cannot handle, with the reason in headers",
+    )
+    kafka_raw_partitions: int = Field(
+        6, ge=1, le=1024, description="partitions of the raw topic when f2pipe creates it"
+    )
+    kafka_processed_partitions: int = Field(
+        6, ge=1, le=1024, description="partitions of the processed topic when f2pipe creates it"
+    )
+    kafka_replication_factor: int = Field(
+        1, ge=1, le=16, description="replication factor of topics f2pipe creates"
+    )
     # Consumer-group joins wait for this on some brokers (DESIGN.md): short in development.
-    kafka_max_poll_interval_ms: int = Field(300_000, ge=1_000)
-    kafka_session_timeout_ms: int = Field(45_000, ge=1_000)
+    kafka_max_poll_interval_ms: int = Field(
+        300_000, ge=1_000, description="consumer max.poll.interval.ms / rebalance timeout"
+    )
+    kafka_session_timeout_ms: int = Field(
+        45_000, ge=1_000, description="consumer session.timeout.ms"
+    )
 
 
 class PostgresSettings(_Settings):
     """The registry database (devices, templates, certificates)."""
 
-    postgres_host: str = "localhost"
-    postgres_port: int = Field(5432, ge=1, le=65535)
-    postgres_user: str = "f2pipe"
-    postgres_password: SecretStr = SecretStr("")
-    postgres_db: str = "f2pipe"
+    postgres_host: str = Field("localhost", description="registry database host")
+    postgres_port: int = Field(5432, ge=1, le=65535, description="registry database port")
+    postgres_user: str = Field("f2pipe", description="registry database user")
+    postgres_password: SecretStr = Field(
+        SecretStr(""), description="registry database password (secret)"
+    )
+    postgres_db: str = Field("f2pipe", description="registry database name")
     postgres_sslmode: str = Field(
-        "prefer", pattern=r"^(disable|allow|prefer|require|verify-ca|verify-full)$"
+        "prefer",
+        pattern=r"^(disable|allow|prefer|require|verify-ca|verify-full)$",
+        description="libpq sslmode",
     )
 
     @property
@@ -74,13 +113,17 @@ class PostgresSettings(_Settings):
 class TimescaleSettings(_Settings):
     """The telemetry database; every unset TIMESCALE_* falls back to its POSTGRES_* twin."""
 
-    timescale_host: str | None = None
-    timescale_port: int | None = Field(None, ge=1, le=65535)
-    timescale_user: str | None = None
-    timescale_password: SecretStr | None = None
-    timescale_db: str | None = None
+    timescale_host: str | None = Field(None, description="telemetry database host")
+    timescale_port: int | None = Field(None, ge=1, le=65535, description="telemetry database port")
+    timescale_user: str | None = Field(None, description="telemetry database user")
+    timescale_password: SecretStr | None = Field(
+        None, description="telemetry database password (secret)"
+    )
+    timescale_db: str | None = Field(None, description="telemetry database name")
     timescale_sslmode: str | None = Field(
-        None, pattern=r"^(disable|allow|prefer|require|verify-ca|verify-full)$"
+        None,
+        pattern=r"^(disable|allow|prefer|require|verify-ca|verify-full)$",
+        description="libpq sslmode",
     )
 
     def conninfo(self, registry: PostgresSettings) -> str:
@@ -98,17 +141,25 @@ class TelemetryPolicySettings(_Settings):
     """How long readings live and when chunks compress (TimescaleDB; see docs/data_model.md)."""
 
     telemetry_retention: str = Field(
-        "365 days", pattern=r"^\d+ (hours?|days?|weeks?|months?|years?)$"
+        "365 days",
+        pattern=r"^\d+ (hours?|days?|weeks?|months?|years?)$",
+        description="readings and events older than this are dropped",
     )
-    telemetry_compress_after: str = Field("7 days", pattern=r"^\d+ (hours?|days?|weeks?|months?)$")
-    telemetry_chunk_interval: str = Field("1 day", pattern=r"^\d+ (hours?|days?|weeks?)$")
+    telemetry_compress_after: str = Field(
+        "7 days",
+        pattern=r"^\d+ (hours?|days?|weeks?|months?)$",
+        description="chunks older than this are compressed; keep it past the replay window",
+    )
+    telemetry_chunk_interval: str = Field(
+        "1 day", pattern=r"^\d+ (hours?|days?|weeks?)$", description="hypertable chunk interval"
+    )
 
 
 class RedisSettings(_Settings):
-    redis_host: str = "localhost"
-    redis_port: int = Field(6379, ge=1, le=65535)
-    redis_db: int = Field(0, ge=0, le=15)
-    redis_password: SecretStr | None = None
+    redis_host: str = Field("localhost", description="Redis host (device-id cache)")
+    redis_port: int = Field(6379, ge=1, le=65535, description="Redis port")
+    redis_db: int = Field(0, ge=0, le=15, description="Redis database number")
+    redis_password: SecretStr | None = Field(None, description="Redis password (secret)")
 
     @property
     def url(self) -> str:
@@ -117,39 +168,82 @@ class RedisSettings(_Settings):
 
 
 class MqttSettings(_Settings):
-    mqtt_broker_host: str = "localhost"
-    mqtt_broker_port: int = Field(8883, ge=1, le=65535)
-    mqtt_keepalive: int = Field(30, ge=5, le=3600)
+    mqtt_broker_host: str = Field("localhost", description="Mosquitto host")
+    mqtt_broker_port: int = Field(8883, ge=1, le=65535, description="Mosquitto TLS port")
+    mqtt_keepalive: int = Field(30, ge=5, le=3600, description="MQTT keepalive, seconds")
 
 
 class CaSettings(_Settings):
-    ca_cn: str = Field("f2pipe CA", min_length=1, max_length=64)
-    ca_expiry: int = Field(3650, ge=1, le=36500, description="days")
-    broker_cn: str = Field("mqtt_broker", min_length=1, max_length=64)
-    broker_expiry: int = Field(825, ge=1, le=3650, description="days")
-    device_expiry: int = Field(365, ge=1, le=3650, description="days")
-    ca_dir: str = "ca"
-    issued_dir: str = "issued"
-    certgen_api_host: str = "localhost"
-    certgen_api_port: int = Field(8080, ge=1, le=65535)
-    certgen_admin_token: SecretStr | None = None
+    ca_cn: str = Field(
+        "f2pipe CA", min_length=1, max_length=64, description="the CA certificate's common name"
+    )
+    ca_expiry: int = Field(3650, ge=1, le=36500, description="CA certificate lifetime, days")
+    broker_cn: str = Field(
+        "mqtt_broker",
+        min_length=1,
+        max_length=64,
+        description="the broker certificate's common name (and DNS SAN)",
+    )
+    broker_expiry: int = Field(825, ge=1, le=3650, description="broker certificate lifetime, days")
+    device_expiry: int = Field(365, ge=1, le=3650, description="device certificate lifetime, days")
+    ca_dir: str = Field("ca", description="where the CA key and certificate live (key mode 0600)")
+    issued_dir: str = Field("issued", description="where issued service certificates are written")
+    certgen_api_host: str = Field("localhost", description="certgen's host, for clients")
+    certgen_api_port: int = Field(8080, ge=1, le=65535, description="certgen's port")
+    certgen_admin_token: SecretStr | None = Field(
+        None, description="bearer token for certgen's admin API (secret; required in production)"
+    )
 
 
 class BridgeSettings(_Settings):
-    bridge_batch_max_messages: int = Field(500, ge=1, le=100_000)
-    bridge_batch_linger_ms: int = Field(50, ge=0, le=60_000)
-    bridge_shared_group: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]+$")
-    bridge_max_payload_bytes: int = Field(16_384, ge=64, le=268_435_455)
+    bridge_batch_max_messages: int = Field(
+        500, ge=1, le=100_000, description="most MQTT messages in one raw-iot-data record"
+    )
+    bridge_batch_linger_ms: int = Field(
+        50, ge=0, le=60_000, description="longest a raw batch waits before it is sent, ms"
+    )
+    bridge_shared_group: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="subscribe through `$share/<group>/…` so several bridges split the load",
+    )
+    bridge_max_payload_bytes: int = Field(
+        16_384, ge=64, le=268_435_455, description="larger MQTT payloads are dead-lettered"
+    )
 
 
 class SinkSettings(_Settings):
-    batch_size: int = Field(5_000, ge=1, le=1_000_000)
-    flush_interval: float = Field(0.5, gt=0, le=3600, description="seconds; 0.05 = 50 ms")
+    batch_size: int = Field(
+        5_000, ge=1, le=1_000_000, description="the sink writes when it holds this many rows…"
+    )
+    flush_interval: float = Field(
+        0.5, gt=0, le=3600, description="…or when this many seconds passed (0.05 = 50 ms)"
+    )
 
 
 class SimulatorSettings(_Settings):
-    publish_interval: float = Field(30.0, gt=0, le=86_400, description="seconds")
+    publish_interval: float = Field(
+        30.0, gt=0, le=86_400, description="seconds between a simulated sensor's readings"
+    )
 
+
+# Every group, with who reads it: docs/configuration.md is generated from this.
+GROUPS: tuple[tuple[type[BaseSettings], str], ...] = (
+    (CommonSettings, "all services"),
+    (KafkaSettings, "bridge, processor, sink"),
+    (PostgresSettings, "registry database: certgen, processor, migrate, seed-demo"),
+    (
+        TimescaleSettings,
+        "telemetry database: sink, migrate; an unset one takes its POSTGRES_* value",
+    ),
+    (TelemetryPolicySettings, "migrate, TimescaleDB only"),
+    (RedisSettings, "processor"),
+    (MqttSettings, "bridge, simulator"),
+    (CaSettings, "certgen"),
+    (BridgeSettings, "bridge"),
+    (SinkSettings, "sink"),
+    (SimulatorSettings, "simulator"),
+)
 
 S = TypeVar("S", bound=BaseSettings)
 

@@ -43,3 +43,11 @@ def test_bench_codec_prints_a_table_and_writes_json(
         "processed batch decode",
     }
     assert all(m["median"] > 0 for m in doc["measurements"])
+
+
+def test_configuration_doc_lists_every_setting_as_the_code_defines_it() -> None:
+    from f2pipe.configdoc import render
+
+    doc = Path(__file__).parents[2] / "docs" / "configuration.md"
+    assert doc.read_text() == render(), "run `f2pipe config-doc --write docs/configuration.md`"
+    assert "| `KAFKA_RAW_TOPIC` | `raw-iot-data` |" in render()

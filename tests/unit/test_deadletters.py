@@ -27,3 +27,20 @@ def test_dead_letter_without_context_has_no_key_or_empty_headers() -> None:
     names = [name for name, _ in letter.headers()]
     assert "dlq.mqtt_topic" not in names
     assert DeadLetter.from_kafka(None, letter.headers()).original == b""
+
+
+def test_every_input_error_has_a_dead_letter_reason() -> None:
+    from f2pipe_shared import decoding, payloads, records, topics
+
+    errors = [
+        topics.TopicError,
+        payloads.InvalidJson,
+        payloads.SchemaViolation,
+        decoding.BadHexError,
+        decoding.ShortFrameError,
+        decoding.CrcMismatchError,
+        decoding.FrameFormatError,
+        records.FramingError,
+    ]
+    for error in errors:
+        assert Reason(error.reason), error

@@ -1,0 +1,44 @@
+"""docs/configuration.md, generated from the settings classes so the two never disagree."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import SecretStr
+from pydantic.fields import FieldInfo
+
+from f2pipe_shared.settings import GROUPS
+
+HEADER = """# Configuration
+
+Every f2pipe service reads its settings once at start-up from environment variables (the
+names of the original deployment are kept). A bad value stops the service with a message that
+names the variable, for example:
+
+    f2pipe sink: invalid settings: BATCH_SIZE='lots': Input should be a valid integer
+
+This file is generated from `shared/f2pipe_shared/settings.py` by `f2pipe config-doc`; a test
+fails when the two disagree.
+"""
+
+
+def _default(field: FieldInfo) -> str:
+    value = field.default
+    if isinstance(value, SecretStr):
+        return "(empty)" if not value.get_secret_value() else "(set)"
+    if value is None:
+        return "(unset)"
+    if isinstance(value, Enum):
+        value = value.value
+    return f"`{value}`"
+
+
+def render() -> str:
+    parts = [HEADER]
+    for cls, readers in GROUPS:
+        title = cls.__name__.removesuffix("Settings")
+        parts.append(f"\n## {title}\n\nRead by: {readers}.\n")
+        parts.append("| variable | default | meaning |\n| --- | --- | --- |")
+        for name, field in cls.model_fields.items():
+            parts.append(f"| `{name.upper()}` | {_default(field)} | {field.description or ''} |")
+    return "\n".join(parts) + "\n"

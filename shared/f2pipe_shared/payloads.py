@@ -1,0 +1,274 @@
+"""Payload models for every component of the F2 protocol, and ``parse_payload``.
+
+Device messages (``stat``/``tele``) ignore fields they do not know, so that new firmware adding
+a field does not dead-letter every message; commands (``cmnd``), which we write ourselves,
+forbid them, so a typo fails here instead of at the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import IntEnum
+from typing import Annotated, ClassVar, Literal, TypeAlias
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    RootModel,
+    Strict,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
+
+from f2pipe_shared.decoding import build_modbus_response, format_hex_frame, parse_hex_frame
+from f2pipe_shared.timestamps import format_device_timestamp, parse_device_timestamp
+from f2pipe_shared.topics import ComponentKind, Topic, make_topic
+
+READER_DATA_MAX_CHARS = 1023
+
+
+def _validate_timestamp(value: object) -> datetime:
+    if isinstance(value, str):
+        return parse_device_timestamp(value)
+    # Python callers may pass a datetime; it must say which instant it means.
+    if isinstance(value, datetime) and value.utcoffset() is not None:
+        return value.astimezone(UTC)
+    raise ValueError("expected a device timestamp string or a timezone-aware datetime")
+
+
+DeviceTimestamp = Annotated[
+    datetime,
+    PlainValidator(_validate_timestamp, json_schema_input_type=str),
+    PlainSerializer(format_device_timestamp, return_type=str, when_used="json"),
+]
+
+
+class PayloadError(ValueError):
+    """A payload that does not fit its topic; ``reason`` is the dead-letter reason."""
+
+    reason: ClassVar[str] = "bad_payload"
+
+
+class InvalidJson(PayloadError):
+    reason: ClassVar[str] = "invalid_json"
+
+
+class SchemaViolation(PayloadError):
+    reason: ClassVar[str] = "schema_violation"
+
+    def __init__(self, message: str, field: str | None) -> None:
+        self.field = field  # first offending field, wire name; None: the payload as a whole
+        super().__init__(message)
+
+
+class _WireModel(BaseModel):
+    # Wire names ("door-sensor-1") in JSON, Python names in code; both are accepted.
+    model_config = ConfigDict(
+        frozen=True,
+        strict=True,  # no coercion: "yes" or 1 is not a boolean, "5" is not a number
+        validate_by_alias=True,
+        validate_by_name=True,
+        serialize_by_alias=True,
+    )
+
+
+class _DeviceMessage(_WireModel):
+    model_config = ConfigDict(extra="ignore")
+
+    timestamp: DeviceTimestamp
+
+
+class SensorFrame(_DeviceMessage):
+    """``tele .../sensor-<n>``: one raw RS-485 frame as hex bytes."""
+
+    # Left a plain string: bad hex is a decoding failure (reason bad_hex), not a schema one.
+    data: str
+
+    def frame(self) -> bytes:
+        return parse_hex_frame(self.data)
+
+
+class DoorSensors(_DeviceMessage):
+    door_sensor_1: bool = Field(alias="door-sensor-1")
+    door_sensor_2: bool = Field(alias="door-sensor-2")
+
+
+class ExitButtons(_DeviceMessage):
+    exit_button_1: bool = Field(alias="exit-button-1")
+    exit_button_2: bool = Field(alias="exit-button-2")
+
+
+class Status(_DeviceMessage):
+    """State of a strike, a siren or a motion sensor."""
+
+    status: bool
+
+
+class ReaderScan(_DeviceMessage):
+    """What a QR/NFC reader read."""
+
+    data: Annotated[str, Field(max_length=READER_DATA_MAX_CHARS)]
+
+
+def _exact_int(value: object) -> object:
+    # Enum and Literal lookups compare with ==, so even strict mode lets true and 1.0 in as 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return value
+
+
+_EXACT_INT = BeforeValidator(_exact_int)
+# Lax enums, so Python code may pass 2 as well as PowerFlag.TOGGLE; _EXACT_INT keeps bools out.
+_LAX = Strict(False)
+
+
+class PowerFlag(IntEnum):
+    UNPOWERED = 0
+    POWERED = 1  # 12 V
+    TOGGLE = 2  # for `period` seconds
+
+
+class ReaderFeedback(IntEnum):
+    SUCCESS = 1
+    FAIL_1 = 2
+    FAIL_2 = 3
+
+
+class StrikeCommand(_WireModel):
+    model_config = ConfigDict(extra="forbid")
+
+    power_flag: Annotated[PowerFlag, _LAX, _EXACT_INT] = Field(alias="power-flag")
+    period: Annotated[int, Field(ge=0, le=255)] | None = Field(
+        default=None, exclude_if=lambda period: period is None
+    )
+
+    @model_validator(mode="after")
+    def _toggle_needs_period(self) -> StrikeCommand:
+        # A toggle without a duration leaves the device to guess: refuse to send one.
+        if self.power_flag is PowerFlag.TOGGLE and self.period is None:
+            raise ValueError("power-flag 2 (toggle) needs a period (seconds, 0..255)")
+        return self
+
+
+class SirenCommand(RootModel[Annotated[Literal[0, 1], _EXACT_INT]]):
+    """``1`` switches the siren on, ``0`` off."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+    @property
+    def on(self) -> bool:
+        return self.root == 1
+
+
+class ReaderSignal(RootModel[Annotated[ReaderFeedback, _LAX, _EXACT_INT]]):
+    """Light feedback for the person at a reader: ``1`` success, ``2``/``3`` failures."""
+
+    model_config = ConfigDict(frozen=True, strict=True)
+
+
+@dataclass(frozen=True, slots=True)
+class StateRequest:
+    """An empty ``cmnd`` payload: the device should report its state."""
+
+
+REPORT_STATE = StateRequest()
+
+DeviceMessage: TypeAlias = SensorFrame | DoorSensors | ExitButtons | Status | ReaderScan
+Command: TypeAlias = StrikeCommand | SirenCommand | ReaderSignal | StateRequest
+Payload: TypeAlias = DeviceMessage | Command
+
+_MESSAGE_MODELS: dict[ComponentKind, type[DeviceMessage]] = {
+    ComponentKind.SENSOR: SensorFrame,
+    ComponentKind.DOOR_SENSORS: DoorSensors,
+    ComponentKind.EXIT_BUTTONS: ExitButtons,
+    ComponentKind.STRIKE: Status,
+    ComponentKind.SIREN: Status,
+    ComponentKind.MOTION_SENSOR: Status,
+    ComponentKind.READER: ReaderScan,
+}
+_COMMAND_MODELS: dict[ComponentKind, type[StrikeCommand | SirenCommand | ReaderSignal]] = {
+    ComponentKind.STRIKE: StrikeCommand,
+    ComponentKind.SIREN: SirenCommand,
+    ComponentKind.READER: ReaderSignal,
+}
+# The protocol gives "empty payload = report your state" to these commands only.
+_STATE_REQUEST_KINDS = frozenset({ComponentKind.STRIKE, ComponentKind.SIREN})
+
+
+def parse_payload(topic: Topic, payload: bytes) -> Payload:
+    """Validate ``payload`` against the model its (already parsed) topic calls for."""
+    if topic.kind == "cmnd":
+        if not payload and topic.component_kind in _STATE_REQUEST_KINDS:
+            return REPORT_STATE
+        return _validate(_COMMAND_MODELS[topic.component_kind], payload)
+    return _validate(_MESSAGE_MODELS[topic.component_kind], payload)
+
+
+def encode_payload(payload: Payload) -> bytes:
+    """The wire form of a payload: compact JSON, or nothing for a state request."""
+    if isinstance(payload, StateRequest):
+        return b""
+    return payload.model_dump_json().encode()
+
+
+def _validate(
+    model: type[DeviceMessage] | type[StrikeCommand | SirenCommand | ReaderSignal],
+    payload: bytes,
+) -> Payload:
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as exc:
+        raise _payload_error(model.__name__, exc.errors(include_url=False)) from None
+
+
+def _payload_error(model: str, errors: list[ErrorDetails]) -> PayloadError:
+    if errors[0]["type"] == "json_invalid":
+        return InvalidJson(f"payload is not valid JSON: {errors[0]['msg']}")
+    details = "; ".join(f"{_where(e)}: {e['msg']}" for e in errors)
+    first = errors[0]["loc"]
+    field = ".".join(str(part) for part in first) if first else None
+    return SchemaViolation(f"not a valid {model} payload: {details}", field)
+
+
+def _where(error: ErrorDetails) -> str:
+    loc = ".".join(str(part) for part in error["loc"])
+    return f"field {loc!r}" if loc else "payload"
+
+
+def payload_examples(mac: str = "e4fd45f654be") -> list[tuple[Topic, bytes]]:
+    """One valid (topic, payload) of every topic type of every component, for docs and tests."""
+    ts = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    # 23.45 degC, 45.67 %RH, 612 ppm as the "environmental sensor" template encodes them.
+    env_frame = build_modbus_response(1, bytes.fromhex("0929 11D7 0264"))
+    examples: list[tuple[str, str, Payload]] = [
+        ("stat", "strike-1", Status(timestamp=ts, status=True)),
+        ("cmnd", "strike-1", StrikeCommand(power_flag=PowerFlag.TOGGLE, period=120)),
+        ("cmnd", "strike-2", StrikeCommand(power_flag=PowerFlag.POWERED)),
+        ("cmnd", "strike-1", REPORT_STATE),
+        (
+            "stat",
+            "door-sensors",
+            DoorSensors(timestamp=ts, door_sensor_1=True, door_sensor_2=False),
+        ),
+        (
+            "stat",
+            "exit-buttons",
+            ExitButtons(timestamp=ts, exit_button_1=True, exit_button_2=False),
+        ),
+        ("tele", "reader-1", ReaderScan(timestamp=ts, data="04A23B1C5D6E80")),
+        ("stat", "siren-1", Status(timestamp=ts, status=False)),
+        ("cmnd", "siren-1", SirenCommand(1)),
+        ("cmnd", "siren-2", REPORT_STATE),
+        ("stat", "motion-sensor-3", Status(timestamp=ts, status=True)),
+        ("tele", "sensor-1", SensorFrame(timestamp=ts, data=format_hex_frame(env_frame))),
+    ]
+    topics = [make_topic(kind, mac, "J1", component) for kind, component, _ in examples]
+    pairs = [(topic, encode_payload(p)) for topic, (_, _, p) in zip(topics, examples, strict=True)]
+    success = make_topic("cmnd", mac, "J1", "reader-1", "success")
+    return [*pairs, (success, encode_payload(ReaderSignal(ReaderFeedback.SUCCESS)))]

@@ -1,0 +1,55 @@
+"""The harness's own failure paths: a missing binary and a server that dies on start."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from f2pipe.servers.base import (
+    MissingBinaryError,
+    ServerError,
+    ServerProcess,
+    find_binary,
+    free_port,
+)
+
+
+def test_missing_binary_names_the_package_to_install() -> None:
+    with pytest.raises(MissingBinaryError) as info:
+        find_binary("redis-server-that-does-not-exist")
+    assert "apt-get install -y redis-server-that-does-not-exist" in str(info.value)
+
+
+def test_free_port_can_be_bound() -> None:
+    port = free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+
+
+class DiesOnStart(ServerProcess):
+    name = "dies"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", "import sys; print('bad config line 3'); sys.exit(3)"]
+
+
+def test_a_server_that_exits_on_start_reports_its_log(tmp_path: Path) -> None:
+    with pytest.raises(ServerError, match=r"dies exited with 3 on start:\n.*bad config line 3"):
+        DiesOnStart(tmp_path).start(timeout=10)
+
+
+class NeverReady(ServerProcess):
+    name = "sleeper"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", "import time; time.sleep(60)"]
+
+
+def test_a_server_that_never_listens_times_out_and_is_stopped(tmp_path: Path) -> None:
+    server = NeverReady(tmp_path)
+    with pytest.raises(ServerError, match="not ready on port"):
+        server.start(timeout=0.5)
+    assert not server.running
