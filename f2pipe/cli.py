@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_database_unreachable(exc: Exception) -> bool:
+    psycopg = sys.modules.get("psycopg")
+    return psycopg is not None and isinstance(exc, psycopg.OperationalError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
@@ -90,6 +95,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"f2pipe {args.command}: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"f2pipe {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if _is_database_unreachable(exc):
+            print(f"f2pipe {args.command}: database unreachable: {exc}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         return 130
 

@@ -32,15 +32,23 @@ def test_dead_letter_without_context_has_no_key_or_empty_headers() -> None:
 def test_every_input_error_has_a_dead_letter_reason() -> None:
     from f2pipe_shared import decoding, payloads, records, topics
 
-    errors = [
-        topics.TopicError,
-        payloads.InvalidJson,
-        payloads.SchemaViolation,
-        decoding.BadHexError,
-        decoding.ShortFrameError,
-        decoding.CrcMismatchError,
-        decoding.FrameFormatError,
-        records.FramingError,
+    reasons = [
+        topics.TopicError.reason,
+        payloads.InvalidJson.reason,
+        payloads.SchemaViolation.reason,
+        decoding.BadHexError.reason,
+        decoding.ShortFrameError.reason,
+        decoding.CrcMismatchError.reason,
+        decoding.FrameFormatError.reason,
+        records.FramingError.reason,
     ]
-    for error in errors:
-        assert Reason(error.reason), error
+    assert {Reason(r) for r in reasons} == {
+        Reason.bad_topic,
+        Reason.invalid_json,
+        Reason.schema_violation,
+        Reason.bad_hex,
+        Reason.short_frame,
+        Reason.crc_mismatch,
+        Reason.bad_frame,
+        Reason.bad_batch,
+    }
