@@ -1,4 +1,4 @@
-"""`f2pipe migrate` and `f2pipe seed-demo` as an operator runs them: settings from the environment."""
+"""`f2pipe migrate` and `f2pipe seed-demo` as an operator runs them, settings from the env."""
 
 from __future__ import annotations
 
