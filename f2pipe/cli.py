@@ -36,6 +36,18 @@ def _bench(args: argparse.Namespace) -> int:
     return run(args.suite, repeats=args.repeats, out_dir=args.out, quick=args.quick)
 
 
+def _certgen(args: argparse.Namespace) -> int:
+    from f2pipe_certgen.service import main as certgen_main
+
+    return certgen_main(host=args.host, port=args.port, bootstrap_only=args.bootstrap_only)
+
+
+def _broker_config(args: argparse.Namespace) -> int:
+    from f2pipe.brokerconfig import main as broker_config_main
+
+    return broker_config_main(args)
+
+
 def _config_doc(args: argparse.Namespace) -> int:
     from f2pipe.configdoc import render
 
@@ -68,6 +80,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="write new controllers' claim codes here (mode 0600) instead of printing them",
     )
     p.set_defaults(handler=_seed_demo)
+
+    p = sub.add_parser("certgen", help="the certificate authority's HTTP API (enrolment, CRL)")
+    p.add_argument("--host", help="listen address (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="listen port (default CERTGEN_API_PORT)")
+    p.add_argument(
+        "--bootstrap-only",
+        action="store_true",
+        help="create the CA, broker and service certificates if missing, then exit",
+    )
+    p.set_defaults(handler=_certgen)
+
+    p = sub.add_parser(
+        "broker-config", help="render Mosquitto's configuration and ACL for local paths and ports"
+    )
+    p.add_argument("--out", type=Path, required=True, help="directory to write mosquitto.conf into")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
+    p.add_argument("--ca-dir", type=Path, help="default: CA_DIR")
+    p.add_argument("--issued-dir", type=Path, help="default: ISSUED_DIR")
+    p.add_argument("--data-dir", type=Path, help="persistence directory (default: OUT/data)")
+    p.set_defaults(handler=_broker_config)
 
     p = sub.add_parser("config-doc", help="print every setting (Markdown) or --write it to a file")
     p.add_argument("--write", type=Path, metavar="PATH", help="e.g. docs/configuration.md")
