@@ -43,6 +43,13 @@ class CommonSettings(_Settings):
     )
 
 
+class ObservabilitySettings(_Settings):
+    metrics_host: str = Field("0.0.0.0", description="where /metrics and /healthz listen")  # noqa: S104
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="their port; unset = the service's default"
+    )
+
+
 class KafkaSettings(_Settings):
     kafka_bootstrap_servers: str = Field(
         "localhost:9092",
@@ -230,6 +237,7 @@ class SimulatorSettings(_Settings):
 # Every group, with who reads it: docs/configuration.md is generated from this.
 GROUPS: tuple[tuple[type[BaseSettings], str], ...] = (
     (CommonSettings, "all services"),
+    (ObservabilitySettings, "bridge, processor, sink, simulator (certgen serves its own port)"),
     (KafkaSettings, "bridge, processor, sink"),
     (PostgresSettings, "registry database: certgen, processor, migrate, seed-demo"),
     (
