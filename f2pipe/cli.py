@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from f2pipe.bench.main import SUITES
 from f2pipe_shared.settings import SettingsError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -107,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_config_doc)
 
     p = sub.add_parser("bench", help="run benchmarks: print a table, write bench-results/*.json")
-    p.add_argument("suite", nargs="?", default="codec", choices=["codec"], help="what to measure")
+    p.add_argument(
+        "suite", nargs="?", default="codec", choices=list(SUITES), help="what to measure"
+    )
     p.add_argument("--repeats", type=int, default=7, help="runs per measurement (median quoted)")
     p.add_argument("--quick", action="store_true", help="fewer, shorter runs")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="JSON output directory")
