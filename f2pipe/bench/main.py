@@ -1,4 +1,4 @@
-"""Entry point of `f2pipe bench`: each suite is a module with `run(report, repeats, min_seconds)`."""
+"""`f2pipe bench`: each suite is a module with `run(report, repeats, min_seconds)`."""
 
 from __future__ import annotations
 
