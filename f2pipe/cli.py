@@ -49,6 +49,18 @@ def _broker_config(args: argparse.Namespace) -> int:
     return broker_config_main(args)
 
 
+def _processor(args: argparse.Namespace) -> int:
+    from f2pipe_processor.service import main as processor_main
+
+    return processor_main()
+
+
+def _sink(args: argparse.Namespace) -> int:
+    from f2pipe_sink.service import main as sink_main
+
+    return sink_main()
+
+
 def _config_doc(args: argparse.Namespace) -> int:
     from f2pipe.configdoc import render
 
@@ -102,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--issued-dir", type=Path, help="default: ISSUED_DIR")
     p.add_argument("--data-dir", type=Path, help="persistence directory (default: OUT/data)")
     p.set_defaults(handler=_broker_config)
+
+    p = sub.add_parser(
+        "processor", help="Faust stream processor: raw-iot-data -> processed-iot-data"
+    )
+    p.set_defaults(handler=_processor)
+
+    p = sub.add_parser("sink", help="batched, idempotent processed-iot-data -> TimescaleDB writer")
+    p.set_defaults(handler=_sink)
 
     p = sub.add_parser("config-doc", help="print every setting (Markdown) or --write it to a file")
     p.add_argument("--write", type=Path, metavar="PATH", help="e.g. docs/configuration.md")
