@@ -49,6 +49,12 @@ def _broker_config(args: argparse.Namespace) -> int:
     return broker_config_main(args)
 
 
+def _bridge(args: argparse.Namespace) -> int:
+    from f2pipe_bridge.service import main as bridge_main
+
+    return bridge_main()
+
+
 def _processor(args: argparse.Namespace) -> int:
     from f2pipe_processor.service import main as processor_main
 
@@ -114,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--issued-dir", type=Path, help="default: ISSUED_DIR")
     p.add_argument("--data-dir", type=Path, help="persistence directory (default: OUT/data)")
     p.set_defaults(handler=_broker_config)
+
+    p = sub.add_parser(
+        "bridge", help="MQTT stat/tele -> Kafka raw-iot-data, acknowledged after Kafka confirmed"
+    )
+    p.set_defaults(handler=_bridge)
 
     p = sub.add_parser(
         "processor", help="Faust stream processor: raw-iot-data -> processed-iot-data"

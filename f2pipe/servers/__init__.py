@@ -8,6 +8,7 @@ from f2pipe.servers.base import MissingBinaryError, ServerError, ServerProcess, 
 from f2pipe.servers.kafka import KafkaBroker
 from f2pipe.servers.mosquitto import MosquittoServer
 from f2pipe.servers.postgres import PostgresServer
+from f2pipe.servers.proxy import TcpProxy
 from f2pipe.servers.redis import RedisServer
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     "RedisServer",
     "ServerError",
     "ServerProcess",
+    "TcpProxy",
     "free_port",
 ]

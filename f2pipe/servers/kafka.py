@@ -25,25 +25,33 @@ class KafkaBroker(ServerProcess):
     name = "kafka"
 
     def __init__(
-        self, directory: Path, port: int | None = None, *, storage: str = "memory://tansu/"
+        self,
+        directory: Path,
+        port: int | None = None,
+        *,
+        storage: str = "memory://tansu/",
+        advertised_port: int | None = None,
     ) -> None:
+        """`advertised_port`: the port clients are told to use, e.g. a TcpProxy's."""
         super().__init__(directory, port)
         self.binary = tansu_binary()
         self.storage = storage
+        self.advertised_port = advertised_port or self.port
 
     def command(self) -> list[str]:
-        url = f"tcp://{self.host}:{self.port}"
+        listen = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.host}:{self.advertised_port}"
         return [
             self.binary,
             "broker",
             "--listener-url",
-            url,
+            listen,
             "--advertised-listener-url",
-            url,
+            advertised,
             "--storage-engine",
             self.storage,
         ]
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{self.host}:{self.advertised_port}"

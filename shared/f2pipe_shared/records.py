@@ -8,6 +8,7 @@ plain tuples so the hot loops never touch Pydantic.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -56,6 +57,12 @@ class ProcessedBatch(NamedTuple):
     source_offset: int
     readings: list[Reading]
     events: list[Event]
+
+
+def partition_for_device(device: str, partitions: int) -> int:
+    """The raw-iot-data partition of a device (`f2-<mac>`): stable across processes and
+    restarts (unlike Python's hash()), so each device's messages stay in order."""
+    return zlib.crc32(device.encode()) % partitions
 
 
 def encode_raw_batch(messages: Sequence[RawMessage]) -> bytes:

@@ -178,6 +178,12 @@ class MqttSettings(_Settings):
     mqtt_broker_host: str = Field("localhost", description="Mosquitto host")
     mqtt_broker_port: int = Field(8883, ge=1, le=65535, description="Mosquitto TLS port")
     mqtt_keepalive: int = Field(30, ge=5, le=3600, description="MQTT keepalive, seconds")
+    mqtt_ca_file: str = Field(
+        "ca/ca.crt", description="CA certificate the broker's is checked against"
+    )
+    mqtt_tls: bool = Field(
+        True, description="mutual TLS (always on in production; off only for plain test brokers)"
+    )
 
 
 class CaSettings(_Settings):
@@ -215,8 +221,26 @@ class BridgeSettings(_Settings):
         description="subscribe through `$share/<group>/…` so several bridges split the load",
     )
     bridge_max_payload_bytes: int = Field(
-        16_384, ge=64, le=268_435_455, description="larger MQTT payloads are dead-lettered"
+        16_384, ge=64, le=1_000_000, description="larger MQTT payloads are dead-lettered"
     )
+    bridge_client_id: str = Field(
+        "f2pipe-bridge",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="MQTT client id; fixed, so the broker keeps the session across restarts",
+    )
+    bridge_max_in_flight: int = Field(
+        5_000,
+        ge=1,
+        le=65_535,
+        description="unacknowledged messages the broker may send (MQTT 5 Receive Maximum)",
+    )
+    bridge_session_expiry: int = Field(
+        604_800, ge=60, description="seconds the broker keeps the session while the bridge is away"
+    )
+    bridge_cert_file: str = Field(
+        "issued/bridge.crt", description="the bridge's client certificate"
+    )
+    bridge_key_file: str = Field("issued/bridge.key", description="its private key (mode 0600)")
 
 
 class SinkSettings(_Settings):

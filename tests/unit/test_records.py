@@ -83,3 +83,14 @@ def test_bad_raw_batches_are_framing_errors(data: bytes, fragment: str) -> None:
 def test_bad_processed_batch_is_a_framing_error() -> None:
     with pytest.raises(FramingError, match="wrong shape"):
         decode_processed_batch(msgpack.packb([1, 0, 0, [[1, 2]], []]))
+
+
+def test_partition_for_device_is_stable_and_spreads() -> None:
+    from f2pipe_shared.records import partition_for_device
+
+    # Fixed values: the mapping must never change between releases, or per-device order
+    # breaks for messages in flight during an upgrade.
+    assert partition_for_device("f2-aabbccddee01", 6) == 0
+    assert partition_for_device("f2-e4fd45f654be", 12) == 7
+    spread = {partition_for_device(f"f2-aabbccdd{i:04x}", 6) for i in range(100)}
+    assert spread == set(range(6))

@@ -1,0 +1,278 @@
+"""The bridge against real Mosquitto and the Kafka-protocol broker, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from f2pipe.servers import KafkaBroker, MissingBinaryError, MosquittoServer, TcpProxy, free_port
+from f2pipe_shared.deadletters import Reason, Stage
+from f2pipe_shared.records import RawMessage, partition_for_device
+from tests.conftest import missing
+from tests.integration.bridgekit import (
+    BridgeProcess,
+    Publisher,
+    Topics,
+    bridge_env,
+    dead_letters,
+    raw_messages,
+    wait_for,
+)
+
+pytestmark = pytest.mark.integration
+
+# What matters for the bridge in the production configuration: persistence, and queues large
+# enough that a persistent session's backlog is not dropped while the bridge is away.
+BROKER_CONFIG = """listener {port} {host}
+allow_anonymous true
+max_queued_messages 1000000
+max_inflight_messages 5000
+"""
+
+BridgeFactory = Callable[..., BridgeProcess]
+
+DEVICES = [f"f2-aabbccddee{i:02x}" for i in range(1, 7)]
+
+
+def topic_of(device: str, n: int) -> str:
+    return f"tele/{device}/sensor-mode/J3/sensor-{n % 6 + 1}"
+
+
+def payload(device: str, seq: int) -> bytes:
+    return json.dumps({"device": device, "seq": seq, "data": "01 03 02 00 01"}).encode()
+
+
+def seqs(messages: list[tuple[int, RawMessage]]) -> Counter[tuple[str, int]]:
+    found: Counter[tuple[str, int]] = Counter()
+    for _, m in messages:
+        body = json.loads(m.payload)
+        found[(body["device"], body["seq"])] += 1
+    return found
+
+
+@pytest.fixture(scope="module")
+def broker(servers_dir: Path) -> Iterator[MosquittoServer]:
+    try:
+        server = MosquittoServer(Path(tempfile.mkdtemp(dir=servers_dir)), config=BROKER_CONFIG)
+    except MissingBinaryError as exc:
+        missing(exc)
+    with server:
+        yield server
+
+
+@pytest.fixture
+def topics() -> Topics:
+    return Topics.unique()
+
+
+@pytest.fixture
+def bridge_factory(
+    broker: MosquittoServer, kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> Iterator[BridgeFactory]:
+    started: list[BridgeProcess] = []
+
+    def make(
+        client_id: str = "bridge-test", kafka: str = kafka_bootstrap, **extra: str
+    ) -> BridgeProcess:
+        env = bridge_env(broker.port, kafka, topics, client_id, **extra)
+        process = BridgeProcess(env, tmp_path / f"{client_id}.log")
+        started.append(process)
+        return process
+
+    yield make
+    for process in started:
+        if process.proc is not None and process.proc.poll() is None:
+            process.kill()
+
+
+def test_messages_arrive_intact_in_order_per_device(
+    broker: MosquittoServer, kafka_bootstrap: str, topics: Topics, bridge_factory: BridgeFactory
+) -> None:
+    bridge = bridge_factory().start()
+    publisher = Publisher(broker.port)
+    before_us = time.time_ns() // 1000
+    for seq in range(300):
+        for device in DEVICES:
+            publisher.publish(topic_of(device, seq), payload(device, seq))
+    publisher.close()
+    messages = raw_messages(kafka_bootstrap, topics.raw, idle=3)
+    after_us = time.time_ns() // 1000
+    bridge.terminate()
+
+    assert len(messages) == 300 * len(DEVICES)
+    per_device: dict[str, list[int]] = defaultdict(list)
+    for partition, m in messages:
+        body = json.loads(m.payload)
+        assert m.topic == topic_of(body["device"], body["seq"])
+        assert m.payload == payload(body["device"], body["seq"])  # bytes unchanged
+        assert before_us <= m.received_at_us <= after_us
+        assert partition == partition_for_device(body["device"], 3)
+        per_device[body["device"]].append(body["seq"])
+    for device in DEVICES:
+        assert per_device[device] == list(range(300)), f"{device} out of order"
+
+
+def test_kill_9_while_streaming_loses_nothing(
+    broker: MosquittoServer, kafka_bootstrap: str, topics: Topics, bridge_factory: BridgeFactory
+) -> None:
+    bridge = bridge_factory(client_id="bridge-kill").start()
+    publisher = Publisher(broker.port)
+    total = 10_000
+    for seq in range(total):
+        device = DEVICES[seq % len(DEVICES)]
+        publisher.publish(topic_of(device, seq), payload(device, seq))
+        if seq == 3_000:
+            publisher.wait()
+            bridge.kill()  # mid-stream: some batches unconfirmed, some confirmed but not acked
+    publisher.close()  # the rest waits at the broker in the bridge's persistent session
+    bridge.start()
+    expected = {(DEVICES[s % len(DEVICES)], s) for s in range(total)}
+    found: Counter[tuple[str, int]] = Counter()
+
+    def complete() -> bool:
+        found.clear()
+        found.update(seqs(raw_messages(kafka_bootstrap, topics.raw, idle=2)))
+        return set(found) >= expected
+
+    wait_for(complete, 90, "all 10,000 messages in Kafka")
+    bridge.terminate()
+    assert set(found) == expected  # duplicates are allowed here, loss is not
+
+
+def test_kafka_unreachable_for_20s_loses_nothing(
+    broker: MosquittoServer, topics: Topics, bridge_factory: BridgeFactory, servers_dir: Path
+) -> None:
+    proxy_port = free_port()
+    kafka = KafkaBroker(Path(tempfile.mkdtemp(dir=servers_dir)), advertised_port=proxy_port).start()
+    proxy = TcpProxy(kafka.port, port=proxy_port).start()
+    bootstrap = f"127.0.0.1:{proxy_port}"
+    try:
+        bridge = bridge_factory(
+            client_id="bridge-outage",
+            kafka=bootstrap,
+            BRIDGE_MAX_IN_FLIGHT="500",
+        ).start()
+        publisher = Publisher(broker.port)
+        total = 3_000
+        for seq in range(total):
+            device = DEVICES[seq % len(DEVICES)]
+            publisher.publish(topic_of(device, seq), payload(device, seq))
+            if seq == 1_000:
+                publisher.wait()
+                proxy.cut()
+                outage_started = time.monotonic()
+        publisher.close()
+        time.sleep(max(0.0, 20 - (time.monotonic() - outage_started)))
+        # While Kafka is away the bridge holds at most its in-flight window; the broker the rest.
+        assert bridge.metric("f2pipe_bridge_in_flight") == 500
+        assert bridge.metric("f2pipe_bridge_received_total") < total
+        proxy.restore()
+        expected = {(DEVICES[s % len(DEVICES)], s) for s in range(total)}
+        found: Counter[tuple[str, int]] = Counter()
+
+        def complete() -> bool:
+            found.clear()
+            found.update(seqs(raw_messages(bootstrap, topics.raw, idle=2)))
+            return set(found) >= expected
+
+        wait_for(complete, 120, "every message after Kafka came back")
+        assert bridge.terminate() == 0
+        assert set(found) == expected
+    finally:
+        proxy.stop()
+        kafka.stop()
+
+
+def test_bad_topics_and_oversize_payloads_are_dead_lettered_once(
+    broker: MosquittoServer, kafka_bootstrap: str, topics: Topics, bridge_factory: BridgeFactory
+) -> None:
+    bridge = bridge_factory(client_id="bridge-dlq", BRIDGE_MAX_PAYLOAD_BYTES="1024").start()
+    publisher = Publisher(broker.port)
+    publisher.publish("tele/f2-aabbccddee01/sensor-mode/J9/sensor-1", b'{"bad":"connector"}')
+    publisher.publish("stat/not-a-device/alarm-mode/J1/siren-1", b"{}")
+    publisher.publish(topic_of(DEVICES[0], 1), b"x" * 2048)
+    publisher.publish(topic_of(DEVICES[0], 2), payload(DEVICES[0], 2))
+    publisher.close()
+    wait_for(lambda: bridge.metric("f2pipe_bridge_acknowledged_total") >= 4, 20, "4 acks")
+    bridge.terminate()
+    # Acknowledged means settled: a restarted bridge must not see (and dead-letter) them again.
+    bridge.start()
+    time.sleep(2)
+    bridge.terminate()
+
+    letters = dead_letters(kafka_bootstrap, topics.dlq)
+    by_topic = {letter.mqtt_topic: letter for letter in letters}
+    assert len(letters) == 3
+    assert all(letter.stage == Stage.bridge for letter in letters)
+    bad_connector = by_topic["tele/f2-aabbccddee01/sensor-mode/J9/sensor-1"]
+    assert bad_connector.reason == Reason.bad_topic
+    assert "level 4 (connector)" in bad_connector.detail
+    assert bad_connector.original == b'{"bad":"connector"}'
+    assert by_topic["stat/not-a-device/alarm-mode/J1/siren-1"].reason == Reason.bad_topic
+    oversize = by_topic[topic_of(DEVICES[0], 1)]
+    assert oversize.reason == Reason.oversize
+    assert "2048 bytes" in oversize.detail
+    assert [m.payload for _, m in raw_messages(kafka_bootstrap, topics.raw)] == [
+        payload(DEVICES[0], 2)
+    ]
+
+
+def test_two_bridges_share_the_load_through_a_shared_group(
+    broker: MosquittoServer, kafka_bootstrap: str, topics: Topics, bridge_factory: BridgeFactory
+) -> None:
+    first = bridge_factory(client_id="bridge-a", BRIDGE_SHARED_GROUP="f2").start()
+    second = bridge_factory(client_id="bridge-b", BRIDGE_SHARED_GROUP="f2").start()
+    publisher = Publisher(broker.port)
+    total = 2_000
+    for seq in range(total):
+        device = DEVICES[seq % len(DEVICES)]
+        publisher.publish(topic_of(device, seq), payload(device, seq))
+    publisher.close()
+    found: Counter[tuple[str, int]] = Counter()
+
+    def complete() -> bool:
+        found.clear()
+        found.update(seqs(raw_messages(kafka_bootstrap, topics.raw, idle=2)))
+        return sum(found.values()) >= total
+
+    wait_for(complete, 60, "2,000 messages")
+    produced = [b.metric("f2pipe_bridge_produced_messages_total") for b in (first, second)]
+    first.terminate()
+    second.terminate()
+    assert len(found) == total
+    assert set(found.values()) == {1}  # each message lands once per delivery
+    assert sum(produced) == total
+    assert min(produced) > 0, f"one bridge carried everything: {produced}"
+
+
+def test_sigterm_flushes_acknowledges_and_exits_0(
+    broker: MosquittoServer, kafka_bootstrap: str, topics: Topics, bridge_factory: BridgeFactory
+) -> None:
+    bridge = bridge_factory(client_id="bridge-term", BRIDGE_BATCH_LINGER_MS="5000").start()
+    publisher = Publisher(broker.port)
+    for seq in range(50):
+        publisher.publish(topic_of(DEVICES[1], seq), payload(DEVICES[1], seq))
+    publisher.close()
+    wait_for(lambda: bridge.metric("f2pipe_bridge_received_total") >= 50, 10, "50 received")
+    # The batch is still lingering (5 s): SIGTERM must send it before exiting.
+    assert bridge.terminate() == 0
+    assert "bridge stopped" in bridge.log()
+    found = seqs(raw_messages(kafka_bootstrap, topics.raw, idle=2))
+    assert set(found) == {(DEVICES[1], s) for s in range(50)}
+
+
+def test_bad_setting_stops_start_up_naming_the_variable(
+    broker: MosquittoServer, bridge_factory: BridgeFactory
+) -> None:
+    bridge = bridge_factory(client_id="bridge-bad", BRIDGE_BATCH_MAX_MESSAGES="many").start(
+        wait_healthy=False
+    )
+    assert bridge.proc is not None
+    assert bridge.proc.wait(20) == 2
+    assert "BRIDGE_BATCH_MAX_MESSAGES='many'" in bridge.log()
