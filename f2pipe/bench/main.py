@@ -10,6 +10,7 @@ from f2pipe.bench.report import Report
 # Imported only when asked for: a suite may start servers and need a service's packages.
 SUITES = {
     "codec": "f2pipe.bench.codec",
+    "bridge": "f2pipe.bench.bridge",
     "processor": "f2pipe.bench.processor",
     "sink": "f2pipe.bench.sink",
 }

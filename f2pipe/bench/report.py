@@ -43,7 +43,7 @@ class Report:
     def table(self) -> str:
         rows = [("measurement", "median", "unit", "spread", "runs", "note")]
         rows += [
-            (m.name, f"{m.median:,.1f}", m.unit, f"{m.spread:.0%}", str(len(m.runs)), m.note)
+            (m.name, _number(m.median), m.unit, f"{m.spread:.0%}", str(len(m.runs)), m.note)
             for m in self.measurements
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -69,6 +69,10 @@ class Report:
         }
         path.write_text(json.dumps(doc, indent=2) + "\n")
         return path
+
+
+def _number(value: float) -> str:
+    return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3g}"
 
 
 def rate(
