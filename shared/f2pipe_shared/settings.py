@@ -8,7 +8,7 @@ that into a one-line error and exit status 2.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from psycopg.conninfo import make_conninfo
 from pydantic import Field, SecretStr, ValidationError
@@ -203,9 +203,26 @@ class CaSettings(_Settings):
     issued_dir: str = Field("issued", description="where issued service certificates are written")
     certgen_api_host: str = Field("localhost", description="certgen's host, for clients")
     certgen_api_port: int = Field(8080, ge=1, le=65535, description="certgen's port")
+    ca_key_algorithm: Literal["ec", "rsa"] = Field(
+        "ec", description="key type of the CA and broker: `ec` (P-256) or `rsa` (3072 bits)"
+    )
+    broker_sans: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9.:*,-]*$",
+        description="extra DNS names/IPs for the broker certificate, comma-separated",
+    )
+    certgen_lockout_failures: int = Field(
+        5, ge=1, le=1000, description="wrong claim codes within the window that lock a MAC"
+    )
+    certgen_lockout_window: int = Field(900, ge=1, description="that window, seconds")
+    certgen_lockout_duration: int = Field(900, ge=1, description="how long the lock lasts, seconds")
     certgen_admin_token: SecretStr | None = Field(
         None, description="bearer token for certgen's admin API (secret; required in production)"
     )
+
+    @property
+    def broker_san_list(self) -> list[str]:
+        return [name.strip() for name in self.broker_sans.split(",") if name.strip()]
 
 
 class BridgeSettings(_Settings):

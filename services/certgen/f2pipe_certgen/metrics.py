@@ -1,0 +1,70 @@
+"""Prometheus metrics: enrolments, refusals by reason, revocations.
+
+Each app has its own registry, so two apps in one process (tests) never share counters, and
+/metrics shows certgen's series plus the process and Python ones.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+# The reasons an enrolment can be refused for, pre-created at 0 so a dashboard's rate() has a
+# series before the first refusal happens.
+ENROLMENT_FAILURE_REASONS = (
+    "invalid_json",
+    "invalid_request",
+    "invalid_mac",
+    "unknown_mac",
+    "wrong_claim_code",
+    "locked_out",
+    "bad_csr",
+    "wrong_cn",
+    "weak_key",
+)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.enrolments = Counter(
+            "certgen_enrolments",
+            "Device certificates issued by enrolment, by flow (csr: device sent a CSR; "
+            "generated: certgen made the key pair)",
+            ["flow"],
+            registry=self.registry,
+        )
+        self.enrolment_failures = Counter(
+            "certgen_enrolment_failures",
+            "Enrolments refused, by problem reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.revocations = Counter(
+            "certgen_revocations",
+            "Certificates revoked, by RFC 5280 reason (superseded: replaced by a re-enrolment)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.service_certificates = Counter(
+            "certgen_service_certificates",
+            "Service client certificates issued through the admin API",
+            registry=self.registry,
+        )
+        for flow in ("csr", "generated"):
+            self.enrolments.labels(flow=flow)
+        for reason in ENROLMENT_FAILURE_REASONS:
+            self.enrolment_failures.labels(reason=reason)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

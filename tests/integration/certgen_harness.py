@@ -1,0 +1,138 @@
+"""Run `python -m f2pipe certgen` as an operator would, for tests: env, process, CSRs, metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+from prometheus_client.parser import text_string_to_metric_families
+from psycopg.conninfo import conninfo_to_dict
+
+from f2pipe.servers import free_port
+
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+# Variables of the developer's shell that would change what the service under test does.
+_PREFIXES = ("POSTGRES_", "TIMESCALE_", "CA_", "BROKER_", "DEVICE_", "CERTGEN_", "F2PIPE_", "LOG_")
+
+
+def certgen_env(conninfo: str, ca_dir: Path, issued_dir: Path, **extra: str) -> dict[str, str]:
+    params = conninfo_to_dict(conninfo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_PREFIXES)}
+    env.update(
+        POSTGRES_HOST=str(params["host"]),
+        POSTGRES_PORT=str(params["port"]),
+        POSTGRES_USER=str(params["user"]),
+        POSTGRES_DB=str(params["dbname"]),
+        POSTGRES_SSLMODE="disable",
+        CA_DIR=str(ca_dir),
+        ISSUED_DIR=str(issued_dir),
+        LOG_FORMAT="json",
+        LOG_LEVEL="DEBUG",
+    )
+    env.update(extra)
+    return env
+
+
+def run_certgen(
+    env: Mapping[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run certgen to completion (start-up refusals, --bootstrap-only)."""
+    return subprocess.run(
+        [sys.executable, "-m", "f2pipe", "certgen", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@dataclass
+class CertgenProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    @classmethod
+    def start(cls, env: Mapping[str, str], log_path: Path, timeout: float = 30) -> CertgenProcess:
+        port = free_port()
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "f2pipe",
+                    "certgen",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                ],
+                env=dict(env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        started = cls(process, f"http://127.0.0.1:{port}", log_path)
+        started.wait_healthy(timeout)
+        return started
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"certgen exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"certgen not healthy after {timeout} s:\n{self.log()}")
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def make_csr(cn: str, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | None = None) -> str:
+    key = key or ec_key()
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text exposition (0 when absent)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
