@@ -24,6 +24,7 @@ from tests.integration.bridgekit import (
     raw_messages,
     wait_for,
 )
+from tests.integration.tlskit import Pki, start_broker
 
 pytestmark = pytest.mark.integration
 
@@ -276,3 +277,39 @@ def test_bad_setting_stops_start_up_naming_the_variable(
     assert bridge.proc is not None
     assert bridge.proc.wait(20) == 2
     assert "BRIDGE_BATCH_MAX_MESSAGES='many'" in bridge.log()
+
+
+def test_bridge_over_mutual_tls_with_its_service_identity(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    pki = Pki.create(tmp_path / "pki")
+    broker = start_broker(tmp_path / "broker", pki)
+    device = pki.device("f2-aabbccddee01")
+    bridge_identity = pki.service("bridge")
+    env = bridge_env(
+        broker.port,
+        kafka_bootstrap,
+        topics,
+        "ignored-under-tls",  # the broker takes the client id from the certificate's CN
+        MQTT_TLS="true",
+        MQTT_BROKER_HOST="localhost",  # a name in the broker certificate's SANs
+        MQTT_CA_FILE=str(pki.ca_file),
+        BRIDGE_CERT_FILE=str(bridge_identity.cert),
+        BRIDGE_KEY_FILE=str(bridge_identity.key),
+    )
+    bridge = BridgeProcess(env, tmp_path / "bridge.log").start()
+    try:
+        publisher = Publisher(
+            broker.port,
+            "f2-aabbccddee01",
+            tls=(str(pki.ca_file), str(device.cert), str(device.key)),
+        )
+        publisher.publish(topic_of(device.cn, 1), payload(device.cn, 1))
+        publisher.close()
+        wait_for(lambda: bridge.metric("f2pipe_bridge_acknowledged_total") >= 1, 15, "1 ack")
+        assert bridge.terminate() == 0
+    finally:
+        broker.stop()
+    [(_, message)] = raw_messages(kafka_bootstrap, topics.raw, idle=1)
+    assert message.topic == topic_of(device.cn, 1)
+    assert message.payload == payload(device.cn, 1)
