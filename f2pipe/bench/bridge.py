@@ -60,14 +60,16 @@ def publish_backlog(port: int, total: int) -> None:
     payload = json.dumps(
         {"timestamp": "2026-11-24 10:00:00.000000", "data": "01 03 06 09 29 11 D7 02 64 4B 1E"}
     ).encode()
-    infos = [
-        client.publish(
-            f"tele/f2-aabbccdd{i % 1000:04x}/sensor-mode/J3/sensor-{i % 6 + 1}", payload, qos=1
-        )
-        for i in range(total)
-    ]
-    for info in infos:
-        info.wait_for_publish(120)
+    # MQTT packet ids are 16-bit: more than 65,535 outstanding QoS 1 messages would collide.
+    for start in range(0, total, 20_000):
+        infos = [
+            client.publish(
+                f"tele/f2-aabbccdd{i % 1000:04x}/sensor-mode/J3/sensor-{i % 6 + 1}", payload, qos=1
+            )
+            for i in range(start, min(total, start + 20_000))
+        ]
+        for info in infos:
+            info.wait_for_publish(120)
     client.loop_stop()
     client.disconnect()
 
