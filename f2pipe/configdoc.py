@@ -6,6 +6,7 @@ from enum import Enum
 
 from pydantic import SecretStr
 from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings
 
 from f2pipe_shared.settings import GROUPS
 
@@ -33,9 +34,16 @@ def _default(field: FieldInfo) -> str:
     return f"`{value}`"
 
 
+def _service_groups() -> list[tuple[type[BaseSettings], str]]:
+    """Settings that only one service reads live in its package, beside the code using them."""
+    from f2pipe_sink.config import SinkServiceSettings
+
+    return [(SinkServiceSettings, "sink")]
+
+
 def render() -> str:
     parts = [HEADER]
-    for cls, readers in GROUPS:
+    for cls, readers in [*GROUPS, *_service_groups()]:
         title = cls.__name__.removesuffix("Settings")
         parts.append(f"\n## {title}\n\nRead by: {readers}.\n")
         parts.append("| variable | default | meaning |\n| --- | --- | --- |")

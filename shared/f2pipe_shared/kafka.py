@@ -38,6 +38,9 @@ def consumer_config(settings: KafkaSettings, group_id: str, **overrides: Any) ->
         "auto.offset.reset": "earliest",
         "max.poll.interval.ms": settings.kafka_max_poll_interval_ms,
         "session.timeout.ms": settings.kafka_session_timeout_ms,
+        # librdkafka's default (3 s) lets a short session time out between heartbeats;
+        # a third of the session is the usual ratio.
+        "heartbeat.interval.ms": min(3000, settings.kafka_session_timeout_ms // 3),
         # Tansu makes a consumer with a full local queue wait 1 s between fetches; 10 ms is
         # about 4x faster there and harmless on Apache Kafka (DESIGN.md).
         "fetch.queue.backoff.ms": 10,

@@ -1,0 +1,401 @@
+"""`f2pipe sink`: processed-iot-data -> TimescaleDB, batched, idempotent, at least once.
+
+The whole flow runs on one thread:
+
+    poll ──▶ take(): decode, check, encode rows ──▶ Batch
+                  (BATCH_SIZE rows held, or FLUSH_INTERVAL since its first record)
+    flush ──▶ Writer.write: one transaction ──▶ dead letters confirmed ──▶ offsets committed
+                  (database unreachable, or dead letters unconfirmed)
+    hold ──▶ pause the assigned partitions, keep the batch, retry with backoff, then resume
+
+Offsets are committed only after the batch's rows are committed and its dead letters
+confirmed, so a crash at any moment replays only uncommitted records, and the writes skip
+stored keys, so a replay lands nothing twice. A rebalance flushes what the revoked partitions
+contributed, or drops it uncommitted for their next owner to read again.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from f2pipe_shared import settings as s
+from f2pipe_shared.kafka import consumer_config, ensure_topics
+from f2pipe_shared.logs import configure_logging
+from f2pipe_shared.observability import ObservabilityServer, on_shutdown_signal
+from f2pipe_sink.batcher import Batch, Partition, dead_letter, take
+from f2pipe_sink.config import DEFAULT_METRICS_PORT, SinkServiceSettings
+from f2pipe_sink.dlq import DeadLetterError, DeadLetterProducer
+from f2pipe_sink.metrics import SinkMetrics
+from f2pipe_sink.writer import DatabaseUnavailable, Writer
+
+log = logging.getLogger("f2pipe_sink")
+
+FIRST_RETRY_SECONDS = 0.2
+IDLE_POLL_SECONDS = 0.5  # how long an idle poll blocks: bounds the reaction to SIGTERM
+PING_SECONDS = 5.0  # an idle sink checks the database this often, for /healthz
+DRAIN_MESSAGES = 1000  # records taken from the local queue per call
+
+
+class Sink:
+    def __init__(
+        self,
+        kafka: s.KafkaSettings,
+        sink: s.SinkSettings,
+        service: SinkServiceSettings,
+        conninfo: str,
+        metrics: SinkMetrics,
+        *,
+        consumer: Consumer | None = None,
+        writer: Writer | None = None,
+        dlq: DeadLetterProducer | None = None,
+    ) -> None:
+        self.topic = kafka.kafka_processed_topic
+        self.batch_size = sink.batch_size
+        self.flush_interval = sink.flush_interval
+        self.service = service
+        self.metrics = metrics
+        # The collaborators can be passed in for tests of the flow without servers.
+        self.consumer = consumer or Consumer(
+            consumer_config(
+                kafka,
+                service.sink_group_id,
+                **{
+                    "client.id": "f2pipe-sink",
+                },
+            )
+        )
+        self.writer = writer or Writer(conninfo)
+        self.dlq = dlq or DeadLetterProducer(kafka)
+        self.batch = Batch()
+        self.assignment: set[Partition] = set()
+        self.committed: dict[Partition, int] = {}
+        self.consumed: dict[Partition, int] = {}
+        self.held = False  # a batch failed to write: consumption paused until it is written
+        self.paused: set[Partition] = set()
+        self.retry_at = 0.0
+        self.backoff = FIRST_RETRY_SECONDS
+        self.db_up: bool | None = None
+        self.last_ping = 0.0
+        self._stop = threading.Event()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Consume until stop(); return the exit status (0: everything held was committed)."""
+        self.consumer.subscribe(
+            [self.topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self._ping()
+        try:
+            while not self._stop.is_set():
+                self._step()
+            return self._shutdown()
+        finally:
+            self.writer.close()
+
+    def stop(self) -> None:
+        """Stop consuming; run() then writes and commits what it holds (signal-safe)."""
+        self._stop.set()
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        if self.held:
+            # Keep polling while paused: it keeps the group membership alive and serves
+            # rebalances; it returns no records of paused partitions.
+            self._poll(min(max(self.retry_at - now, 0.0), IDLE_POLL_SECONDS))
+            self._pause_new_partitions()
+            if self.held and time.monotonic() >= self.retry_at:
+                self._flush()
+            return
+        deadline = self.batch.deadline(self.flush_interval)
+        timeout = IDLE_POLL_SECONDS if deadline is None else min(deadline - now, IDLE_POLL_SECONDS)
+        self._poll(max(timeout, 0.0))
+        now = time.monotonic()
+        if self.batch.due(now, self.batch_size, self.flush_interval):
+            self._flush()
+        elif not self.batch.records and now - self.last_ping >= PING_SECONDS:
+            self._ping()
+
+    def _poll(self, timeout: float) -> None:
+        # Take whatever is already fetched without waiting; only an empty queue blocks, and
+        # then only until the first record arrives (consume() would wait out its timeout).
+        messages: Sequence[Message] = self.consumer.consume(DRAIN_MESSAGES, 0)
+        if not messages:
+            message = self.consumer.poll(timeout)
+            messages = [message] if message is not None else []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._kafka_error(error)
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            # Set on every record (not on errors, handled above).
+            assert topic is not None
+            assert partition is not None
+            assert offset is not None
+            if (topic, partition) not in self.assignment:
+                continue  # fetched before a revocation: its new owner reads it
+            record, dead = take(topic, partition, offset, message.value())
+            self.batch.add(record, dead)
+            key = (topic, partition)
+            # Until its first commit here, a partition's baseline is where we started reading.
+            committed = self.committed.setdefault(key, offset)
+            self.consumed[key] = offset + 1
+            self.metrics.set_offsets(topic, partition, offset + 1, committed)
+            self.metrics.records.inc()
+            if not self.held and self.batch.rows >= self.batch_size:
+                self._flush()
+        self.metrics.held_rows.set(self.batch.rows)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _flush(self, *, hold_on_failure: bool = True) -> bool:
+        """Write, dead-letter and commit the batch; on failure hold it. True when done."""
+        batch = self.batch
+        if not batch.records:
+            return True
+        if self.held:
+            self.metrics.retries.inc()
+        started = time.perf_counter()
+        try:
+            result = self.writer.write(batch.records) if batch.rows else None
+            letters = list(batch.dead_letters)
+            if result is not None:
+                letters += [dead_letter(r.record, r.reason, r.detail) for r in result.rejected]
+            self.dlq.send(letters)
+        except (DatabaseUnavailable, DeadLetterError) as exc:
+            if isinstance(exc, DatabaseUnavailable):
+                self._database_down(exc)
+            else:
+                log.error("dead letters not confirmed", extra={"error": str(exc)})
+            if hold_on_failure:
+                self._hold()
+            return False
+        elapsed = time.perf_counter() - started
+        self._commit(batch)
+        self.batch = Batch()
+        self._database_up()
+        self.metrics.batch_done(batch, result, letters, elapsed)
+        self.metrics.held_rows.set(self.batch.rows)
+        if self.held:
+            self._resume()
+        return True
+
+    def _commit(self, batch: Batch) -> None:
+        # Only partitions still ours: a revoked one's commit would be refused anyway.
+        offsets = [
+            TopicPartition(topic, partition, offset)
+            for (topic, partition), offset in batch.next_offsets.items()
+            if (topic, partition) in self.assignment
+        ]
+        if not offsets:
+            return
+        try:
+            results = self.consumer.commit(offsets=offsets, asynchronous=False) or []
+        except KafkaException as exc:
+            # The rows are written; whoever reads these records next skips them as stored.
+            self.metrics.commit_failures.inc()
+            log.warning("offset commit failed", extra={"error": str(exc)})
+            return
+        for tp in results:
+            key = (tp.topic, tp.partition)
+            if tp.error is not None:
+                self.metrics.commit_failures.inc()
+                log.warning(
+                    "offset commit failed", extra={"partition": key, "error": str(tp.error)}
+                )
+                continue
+            self.committed[key] = tp.offset
+            self.metrics.set_offsets(
+                tp.topic, tp.partition, self.consumed.get(key, tp.offset), tp.offset
+            )
+
+    # -- outages -----------------------------------------------------------------------------
+
+    def _hold(self) -> None:
+        if not self.held:
+            self.held = True
+            self.metrics.paused.set(1)
+            log.warning(
+                "holding the batch and pausing consumption until it is written",
+                extra={"rows": self.batch.rows, "records": len(self.batch.records)},
+            )
+        self._pause_new_partitions()
+        # Exponential backoff with jitter, so several sinks do not reconnect in step.
+        longest = self.service.sink_retry_max_seconds
+        self.retry_at = time.monotonic() + min(self.backoff, longest) * random.uniform(0.8, 1.2)
+        self.backoff = min(self.backoff * 2, longest)
+
+    def _pause_new_partitions(self) -> None:
+        new = self.assignment - self.paused
+        if new:
+            self.consumer.pause([TopicPartition(t, p) for t, p in new])
+            self.paused |= new
+
+    def _resume(self) -> None:
+        if self.paused & self.assignment:
+            self.consumer.resume([TopicPartition(t, p) for t, p in self.paused & self.assignment])
+        self.paused.clear()
+        self.held = False
+        self.backoff = FIRST_RETRY_SECONDS
+        self.metrics.paused.set(0)
+        log.info("batch written after the outage, consuming again")
+
+    def _ping(self) -> None:
+        self.last_ping = time.monotonic()
+        try:
+            self.writer.ping()
+        except DatabaseUnavailable as exc:
+            self._database_down(exc)
+        else:
+            self._database_up()
+
+    def _database_down(self, exc: Exception) -> None:
+        if self.db_up is not False:
+            self.metrics.outages.inc()
+            log.error("database unreachable", extra={"error": str(exc)})
+        self.db_up = False
+        self.metrics.db_up.set(0)
+
+    def _database_up(self) -> None:
+        if self.db_up is False:
+            log.info("database reachable again")
+        self.db_up = True
+        self.metrics.db_up.set(1)
+
+    # -- rebalances --------------------------------------------------------------------------
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assignment |= {(tp.topic, tp.partition) for tp in partitions}
+        self.metrics.assigned.set(len(self.assignment))
+        log.info("partitions assigned", extra={"partitions": sorted(self.assignment)})
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = {(tp.topic, tp.partition) for tp in partitions}
+        # Still ours during this callback: write and commit what they contributed, if we can.
+        if any(key in revoked for key in self.batch.next_offsets):
+            self._flush(hold_on_failure=False)
+        self._forget(revoked, "revoked")
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost (session timed out): someone else may own them already; commit nothing.
+        self._forget({(tp.topic, tp.partition) for tp in partitions}, "lost")
+
+    def _forget(self, gone: set[Partition], how: str) -> None:
+        dropped = [r for r in self.batch.records if (r.topic, r.partition) in gone]
+        if dropped:
+            # Never committed: the partitions' next owner reads these records again.
+            self.batch = self.batch.without(gone)
+            log.warning(
+                "dropped uncommitted records of partitions no longer ours",
+                extra={"how": how, "records": len(dropped)},
+            )
+        if self.paused & gone:
+            # librdkafka keeps a partition's pause across a rebalance: were it assigned to us
+            # again, it would stay paused with nothing held to resume it.
+            self.consumer.resume([TopicPartition(t, p) for t, p in self.paused & gone])
+        for topic, partition in gone:
+            self.metrics.forget_partition(topic, partition)
+            self.committed.pop((topic, partition), None)
+            self.consumed.pop((topic, partition), None)
+        self.assignment -= gone
+        self.paused -= gone
+        self.metrics.assigned.set(len(self.assignment))
+        self.metrics.held_rows.set(self.batch.rows)
+        if self.held and not self.batch.records:
+            self.held = False  # nothing left to retry; the next batch finds out about the DB
+            self.metrics.paused.set(0)
+        log.info("partitions %s", how, extra={"partitions": sorted(gone)})
+
+    # -- the end -----------------------------------------------------------------------------
+
+    def _shutdown(self) -> int:
+        """Write and commit what is held, retrying up to SINK_SHUTDOWN_TIMEOUT; then leave."""
+        give_up_at = time.monotonic() + self.service.sink_shutdown_timeout
+        status = 0
+        while self.batch.records and not self._flush():
+            if time.monotonic() >= give_up_at:
+                log.error(
+                    "could not write the last batch before the shutdown timeout; nothing of "
+                    "it was committed, the next sink reads it again",
+                    extra={"rows": self.batch.rows},
+                )
+                self.batch = Batch()
+                status = 1
+                break
+            self._poll(min(max(self.retry_at - time.monotonic(), 0.0), IDLE_POLL_SECONDS))
+            time.sleep(max(0.0, min(self.retry_at, give_up_at) - time.monotonic()))
+        self.consumer.close()  # leaves the group now, so the partitions move without a wait
+        self.dlq.close()
+        log.info("sink stopped", extra={"status": status})
+        return status
+
+    def _kafka_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            raise KafkaException(error)
+        log.warning("kafka error", extra={"error": str(error)})
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Ready: partitions assigned and the database reachable (read from another thread)."""
+        assigned = len(self.assignment)
+        database = {None: "unknown", True: "up", False: "down"}[self.db_up]
+        details = {
+            "assigned_partitions": assigned,
+            "database": database,
+            "paused": self.held,
+            "held_rows": self.batch.rows,
+        }
+        return assigned > 0 and self.db_up is True, details
+
+
+def main() -> int:
+    common = s.load(s.CommonSettings)
+    kafka = s.load(s.KafkaSettings)
+    sink = s.load(s.SinkSettings)
+    observability = s.load(s.ObservabilitySettings)
+    service = s.load(SinkServiceSettings)
+    conninfo = s.load(s.TimescaleSettings).conninfo(s.load(s.PostgresSettings))
+    configure_logging("sink", common.log_level, common.log_format)
+
+    try:
+        topics = {kafka.kafka_processed_topic: kafka.kafka_processed_partitions}
+        topics[kafka.kafka_deadletter_topic] = kafka.kafka_processed_partitions
+        ensure_topics(kafka, topics)
+    except KafkaException as exc:
+        log.error("kafka unreachable", extra={"error": str(exc)})
+        return 1
+
+    metrics = SinkMetrics()
+    app = Sink(kafka, sink, service, conninfo, metrics)
+    port = observability.metrics_port
+    server = ObservabilityServer(
+        observability.metrics_host,
+        DEFAULT_METRICS_PORT if port is None else port,
+        app.health,
+        metrics.registry,
+    ).start()
+    on_shutdown_signal(app.stop)
+    log.info(
+        "sink started",
+        extra={
+            "topic": app.topic,
+            "group": service.sink_group_id,
+            "batch_size": sink.batch_size,
+            "flush_interval": sink.flush_interval,
+            "metrics_port": server.port,
+        },
+    )
+    try:
+        return app.run()
+    finally:
+        server.stop()
