@@ -13,6 +13,7 @@ from pathlib import Path
 
 from f2pipe.bench.main import SUITES
 from f2pipe_shared.settings import SettingsError
+from f2pipe_simulator.options import add_arguments as add_simulator_arguments
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -65,6 +66,12 @@ def _sink(args: argparse.Namespace) -> int:
     from f2pipe_sink.service import main as sink_main
 
     return sink_main()
+
+
+def _simulator(args: argparse.Namespace) -> int:
+    from f2pipe_simulator.service import main as simulator_main
+
+    return simulator_main(args)
 
 
 def _config_doc(args: argparse.Namespace) -> int:
@@ -133,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sink", help="batched, idempotent processed-iot-data -> TimescaleDB writer")
     p.set_defaults(handler=_sink)
+
+    p = sub.add_parser(
+        "simulator", help="simulated F2 controllers (enrol, publish, answer commands); --load"
+    )
+    add_simulator_arguments(p)
+    p.set_defaults(handler=_simulator)
 
     p = sub.add_parser("config-doc", help="print every setting (Markdown) or --write it to a file")
     p.add_argument("--write", type=Path, metavar="PATH", help="e.g. docs/configuration.md")

@@ -313,3 +313,77 @@ def test_bridge_over_mutual_tls_with_its_service_identity(
     [(_, message)] = raw_messages(kafka_bootstrap, topics.raw, idle=1)
     assert message.topic == topic_of(device.cn, 1)
     assert message.payload == payload(device.cn, 1)
+
+
+def test_messages_queued_for_the_bridge_survive_a_broker_restart(
+    kafka_bootstrap: str, topics: Topics, bridge_factory: BridgeFactory, servers_dir: Path
+) -> None:
+    # Its own broker: restarting the module's shared one would disturb the other tests.
+    broker = MosquittoServer(Path(tempfile.mkdtemp(dir=servers_dir)), config=BROKER_CONFIG)
+    broker.start()
+    try:
+        env = bridge_env(broker.port, kafka_bootstrap, topics, "bridge-restart")
+        bridge = BridgeProcess(env, Path(tempfile.mkdtemp(dir=servers_dir)) / "b.log").start()
+        bridge.terminate()  # the session now exists at the broker, the bridge is away
+        publisher = Publisher(broker.port)
+        for seq in range(500):
+            publisher.publish(topic_of(DEVICES[2], seq), payload(DEVICES[2], seq))
+        publisher.close()
+        broker.stop()  # Mosquitto saves its sessions and queues on a clean stop
+        broker.start()
+        bridge.start()
+        found: Counter[tuple[str, int]] = Counter()
+
+        def complete() -> bool:
+            found.clear()
+            found.update(seqs(raw_messages(kafka_bootstrap, topics.raw, idle=1)))
+            return len(found) >= 500
+
+        wait_for(complete, 30, "the 500 messages queued before the restart")
+        bridge.terminate()
+    finally:
+        broker.stop()
+    assert set(found) == {(DEVICES[2], s) for s in range(500)}
+
+
+def test_queued_messages_survive_a_restart_of_the_production_broker(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    pki = Pki.create(tmp_path / "pki")
+    broker = start_broker(tmp_path / "broker", pki)
+    device = pki.device("f2-aabbccddee03")
+    identity = pki.service("bridge")
+    env = bridge_env(
+        broker.port,
+        kafka_bootstrap,
+        topics,
+        "ignored-under-tls",
+        MQTT_TLS="true",
+        MQTT_BROKER_HOST="localhost",
+        MQTT_CA_FILE=str(pki.ca_file),
+        BRIDGE_CERT_FILE=str(identity.cert),
+        BRIDGE_KEY_FILE=str(identity.key),
+    )
+    try:
+        bridge = BridgeProcess(env, tmp_path / "bridge.log").start()
+        bridge.terminate()
+        tls = (str(pki.ca_file), str(device.cert), str(device.key))
+        publisher = Publisher(broker.port, device.cn, tls=tls)
+        for seq in range(300):
+            publisher.publish(topic_of(device.cn, seq), payload(device.cn, seq))
+        publisher.close()
+        broker.stop()
+        broker.start()
+        bridge.start()
+        found: Counter[tuple[str, int]] = Counter()
+
+        def complete() -> bool:
+            found.clear()
+            found.update(seqs(raw_messages(kafka_bootstrap, topics.raw, idle=1)))
+            return len(found) >= 300
+
+        wait_for(complete, 30, "the 300 messages queued before the restart")
+        bridge.terminate()
+    finally:
+        broker.stop()
+    assert set(found) == {(device.cn, s) for s in range(300)}

@@ -1,0 +1,60 @@
+"""The simulator's own settings (beyond the shared MQTT, POSTGRES_*, PUBLISH_INTERVAL ones)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SimulatorEnv(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    simulator_state_dir: str = Field(
+        "simulator-state", description="keys (mode 0600) and certificates of the controllers"
+    )
+    simulator_claim_codes: str | None = Field(
+        None, description="claim codes file (CSV from `f2pipe seed-demo --claim-codes`, or JSON)"
+    )
+    simulator_certgen_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="certgen's base URL; default http://CERTGEN_API_HOST:CERTGEN_API_PORT",
+    )
+    simulator_event_interval: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        description="mean seconds between state changes of one door, button, reader or motion "
+        "sensor (normal mode)",
+    )
+    simulator_reconnect_min: float = Field(
+        0.5, gt=0, le=60, description="first reconnect delay, seconds (then doubling, jittered)"
+    )
+    simulator_reconnect_max: float = Field(
+        30.0, gt=0, le=3600, description="longest reconnect delay, seconds"
+    )
+    simulator_enrol_concurrency: int = Field(
+        8, ge=1, le=128, description="enrolment requests in flight at once"
+    )
+    simulator_connect_concurrency: int = Field(
+        50, ge=1, le=10_000, description="TLS handshakes in flight at once"
+    )
+    simulator_queue_size: int = Field(
+        1000,
+        ge=1,
+        le=60_000,
+        description="messages one controller holds while unacknowledged or disconnected "
+        "(MQTT packet ids are 16-bit: keep it well below 65,535)",
+    )
+    simulator_drain_seconds: float = Field(
+        5.0, ge=0, le=600, description="on stop, how long to wait for outstanding acknowledgements"
+    )
+    simulator_connect_timeout: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="load mode: how long to wait for every controller to connect first",
+    )
+    simulator_renew_days: float = Field(
+        7.0, ge=0, le=365, description="re-enrol when a certificate expires within this many days"
+    )
