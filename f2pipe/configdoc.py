@@ -36,10 +36,15 @@ def _default(field: FieldInfo) -> str:
 
 def _service_groups() -> list[tuple[type[BaseSettings], str]]:
     """Settings that only one service reads live in its package, beside the code using them."""
+    from f2pipe_processor.settings import ProcessorSettings
     from f2pipe_simulator.settings import SimulatorEnv
     from f2pipe_sink.config import SinkServiceSettings
 
-    return [(SinkServiceSettings, "sink"), (SimulatorEnv, "simulator")]
+    return [
+        (ProcessorSettings, "processor"),
+        (SinkServiceSettings, "sink"),
+        (SimulatorEnv, "simulator"),
+    ]
 
 
 def render() -> str:

@@ -1,0 +1,212 @@
+"""The per-message work, as plain Python loops over a batch (no Faust, no I/O).
+
+Two passes around the batched lookup: ``parse_messages`` checks topic, payload and timestamp
+and names what must be looked up; ``decode_messages`` turns each message into readings and
+events with the resolved device and template. A message that fails becomes a ``Rejected``
+(the dead-letter reason and why); the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, cast
+
+from f2pipe_processor.registry import Location, Resolved, Template, Unresolved
+from f2pipe_shared.deadletters import Reason
+from f2pipe_shared.decoding import FrameError, frame_data, parse_hex_frame
+from f2pipe_shared.payloads import DeviceMessage, PayloadError, ReaderScan, parse_payload
+from f2pipe_shared.records import Event, RawMessage, Reading
+from f2pipe_shared.timestamps import format_device_timestamp, from_epoch_us, to_epoch_us
+from f2pipe_shared.topics import ComponentKind, Topic, TopicError, parse_topic
+
+log = logging.getLogger(__name__)
+
+_COMMAND = "cmnd topics go to devices, not into the pipeline (only stat and tele are ingested)"
+
+# Device id -> datapoint id -> (timestamp, value, datapoint key): the newest of a batch.
+LatestValues = dict[int, dict[int, tuple[int, float, str]]]
+
+
+class Parsed(NamedTuple):
+    """A message whose topic, payload and timestamp are valid."""
+
+    position: int  # in the batch: dead letters keep the batch's order
+    message: RawMessage
+    topic: Topic
+    payload: DeviceMessage
+    timestamp_us: int
+
+
+class Rejected(NamedTuple):
+    """A message for the dead-letter topic."""
+
+    position: int
+    message: RawMessage
+    reason: Reason
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class TimestampWindow:
+    """Device timestamps outside [earliest_us, latest_us] are implausible."""
+
+    earliest_us: int
+    latest_us: int
+
+    @classmethod
+    def around(cls, now_us: int, max_future_s: float, max_age_s: float) -> TimestampWindow:
+        return cls(now_us - int(max_age_s * 1e6), now_us + int(max_future_s * 1e6))
+
+
+@dataclass(slots=True)
+class Parse:
+    parsed: list[Parsed] = field(default_factory=list)
+    topics: dict[str, Topic] = field(default_factory=dict)  # distinct topics to resolve
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Decoded:
+    readings: list[Reading] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    latest: LatestValues = field(default_factory=dict)
+
+
+def parse_messages(messages: Sequence[RawMessage], window: TimestampWindow) -> Parse:
+    out = Parse()
+    parsed, topics, rejected = out.parsed, out.topics, out.rejected
+    earliest, latest = window.earliest_us, window.latest_us
+    for index, message in enumerate(messages):
+        try:
+            topic = parse_topic(message.topic)
+            if topic.kind == "cmnd":
+                rejected.append(Rejected(index, message, Reason.bad_topic, _COMMAND))
+                continue
+            # A stat/tele topic always gets a device message model, never a command.
+            payload = cast(DeviceMessage, parse_payload(topic, message.payload))
+            ts = to_epoch_us(payload.timestamp)
+            if ts > latest or ts < earliest:
+                rejected.append(_implausible(index, message, payload, ts, window))
+                continue
+        except TopicError as exc:
+            rejected.append(Rejected(index, message, Reason.bad_topic, str(exc)))
+            continue
+        except PayloadError as exc:
+            rejected.append(Rejected(index, message, Reason(exc.reason), str(exc)))
+            continue
+        except Exception as exc:  # a bug must cost one message, not the agent
+            rejected.append(_unexpected(index, message, exc))
+            continue
+        parsed.append(Parsed(index, message, topic, payload, ts))
+        topics[message.topic] = topic
+    return out
+
+
+def decode_messages(
+    parsed: Sequence[Parsed], locations: dict[str, Resolved], templates: dict[int, Template]
+) -> Decoded:
+    out = Decoded()
+    readings, events, rejected, latest = out.readings, out.events, out.rejected, out.latest
+    sensor = ComponentKind.SENSOR
+    for item in parsed:
+        index, message = item.position, item.message
+        location = locations[message.topic]
+        if isinstance(location, Unresolved):
+            rejected.append(Rejected(index, message, location.reason, location.detail))
+            continue
+        device = location.device_id
+        template = templates.get(location.template_id) if location.template_id is not None else None
+        ts = item.timestamp_us
+        try:
+            if item.topic.component_kind is sensor:
+                if template is None or template.decode is None or template.frame_format is None:
+                    rejected.append(_no_frame_template(item, location, template))
+                    continue
+                data = frame_data(
+                    parse_hex_frame(item.payload.data),  # type: ignore[union-attr]
+                    template.frame_format,
+                    verify_crc=template.verify_crc,
+                )
+                values = template.decode(data)
+                newest = latest.setdefault(device, {})
+                keys = template.keys
+                for dp, value in zip(template.frame_points, values, strict=True):
+                    readings.append(Reading(ts, device, dp, value))
+                    _keep_newest(newest, dp, ts, value, keys[dp])
+            else:
+                events.append(_event(item, device))
+                if template is not None and template.field_points:
+                    _state_readings(item, device, template, readings, latest)
+        except FrameError as exc:
+            rejected.append(Rejected(index, message, Reason(exc.reason), str(exc)))
+        except Exception as exc:  # a bug must cost one message, not the agent
+            rejected.append(_unexpected(index, message, exc))
+    return out
+
+
+def _keep_newest(
+    values: dict[int, tuple[int, float, str]], dp: int, ts: int, value: float, key: str
+) -> None:
+    current = values.get(dp)
+    if current is None or current[0] <= ts:
+        values[dp] = (ts, value, key)
+
+
+def _event(item: Parsed, device: int) -> Event:
+    payload = item.payload
+    if isinstance(payload, ReaderScan):
+        return Event(item.timestamp_us, device, "scan", {"data": payload.data})
+    # Door sensors, exit buttons, strikes, sirens, motion sensors: the booleans as sent.
+    fields = payload.model_dump(mode="json", by_alias=True, exclude={"timestamp"})
+    return Event(item.timestamp_us, device, "state", fields)
+
+
+def _state_readings(
+    item: Parsed, device: int, template: Template, readings: list[Reading], latest: LatestValues
+) -> None:
+    newest = latest.setdefault(device, {})
+    for dp, attribute in template.field_points:
+        state = getattr(item.payload, attribute, None)
+        if type(state) is bool:  # a field this payload does not carry is no reading
+            value = 1.0 if state else 0.0
+            readings.append(Reading(item.timestamp_us, device, dp, value))
+            _keep_newest(newest, dp, item.timestamp_us, value, template.keys[dp])
+
+
+def _implausible(
+    index: int, message: RawMessage, payload: DeviceMessage, ts: int, window: TimestampWindow
+) -> Rejected:
+    shown = format_device_timestamp(payload.timestamp)
+    if ts > window.latest_us:
+        ahead = (ts - window.latest_us) / 1e6
+        detail = f"timestamp {shown} is in the future: {ahead:,.0f} s past the allowed skew"
+    else:
+        detail = f"timestamp {shown} is older than the retention (earliest accepted: "
+        detail += f"{_format_us(window.earliest_us)})"
+    return Rejected(index, message, Reason.timestamp_implausible, detail)
+
+
+def _format_us(us: int) -> str:
+    return format_device_timestamp(from_epoch_us(us))
+
+
+def _no_frame_template(item: Parsed, location: Location, template: Template | None) -> Rejected:
+    what = "no template" if template is None else f"template {template.key!r} decodes no frame"
+    return Rejected(
+        item.position,
+        item.message,
+        Reason.unmapped_position,
+        f"device {location.device_id} on {item.topic.connector}/{item.topic.component} "
+        f"has {what}: nothing to decode the frame with",
+    )
+
+
+def _unexpected(index: int, message: RawMessage, exc: Exception) -> Rejected:
+    log.exception("unexpected error on one message; dead-lettered",
+                  extra={"mqtt_topic": message.topic[:200]})  # fmt: skip
+    return Rejected(
+        index, message, Reason.invalid_record, f"unexpected {type(exc).__name__}: {exc}"
+    )

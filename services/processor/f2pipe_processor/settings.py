@@ -1,0 +1,77 @@
+"""Settings only the processor reads (the shared groups cover Kafka, PostgreSQL, Redis…).
+
+docs/configuration.md lists them with the shared groups (f2pipe/configdoc.py).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# One port for /metrics, /healthz and /latest/<device_id>: Faust's web server, Faust's
+# conventional port. METRICS_PORT overrides it.
+DEFAULT_PORT = 6066
+
+_INTERVAL = re.compile(r"^(\d+) (hour|day|week|month|year)s?$")
+_UNIT_DAYS = {"hour": 1 / 24, "day": 1, "week": 7, "month": 30, "year": 365}
+
+
+class ProcessorSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    processor_app_id: str = Field(
+        "f2pipe-processor",
+        pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="Faust app id: the consumer group, and the prefix of the table's changelog",
+    )
+    processor_max_future_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="a device timestamp further ahead of the processor's clock is implausible",
+    )
+    processor_max_age_days: float | None = Field(
+        None,
+        gt=0,
+        description="an older device timestamp is implausible; unset = TELEMETRY_RETENTION",
+    )
+    processor_local_cache_size: int = Field(
+        500_000, ge=100, description="in-process registry cache entries (cleared when full)"
+    )
+    processor_cache_ttl_seconds: int = Field(
+        3600, ge=1, description="Redis registry entries expire after this (invalidation is NOTIFY)"
+    )
+    processor_redis_prefix: str = Field(
+        "f2pipe:processor:", min_length=1, description="prefix of the processor's Redis keys"
+    )
+    processor_redis_retry_seconds: float = Field(
+        5.0, gt=0, description="after a Redis failure, PostgreSQL alone answers this long"
+    )
+    processor_postgres_retry_max_seconds: float = Field(
+        5.0, gt=0, description="longest wait between attempts while PostgreSQL is down"
+    )
+    processor_commit_interval_seconds: float = Field(
+        1.0, gt=0, le=300, description="how often Faust commits the offsets already safe"
+    )
+    processor_max_inflight: int = Field(
+        32, ge=1, le=10_000, description="raw records whose output may await Kafka's ack at once"
+    )
+    processor_data_dir: str | None = Field(
+        None, description="Faust's data directory; unset = a directory under the system temp"
+    )
+
+    def max_age(self, telemetry_retention: str) -> timedelta:
+        """How old a reading may be: our own setting, else the database's retention."""
+        if self.processor_max_age_days is not None:
+            return timedelta(days=self.processor_max_age_days)
+        return interval_to_timedelta(telemetry_retention)
+
+
+def interval_to_timedelta(interval: str) -> timedelta:
+    """``'365 days'``, ``'2 years'``… as TELEMETRY_RETENTION spells them (month = 30 days)."""
+    match = _INTERVAL.fullmatch(interval.strip())
+    if match is None:
+        raise ValueError(f"not an interval like '365 days': {interval!r}")
+    return timedelta(days=int(match[1]) * _UNIT_DAYS[match[2]])

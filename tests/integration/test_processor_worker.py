@@ -1,0 +1,280 @@
+"""`f2pipe processor` as a real process: Faust worker, kill -9, /latest, /healthz, /metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from psycopg.conninfo import conninfo_to_dict
+
+from f2pipe.migrate import apply_migrations
+from f2pipe.seed import seed_demo
+from f2pipe.servers import RedisServer, free_port
+from f2pipe_processor.samples import Sample, load_fleet, samples
+from f2pipe_shared.records import ProcessedBatch, decode_processed_batch, encode_raw_batch
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 3
+ReadingKey = tuple[int, int, int]  # timestamp_us, device id, datapoint id
+
+
+@pytest.fixture
+def worker_env(
+    pg_conninfo: str, redis_server: RedisServer, kafka_bootstrap: str, tmp_path: Path
+) -> dict[str, str]:
+    apply_migrations(pg_conninfo)
+    seed_demo(pg_conninfo, 8)
+    pg = conninfo_to_dict(pg_conninfo)
+    suffix = uuid.uuid4().hex[:8]
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "KAFKA_RAW_TOPIC": f"raw-{suffix}",
+        "KAFKA_PROCESSED_TOPIC": f"processed-{suffix}",
+        "KAFKA_DEADLETTER_TOPIC": f"dlq-{suffix}",
+        "KAFKA_RAW_PARTITIONS": str(PARTITIONS),
+        "KAFKA_PROCESSED_PARTITIONS": str(PARTITIONS),
+        # Tansu holds a group join for the whole rebalance timeout (DESIGN.md).
+        "KAFKA_MAX_POLL_INTERVAL_MS": "5000",
+        "KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "POSTGRES_HOST": str(pg["host"]),
+        "POSTGRES_PORT": str(pg["port"]),
+        "POSTGRES_USER": str(pg["user"]),
+        "POSTGRES_DB": str(pg["dbname"]),
+        "REDIS_HOST": redis_server.host,
+        "REDIS_PORT": str(redis_server.port),
+        "PROCESSOR_APP_ID": f"processor-{suffix}",
+        "PROCESSOR_REDIS_PREFIX": f"test:{suffix}:",
+        "PROCESSOR_DATA_DIR": str(tmp_path / "faust"),
+        "PROCESSOR_COMMIT_INTERVAL_SECONDS": "0.5",
+        "METRICS_HOST": "127.0.0.1",
+        "METRICS_PORT": str(free_port()),
+        "LOG_FORMAT": "text",
+        "CONNINFO": pg_conninfo,
+    }
+
+
+class Worker:
+    """One `python -m f2pipe processor` process, its log in a file."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        self.base = f"http://127.0.0.1:{env['METRICS_PORT']}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_within: float = 60) -> Worker:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "f2pipe", "processor"],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + ready_within
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.tail()
+            status, _ = self.get("/healthz")
+            if status == 200:
+                return self
+            time.sleep(0.2)
+        raise AssertionError(f"processor not healthy within {ready_within} s:\n{self.tail()}")
+
+    def get(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(self.base + path, timeout=5) as response:
+                body = response.read().decode()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            body, status = exc.read().decode(), exc.code
+        except OSError:
+            return 0, None
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise AssertionError(f"no exit within 30 s of SIGTERM:\n{self.tail()}") from None
+        return self.proc.returncode
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture
+def workers(worker_env: dict[str, str], tmp_path: Path) -> Iterator[list[Worker]]:
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        if worker.proc is not None and worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait(10)
+
+
+class TopicReader:
+    """Reads every partition of a topic from the start, incrementally."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"reader-{uuid.uuid4().hex[:6]}",
+                "enable.auto.commit": False,
+            }
+        )
+        self.consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
+        self.batches: list[ProcessedBatch] = []
+
+    def poll(self, seconds: float = 0.5) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for message in self.consumer.consume(500, 0.1):
+                value = message.value()
+                if message.error() is None and value is not None:
+                    self.batches.append(decode_processed_batch(value))
+
+    def readings(self) -> dict[ReadingKey, float]:
+        return {
+            (r.timestamp_us, r.device_id, r.datapoint_id): r.value
+            for batch in self.batches
+            for r in batch.readings
+        }
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def partition_of(sample: Sample) -> int:
+    """The bridge's rule: a stable hash of the MAC, so a device stays on one partition."""
+    mac = sample.message.topic.split("/")[1]
+    return zlib.crc32(mac.encode()) % PARTITIONS
+
+
+def produce(producer: Producer, topic: str, batch: list[Sample]) -> None:
+    by_partition: dict[int, list[Sample]] = {}
+    for sample in batch:
+        by_partition.setdefault(partition_of(sample), []).append(sample)
+    for partition, group in by_partition.items():
+        value = encode_raw_batch([s.message for s in group])
+        producer.produce(topic, value=value, partition=partition)
+    producer.poll(0)
+
+
+def test_kill_9_mid_stream_loses_no_reading_and_latest_is_served(
+    worker_env: dict[str, str], workers: list[Worker], tmp_path: Path
+) -> None:
+    env = worker_env
+    fleet = load_fleet(env["CONNINFO"])
+    stream = samples(fleet, int(time.time() * 1e6) - 120_000_000, random.Random(11), step_us=100)
+    producer = Producer({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"], "linger.ms": 5})
+    sent: list[Sample] = []
+    stop_sending = threading.Event()
+
+    def send_steadily() -> None:
+        # Keeps going while the processor is killed and restarted: mid-stream means that.
+        while not stop_sending.is_set():
+            batch = [next(stream) for _ in range(60)]
+            produce(producer, env["KAFKA_RAW_TOPIC"], batch)
+            sent.extend(batch)
+            time.sleep(0.03)
+        producer.flush(10)
+
+    first = Worker(env, tmp_path / "processor-1.log")
+    workers.append(first)
+    first.start()
+    sender = threading.Thread(target=send_steadily, daemon=True)
+    sender.start()
+    reader = TopicReader(env["KAFKA_BOOTSTRAP_SERVERS"], env["KAFKA_PROCESSED_TOPIC"])
+    try:
+        deadline = time.monotonic() + 30
+        while len(reader.batches) < 30 and time.monotonic() < deadline:
+            reader.poll(0.2)
+        assert len(reader.batches) >= 30, first.tail()
+        first.kill()  # SIGKILL: no commit, no flush, nothing graceful
+        killed_at = len(sent)
+        time.sleep(1.0)
+
+        second = Worker(env, tmp_path / "processor-2.log")
+        workers.append(second)
+        second.start()
+        time.sleep(2.0)
+        stop_sending.set()
+        sender.join(15)
+        assert len(sent) > killed_at  # messages arrived while no processor ran
+
+        expected = {
+            (r.timestamp_us, r.device_id, r.datapoint_id): r.value for s in sent for r in s.readings
+        }
+        deadline = time.monotonic() + 60
+        missing = expected.keys() - reader.readings().keys()
+        while missing and time.monotonic() < deadline:
+            reader.poll(0.5)
+            missing = expected.keys() - reader.readings().keys()
+        assert not missing, f"{len(missing)} of {len(expected)} readings missing:\n{second.tail()}"
+        got = reader.readings()
+        assert all(got[k] == v for k, v in expected.items())
+        total_readings = sum(len(b.readings) for b in reader.batches)
+        assert total_readings >= len(expected)  # at least once (duplicates after the kill)
+
+        # /latest/<device_id>: the newest value of every datapoint of a device.
+        device = next(s for s in fleet if s.stem == "sensor")
+        newest: dict[int, tuple[int, float]] = {}
+        for sample in sent:
+            for r in sample.readings:
+                if r.device_id == device.device_id:
+                    newest[r.datapoint_id] = (r.timestamp_us, r.value)
+        status, body = second.get(f"/latest/{device.device_id}")
+        assert status == 200, body
+        served = {p["datapoint_id"]: (p["timestamp_us"], p["value"]) for p in body["datapoints"]}
+        assert served == newest
+        frame_keys = {"temperature", "humidity", "co2", "voltage", "current", "power"}
+        assert {p["key"] for p in body["datapoints"]} <= frame_keys
+        assert second.get("/latest/999999999")[0] == 404
+        assert second.get("/latest/abc")[0] == 400
+
+        status, health = second.get("/healthz")
+        assert status == 200
+        assert health["status"] == "ok"
+        assert health["listener"] == "listening"
+        status, text = second.get("/metrics")
+        assert status == 200
+        assert "f2pipe_processor_readings_total" in text
+        assert 'f2pipe_processor_cache_lookups_total{layer="memory",result="hit"}' in text
+        assert "f2pipe_processor_faust_" in text  # Faust's own sensor
+        # The restart bug of faust_consumer.py was prevented, not merely caught.
+        assert "f2pipe_processor_skipped_by_faust_total 0.0" in text
+        assert second.stop() == 0
+    finally:
+        stop_sending.set()
+        reader.close()
