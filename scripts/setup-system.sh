@@ -10,6 +10,9 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v pg_config >/
   || need+=(postgresql)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 command -v make >/dev/null 2>&1 || need+=(make)
+# Validates docker-compose.yml in the tests; needs no Docker engine.
+command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1 \
+  || need+=(docker-compose)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
