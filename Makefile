@@ -1,4 +1,4 @@
-# f2pipe: `make test` and (soon) `make dev` are the two commands; see README.md.
+# f2pipe: `make dev` and `make test` are the two commands; see README.md.
 SHELL := /bin/bash
 PYTHON ?= python3
 UV_VERSION := 0.13.9
@@ -9,13 +9,14 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: setup system venv lint format test test-unit test-integration bench clean help
+.PHONY: setup system venv lint format test test-unit test-integration dev bench clean help
 
 help:
 	@echo "make setup   virtual environment, packages and system packages (mosquitto, redis, postgresql)"
 	@echo "make lint    ruff (lint + format check) and mypy"
 	@echo "make test    setup, lint, then the whole test suite against real servers"
 	@echo "make format  apply ruff's formatting and safe fixes"
+	@echo "make dev     the whole pipeline on this machine (f2pipe dev up; Ctrl-C stops it)"
 	@echo "make bench   f2pipe bench --quick"
 
 setup: system venv
@@ -48,6 +49,10 @@ test-unit: venv
 
 test-integration: setup
 	$(BIN)/python -m pytest tests/integration
+
+# DEV_ARGS, e.g. make dev DEV_ARGS="--controllers 100 --base-port 35400"
+dev: setup
+	$(BIN)/f2pipe dev up $(DEV_ARGS)
 
 bench: venv
 	$(BIN)/f2pipe bench --quick

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from f2pipe.bench.main import SUITES
+from f2pipe.dev.options import add_arguments as add_dev_arguments
 from f2pipe_shared.settings import SettingsError
 from f2pipe_simulator.options import add_arguments as add_simulator_arguments
 
@@ -72,6 +73,12 @@ def _simulator(args: argparse.Namespace) -> int:
     from f2pipe_simulator.service import main as simulator_main
 
     return simulator_main(args)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from f2pipe.dev.cli import main as dev_main
+
+    return dev_main(args)
 
 
 def _config_doc(args: argparse.Namespace) -> int:
@@ -146,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_simulator_arguments(p)
     p.set_defaults(handler=_simulator)
+
+    p = sub.add_parser("dev", help="the whole pipeline on this machine: up, status, down")
+    add_dev_arguments(p)
+    p.set_defaults(handler=_dev)
 
     p = sub.add_parser("config-doc", help="print every setting (Markdown) or --write it to a file")
     p.add_argument("--write", type=Path, metavar="PATH", help="e.g. docs/configuration.md")

@@ -4,7 +4,13 @@ The test suite and `f2pipe dev` both use these: PostgreSQL, Redis, Mosquitto and
 Kafka-protocol broker, each a child process we start, wait for and stop.
 """
 
-from f2pipe.servers.base import MissingBinaryError, ServerError, ServerProcess, free_port
+from f2pipe.servers.base import (
+    MissingBinaryError,
+    ServerError,
+    ServerProcess,
+    free_port,
+    port_open,
+)
 from f2pipe.servers.kafka import KafkaBroker
 from f2pipe.servers.mosquitto import MosquittoServer
 from f2pipe.servers.postgres import PostgresServer
@@ -21,4 +27,5 @@ __all__ = [
     "ServerProcess",
     "TcpProxy",
     "free_port",
+    "port_open",
 ]

@@ -1,0 +1,52 @@
+"""The local stack's ports: one base, fixed offsets, clear of the servers' standard ports."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from f2pipe.servers import free_port, port_open
+
+# 25400 + offset: nothing of PostgreSQL (5432), Redis (6379), Kafka (9092), MQTT (1883/8883),
+# certgen (8080), Prometheus exporters (91xx) or the compose file's host ports.
+OFFSETS = {
+    "postgres": 32,
+    "redis": 79,
+    "kafka": 92,
+    "mqtt": 83,
+    "certgen": 80,
+    "bridge": 1,
+    "processor": 2,
+    "sink": 3,
+    "simulator": 4,
+}
+
+
+@dataclass(frozen=True)
+class Ports:
+    postgres: int
+    redis: int
+    kafka: int
+    mqtt: int
+    certgen: int
+    bridge: int  # the services' /metrics and /healthz
+    processor: int
+    sink: int
+    simulator: int
+
+    @classmethod
+    def from_base(cls, base: int) -> Ports:
+        if not 1024 <= base <= 65535 - max(OFFSETS.values()):
+            raise ValueError(f"--base-port {base}: choose 1024..{65535 - max(OFFSETS.values())}")
+        return cls(**{name: base + offset for name, offset in OFFSETS.items()})
+
+    @classmethod
+    def free(cls) -> Ports:
+        """Any free ports (tests)."""
+        return cls(**{name: free_port() for name in OFFSETS})
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def taken(self, host: str = "127.0.0.1") -> dict[str, int]:
+        """The ports something already listens on."""
+        return {name: port for name, port in self.as_dict().items() if port_open(host, port)}

@@ -1,0 +1,320 @@
+"""The whole pipeline, as `f2pipe dev up --detach` runs it: ledger in, exactly the ledger out.
+
+The simulator's load mode publishes a known stream and writes a ledger of every message the
+broker acknowledged; the test waits until the database holds exactly the readings and events
+the ledger says (values included), and the dead-letter topic exactly the malformed messages
+it injected. The second test kills the bridge, the processor and the sink with SIGKILL in
+turn while the simulator publishes (`f2pipe dev` restarts them): still exactly the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import paho.mqtt.client as mqtt
+import psycopg
+import pytest
+from confluent_kafka import Consumer, Message
+
+from f2pipe.dev.ports import Ports
+from f2pipe.dev.procs import Console
+from f2pipe.dev.stack import DevOptions, DevStack
+from f2pipe.seed import demo_mac
+from f2pipe.servers import MissingBinaryError, free_port
+from f2pipe.servers.base import find_binary
+from f2pipe_certgen.ca import CertificateAuthority
+from f2pipe_processor.samples import load_fleet
+from f2pipe_shared.deadletters import DeadLetter
+from f2pipe_shared.decoding import build_modbus_response, format_hex_frame
+from f2pipe_shared.timestamps import format_device_timestamp, parse_device_timestamp, to_epoch_us
+from tests.conftest import missing
+
+CONTROLLERS = 6
+INJECTOR = demo_mac(6)  # never simulated: sends the malformed messages
+Row = tuple[int, int, int, float]  # timestamp_us, device_id, datapoint_id, value
+
+
+def _free_base() -> int:
+    rng = random.Random()
+    for _ in range(50):
+        base = rng.randrange(30000, 60000, 100)
+        if not Ports.from_base(base).taken():
+            return base
+    raise RuntimeError("no free block of ports")
+
+
+@dataclass
+class Stack:
+    state_dir: Path
+    base: int
+    env: dict[str, str]
+
+    @property
+    def conninfo(self) -> str:
+        return f"host=127.0.0.1 port={self.env['POSTGRES_PORT']} user=postgres dbname=f2pipe"
+
+    def dev(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "f2pipe", "dev", *args, "--state-dir", str(self.state_dir)],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+
+    def state(self) -> dict[str, Any]:
+        state: dict[str, Any] = json.loads((self.state_dir / "state.json").read_text())
+        return state
+
+    def log(self, lines: int = 60) -> str:
+        text = (self.state_dir / "dev.log").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    for binary in ("mosquitto", "redis-server"):
+        try:
+            find_binary(binary)
+        except MissingBinaryError as exc:
+            missing(exc)
+    # Not pytest's tmp_path: PostgreSQL runs as `postgres` when we are root, and cannot
+    # enter pytest's 0700 directories.
+    top = Path(tempfile.mkdtemp(prefix="f2pipe-e2e-"))
+    top.chmod(0o755)
+    state_dir = top / "state"
+    base = _free_base()
+    stack = Stack(state_dir, base, {})
+    up = stack.dev("up", "--detach", "--base-port", str(base), "--controllers",
+                   str(CONTROLLERS), "--no-simulator", "--status-interval", "1")  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        # What every process of the stack was given (the same computation).
+        stack.env = DevStack(DevOptions(state_dir, Ports.from_base(base)), Console()).env()
+        yield stack
+    finally:
+        down = stack.dev("down")
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert not (state_dir / "state.json").exists()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def run_simulator(stack: Stack, macs: list[str], ledger: Path, count: int, rate: int) -> subprocess.Popen[bytes]:  # fmt: skip  # noqa: E501
+    env = {**stack.env, "METRICS_PORT": str(free_port())}
+    argv = [sys.executable, "-m", "f2pipe", "simulator", "--load", "--count", str(count),
+            "--rate", str(rate), "--seed", "7", "--ledger", str(ledger)]  # fmt: skip
+    for mac in macs:
+        argv += ["--mac", mac]
+    log = (ledger.parent / "simulator.log").open("ab")
+    return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def expected_from(ledger: Path) -> tuple[set[Row], Counter[tuple[int, int]], int]:
+    """Readings, events (timestamp, device) and the number of publish lines."""
+    lines = [json.loads(line) for line in ledger.read_text().splitlines()]
+    header = lines[0]
+    assert header["type"] == "header"
+    ids = {(int(t), key): dp["id"] for t, tpl in header["templates"].items()
+           for key, dp in tpl["datapoints"].items()}  # fmt: skip
+    readings: set[Row] = set()
+    events: Counter[tuple[int, int]] = Counter()
+    published = [line for line in lines if line["type"] == "publish"]
+    for line in published:
+        ts = to_epoch_us(parse_device_timestamp(line["timestamp"]))
+        for key, value in line["readings"].items():
+            readings.add((ts, line["device_id"], ids[(line["template_id"], key)], value))
+        if line["kind"] != "sensor":
+            events[(ts, line["device_id"])] += 1
+    assert lines[-1]["type"] == "summary"
+    return readings, events, len(published)
+
+
+def stored(stack: Stack, macs: list[str]) -> tuple[list[Row], Counter[tuple[int, int]]]:
+    with psycopg.connect(stack.conninfo) as conn:
+        devices = [row[0] for row in conn.execute(
+            "SELECT device_id FROM registry.device_locations WHERE controller_mac = ANY(%s)",
+            (macs,))]  # fmt: skip
+        readings = [
+            (to_epoch_us(ts), device, datapoint, value)
+            for ts, device, datapoint, value in conn.execute(
+                "SELECT timestamp, device_id, datapoint_id, value FROM telemetry.readings "
+                "WHERE device_id = ANY(%s)", (devices,))
+        ]  # fmt: skip
+        events = Counter(
+            (to_epoch_us(ts), device)
+            for ts, device in conn.execute(
+                "SELECT timestamp, device_id FROM telemetry.events WHERE device_id = ANY(%s)",
+                (devices,))
+        )  # fmt: skip
+    return readings, events
+
+
+def wait_for_ledger(stack: Stack, macs: list[str], ledger: Path, timeout: float = 180) -> None:
+    readings, events, published = expected_from(ledger)
+    assert published > 0
+    deadline = time.monotonic() + timeout
+    while True:
+        rows, got_events = stored(stack, macs)
+        if (set(rows) >= readings and sum(got_events.values()) >= sum(events.values())) or (
+            time.monotonic() > deadline
+        ):
+            break
+        time.sleep(1)
+    time.sleep(3)  # anything late (a duplicate) would land now
+    rows, got_events = stored(stack, macs)
+    missing_rows = readings - set(rows)
+    assert not missing_rows, (
+        f"{len(missing_rows)} of {len(readings)} readings missing\n{stack.log()}"
+    )
+    assert len(rows) == len(set(rows)) == len(readings), "readings not in the ledger"
+    assert got_events == events
+
+
+def device_tls(stack: Stack, root: Path, mac: str) -> tuple[str, str, str]:
+    ca = CertificateAuthority.load(Path(stack.env["CA_DIR"]))
+    issued, key = ca.issue_key_and_certificate(f"f2-{mac}", days=1)
+    cert_path, key_path = root / f"{mac}.crt", root / f"{mac}.key"
+    cert_path.write_text(issued.pem)
+    key_path.write_text(key)
+    key_path.chmod(0o600)
+    return stack.env["MQTT_CA_FILE"], str(cert_path), str(key_path)
+
+
+def inject_malformed(stack: Stack, root: Path) -> dict[bytes, str]:
+    """Messages the processor must dead-letter, sent by a real device; payload -> reason."""
+    slot = next(s for s in load_fleet(stack.conninfo)
+                if s.mac == INJECTOR and s.template and s.template.row[3])  # fmt: skip
+    assert slot.template is not None
+    length = max(dp[2] + (dp[3] or 0) for dp in slot.template.row[4] if dp[2] is not None)
+    good = format_hex_frame(build_modbus_response(slot.template.modbus_address or 1, bytes(length)))
+    ts = format_device_timestamp(datetime.now(UTC))
+    bad_crc = good[:-2] + ("00" if good[-2:] != "00" else "11")
+    messages = {
+        b"not json {": "invalid_json",
+        json.dumps({"data": good}).encode(): "schema_violation",
+        json.dumps({"timestamp": ts, "data": "ZZ"}).encode(): "bad_hex",
+        json.dumps({"timestamp": ts, "data": "01 03"}).encode(): "short_frame",
+        json.dumps({"timestamp": ts, "data": bad_crc}).encode(): "crc_mismatch",
+    }
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"f2-{INJECTOR}")
+    ca_file, cert, key = device_tls(stack, root, INJECTOR)
+    client.tls_set(
+        ca_certs=ca_file, certfile=cert, keyfile=key, tls_version=ssl.PROTOCOL_TLS_CLIENT
+    )
+    client.connect("127.0.0.1", int(stack.env["MQTT_BROKER_PORT"]))
+    client.loop_start()
+    try:
+        for payload in messages:
+            client.publish(slot.topic(), payload, qos=1).wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return messages
+
+
+def _letter(message: Message) -> DeadLetter:
+    headers = cast(list[tuple[str, bytes | None]], message.headers() or [])
+    return DeadLetter.from_kafka(message.value(), headers)
+
+
+def dead_letters(stack: Stack, want: int, timeout: float = 60) -> list[DeadLetter]:
+    consumer = Consumer({"bootstrap.servers": stack.env["KAFKA_BOOTSTRAP_SERVERS"],
+                         "group.id": f"e2e-{time.time_ns()}", "auto.offset.reset": "earliest"})  # fmt: skip  # noqa: E501
+    consumer.subscribe([stack.env.get("KAFKA_DEADLETTER_TOPIC", "iot-dead-letter")])
+    letters: list[DeadLetter] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and len(letters) < want:
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                letters.append(_letter(message))
+        end = time.monotonic() + 3  # and nothing more
+        while time.monotonic() < end:
+            message = consumer.poll(0.5)
+            if message is not None and message.error() is None:
+                letters.append(_letter(message))
+    finally:
+        consumer.close()
+    return letters
+
+
+def test_the_database_holds_exactly_the_ledger_and_the_dead_letters_the_injected(
+    stack: Stack, tmp_path: Path
+) -> None:
+    status = stack.dev("status", timeout=60)
+    assert status.returncode == 0, status.stdout + status.stderr
+    for name in ("certgen", "bridge", "processor", "sink"):
+        assert f"{name}" in status.stdout
+    assert "all healthy" in status.stdout
+
+    macs = [demo_mac(1), demo_mac(2)]
+    ledger = tmp_path / "ledger.jsonl"
+    simulator = run_simulator(stack, macs, ledger, count=3000, rate=1000)
+    injected = inject_malformed(stack, tmp_path)
+    assert simulator.wait(120) == 0, (tmp_path / "simulator.log").read_text()[-3000:]
+    wait_for_ledger(stack, macs, ledger)
+
+    # The README's first query, as a newcomer runs it against this stack.
+    with psycopg.connect(stack.conninfo) as conn:
+        rows = conn.execute(readme_query()).fetchall()
+    assert len(rows) == 20
+    assert all(row[4] and row[5] is not None for row in rows)  # labelled, with a value
+
+    letters = dead_letters(stack, want=len(injected))
+    assert {d.original: d.reason.value for d in letters} == injected
+    assert len(letters) == len(injected)
+    assert {d.mqtt_topic for d in letters} == {letters[0].mqtt_topic}
+    assert f"f2-{INJECTOR}" in (letters[0].mqtt_topic or "")
+
+
+def readme_query() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    match = re.search(r'psql "host=127\.0\.0\.1 port=25432[^"]*" -c "(.*?)"', readme, re.S)
+    assert match is not None, "the README's psql example moved"
+    return match[1]
+
+
+def _pid(stack: Stack, name: str) -> int:
+    return int(stack.state()["pids"][name])
+
+
+def kill_and_wait_restarted(stack: Stack, name: str, timeout: float = 60) -> None:
+    old = _pid(stack, name)
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = stack.state()["pids"].get(name)
+        if pid not in (None, old):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{name} not restarted after kill -9:\n{stack.log()}")
+
+
+def test_kill_9_of_bridge_processor_and_sink_mid_run_still_exactly_the_ledger(
+    stack: Stack, tmp_path: Path
+) -> None:
+    macs = [demo_mac(3), demo_mac(4), demo_mac(5)]
+    ledger = tmp_path / "ledger.jsonl"
+    simulator = run_simulator(stack, macs, ledger, count=9000, rate=300)
+    for name in ("bridge", "processor", "sink"):
+        time.sleep(5)
+        assert simulator.poll() is None, "the run ended before every kill"
+        kill_and_wait_restarted(stack, name)
+    assert simulator.wait(180) == 0, (tmp_path / "simulator.log").read_text()[-3000:]
+    wait_for_ledger(stack, macs, ledger)
+    log = stack.log(400)
+    for name in ("bridge", "processor", "sink"):
+        assert f"{name} exited with -9; restarting it" in log

@@ -1,0 +1,58 @@
+"""The Prometheus alert rules name only metrics our services export, and each is documented."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml  # type: ignore[import-untyped]
+from prometheus_client import REGISTRY, CollectorRegistry
+
+import f2pipe_bridge.metrics
+import f2pipe_processor.metrics
+from f2pipe_certgen.metrics import Metrics as CertgenMetrics
+from f2pipe_sink.metrics import SinkMetrics
+
+ROOT = Path(__file__).resolve().parents[2]
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+METRIC = re.compile(r"\b((?:f2pipe|certgen)_[a-z0-9_]+)")
+SUFFIXES = ("_total", "_bucket", "_sum", "_count")
+
+
+def exported() -> set[str]:
+    assert f2pipe_bridge.metrics.RECEIVED is not None  # imported for its registrations
+    assert f2pipe_processor.metrics.READINGS is not None
+    sink = CollectorRegistry()
+    SinkMetrics(sink)
+    names = set()
+    for registry in (REGISTRY, sink, CertgenMetrics().registry):
+        names |= {family.name for family in registry.collect()}
+    return names
+
+
+def rules() -> list[dict[str, object]]:
+    doc = yaml.safe_load(ALERTS.read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def test_every_metric_an_alert_uses_is_exported() -> None:
+    names = exported()
+    used = set()
+    for rule in rules():
+        for token in METRIC.findall(str(rule["expr"])):
+            base = next((token.removesuffix(s) for s in SUFFIXES if token.endswith(s)), token)
+            used.add(base)
+    assert used, "no metric found in the rules"
+    assert used <= names, sorted(used - names)
+
+
+def test_every_alert_is_explained_in_the_operations_doc() -> None:
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    for rule in rules():
+        assert f"`{rule['alert']}`" in doc, rule["alert"]
+        assert rule["labels"]["severity"] in ("critical", "warning")  # type: ignore[index]
+
+
+def test_prometheus_loads_the_rules_file() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    assert config["rule_files"] == [ALERTS.name]

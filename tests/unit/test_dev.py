@@ -1,0 +1,112 @@
+"""`f2pipe dev`'s pieces that need no server: ports, the status line, prefixed output."""
+
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from f2pipe.dev import status
+from f2pipe.dev.options import DEFAULT_BASE
+from f2pipe.dev.ports import OFFSETS, Ports
+from f2pipe.dev.procs import Console, Service
+from f2pipe.dev.stack import DevOptions, DevStack
+
+
+def test_ports_follow_the_base_and_miss_the_standard_ones() -> None:
+    ports = Ports.from_base(DEFAULT_BASE)
+    assert ports.postgres == DEFAULT_BASE + OFFSETS["postgres"]
+    assert len(set(ports.as_dict().values())) == len(OFFSETS)
+    standard = {5432, 6379, 9092, 1883, 8883, 8080, 9101, 9103, 9104, 6066, 3000, 9090}
+    assert not standard & set(ports.as_dict().values())
+    with pytest.raises(ValueError, match="--base-port"):
+        Ports.from_base(80)
+
+
+def test_a_taken_port_stops_up_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        base = port - OFFSETS["redis"]
+        result = subprocess.run(
+            [sys.executable, "-m", "f2pipe", "dev", "up", "--state-dir", str(tmp_path / "s"),
+             "--base-port", str(base)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert f"redis {port}" in result.stderr
+    assert "--base-port" in result.stderr
+    assert not (tmp_path / "s" / "state.json").exists()
+
+
+def test_status_and_down_without_a_stack(tmp_path: Path) -> None:
+    run = [sys.executable, "-m", "f2pipe", "dev"]
+    st = subprocess.run([*run, "status", "--state-dir", str(tmp_path)],
+                        capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert st.returncode == 3
+    assert "not running" in st.stdout
+    down = subprocess.run([*run, "down", "--state-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert down.returncode == 0
+    assert "not running" in down.stdout
+
+
+def test_rates_between_samples_and_a_restarted_counter() -> None:
+    before = status.Sample(10.0, {"in": 100.0, "written": 1000.0})
+    after = status.Sample(12.0, {"in": 300.0, "written": 10.0})  # the sink restarted
+    assert status.rates(before, after) == {"in": 100.0, "written": None}
+    gone = status.Sample(14.0, {"in": None, "written": 50.0})
+    assert status.rates(after, gone) == {"in": None, "written": 20.0}
+
+
+def test_status_line_says_what_is_unknown_and_unhealthy() -> None:
+    line = status.status_line({"in": 1234.4, "written": None}, {"raw": 3, "processed": None},
+                              0, ["sink"])  # fmt: skip
+    assert line == (
+        "in 1,234 msg/s | written ? | lag raw 3 rec processed ? | dead letters 0 | UNHEALTHY: sink"
+    )
+    assert status.status_line({}, {}, None, []).endswith("| all healthy")
+
+
+def test_console_prefixes_every_line_with_the_process_name() -> None:
+    out = io.StringIO()
+    console = Console(out, width=8)
+    console.line("bridge", "started\n")
+    console.line("sink", "x")
+    assert out.getvalue() == "bridge  | started\nsink    | x\n"
+
+
+def test_a_service_that_dies_is_restarted_until_it_keeps_dying(tmp_path: Path) -> None:
+    out = io.StringIO()
+    service = Service("quitter", [sys.executable, "-c", "print('bye')"], {}, tmp_path / "q.log",
+                      Console(out))  # fmt: skip
+    service.start()
+    assert service.proc is not None
+    service.proc.wait(10)
+    restarts = 0
+    while service.restart_if_dead():
+        restarts += 1
+        assert service.proc is not None
+        service.proc.wait(10)
+    assert restarts == 4  # the fifth exit within a minute ends it
+    assert "quitter keeps exiting" in out.getvalue()
+    assert "quitter | bye" in out.getvalue().replace("quitter   |", "quitter |")
+
+
+def test_the_stack_settings_point_every_service_at_the_local_servers(tmp_path: Path) -> None:
+    ports = Ports.from_base(40000)
+    env = DevStack(DevOptions(tmp_path / "dev", ports), Console(io.StringIO())).env()
+    assert env["POSTGRES_PORT"] == str(ports.postgres)
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == f"127.0.0.1:{ports.kafka}"
+    assert env["MQTT_BROKER_PORT"] == str(ports.mqtt)
+    assert env["CA_DIR"] == str((tmp_path / "dev" / "ca").resolve())
+    token = tmp_path / "dev" / "admin-token"
+    assert env["CERTGEN_ADMIN_TOKEN"] == token.read_text()
+    assert token.stat().st_mode & 0o777 == 0o600
+    again = DevStack(DevOptions(tmp_path / "dev", ports), Console(io.StringIO())).env()
+    assert again["CERTGEN_ADMIN_TOKEN"] == env["CERTGEN_ADMIN_TOKEN"]  # kept across runs
