@@ -164,7 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="run benchmarks: print a table, write bench-results/*.json")
     p.add_argument(
-        "suite", nargs="?", default="codec", choices=list(SUITES), help="what to measure"
+        "suite",
+        nargs="?",
+        default="e2e",
+        choices=list(SUITES),
+        help="what to measure (default e2e: the whole local stack under load)",
     )
     p.add_argument("--repeats", type=int, default=7, help="runs per measurement (median quoted)")
     p.add_argument("--quick", action="store_true", help="fewer, shorter runs")

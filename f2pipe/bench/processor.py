@@ -17,6 +17,7 @@ Measured:
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import subprocess
@@ -41,9 +42,10 @@ from f2pipe.servers import KafkaBroker, PostgresServer, RedisServer, free_port
 from f2pipe_processor.batch import BatchProcessor
 from f2pipe_processor.decoder import TimestampWindow, decode_messages, parse_messages
 from f2pipe_processor.output import KafkaOutput, output_records
-from f2pipe_processor.registry import Registry
+from f2pipe_processor.registry import Registry, Template
 from f2pipe_processor.resolver import RedisCache, Resolver
 from f2pipe_processor.samples import Slot, load_fleet, make_sample
+from f2pipe_shared.decoding import frame_data, parse_hex_frame
 from f2pipe_shared.kafka import ensure_topics, pipeline_topics
 from f2pipe_shared.records import (
     RawMessage,
@@ -74,6 +76,7 @@ def run(report: Report, repeats: int, min_seconds: float) -> None:
         fleet = load_fleet(conninfo)
         batches = realistic_batches(fleet, BATCHES, random.Random(1))
         bench = InProcess(conninfo, cache.url, kafka.bootstrap_servers, batches)
+        bench.fleet = fleet
         asyncio.run(bench.run(report, repeats, min_seconds))
         end_to_end(
             report,
@@ -121,11 +124,13 @@ class InProcess:
         self.cache = RedisCache(redis_url, "bench:", 3600, 5.0)
         self.resolver = Resolver(self.registry, self.cache)
         self.processor = BatchProcessor(self.resolver, "raw", 600, YEAR_S)
+        self.fleet: list[Slot] = []
 
     async def run(self, report: Report, repeats: int, min_seconds: float) -> None:
         self.report, self.repeats, self.min_seconds = report, repeats, min_seconds
         try:
-            await self.core()
+            core = await self.core()
+            await self.ceiling(core)
             await self.stages()
             await self.misses()
             await self.seed_style()
@@ -140,7 +145,7 @@ class InProcess:
         self.report.add(Measurement(name, unit, runs, note))
         return runs
 
-    async def core(self) -> None:
+    async def core(self) -> list[float]:
         readings = 0
         for value in self.batches:  # warms every layer
             readings += len((await self.processor.process(0, 0, value)).processed.readings)
@@ -155,6 +160,30 @@ class InProcess:
         readings_runs = [r * per_message for r in runs]
         note = f"{per_message:.2f} readings per message"
         self.report.add(Measurement("core, all cached", "readings/s", readings_runs, note))
+        return runs
+
+    async def ceiling(self, core: list[float]) -> None:
+        """The floor of the work: json.loads and the shared frame decoder in a loop."""
+        table = {}
+        for slot in self.fleet:
+            template = Template.from_row(slot.template.row) if slot.template else None
+            if template and template.decode and template.frame_format:
+                table[slot.topic()] = (template.decode, template.frame_format, template.verify_crc)
+        messages = [m for raw in self.raws for m in raw]
+
+        async def plain() -> None:
+            for m in messages:
+                doc = json.loads(m.payload)
+                entry = table.get(m.topic)
+                if entry is not None:
+                    decode, frame_format, crc = entry
+                    decode(frame_data(parse_hex_frame(doc["data"]), frame_format, verify_crc=crc))
+
+        note = "json.loads + frame decode per message: no checks, lookups or output"
+        runs = await self.add("ceiling: plain JSON + decode loop", "messages/s", plain,
+                              self.messages, note)  # fmt: skip
+        ratio = median(core) / median(runs)
+        self.report.add(Measurement("core / plain loop", "ratio", [ratio], "same run"))
 
     async def stages(self) -> None:
         window = TimestampWindow.around(int(time.time() * 1e6), 600, YEAR_S)

@@ -213,8 +213,8 @@ class DevStack:
             KAFKA_BOOTSTRAP_SERVERS=f"{HOST}:{ports.kafka}",
             # Tansu holds a group join for the whole rebalance timeout (DESIGN.md): keep it
             # short so a restarted service is back within seconds.
-            KAFKA_MAX_POLL_INTERVAL_MS="10000",
-            KAFKA_SESSION_TIMEOUT_MS="6000",
+            KAFKA_MAX_POLL_INTERVAL_MS="5000",
+            KAFKA_SESSION_TIMEOUT_MS="5000",
             CA_DIR=str(self.ca_dir),
             ISSUED_DIR=str(self.issued_dir),
             MQTT_BROKER_HOST=HOST,

@@ -435,3 +435,15 @@ def test_dead_letters_are_logged_naming_the_device(caplog: pytest.LogCaptureFixt
     assert lines["bad_hex"].devices == [f"f2-{MAC}"]  # type: ignore[attr-defined]
     assert lines["bad_hex"].detail == "odd digit count"  # type: ignore[attr-defined]
     assert "bad_hex" in lines["bad_hex"].getMessage()
+
+
+def test_the_latest_changelog_is_compacted_and_rolls_segments() -> None:
+    import faust
+
+    from f2pipe_processor.latest import latest_table
+
+    app = faust.App("changelog-test", broker="kafka://127.0.0.1:1", store="memory://")
+    topic = latest_table(app, 6).changelog_topic
+    assert topic.compacting
+    assert topic.config["segment.ms"] == "600000"
+    assert float(topic.config["min.cleanable.dirty.ratio"]) <= 0.5

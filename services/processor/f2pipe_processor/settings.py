@@ -58,6 +58,13 @@ class ProcessorSettings(BaseSettings):
     processor_max_inflight: int = Field(
         32, ge=1, le=10_000, description="raw records whose output may await Kafka's ack at once"
     )
+    processor_latest_flush_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="how often the latest-value table's changes go to its changelog (a "
+        "restarted worker replays the changelog; /latest itself is always current)",
+    )
     processor_data_dir: str | None = Field(
         None, description="Faust's data directory; unset = a directory under the system temp"
     )

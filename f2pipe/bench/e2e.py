@@ -1,0 +1,439 @@
+"""`f2pipe bench e2e`: the whole local stack under the simulator's load; throughput, latency,
+per-stage rates, CPU and memory per process, and recovery from kill -9.
+
+Three phases on one `f2pipe dev` stack (fresh state directory, free ports):
+1. fixed rate (`--rate`, default 5,000 msg/s): latency from the device timestamp to the
+   database commit (the sink's histogram), sustained readings/s;
+2. as fast as it goes (no rate limit): the sustained readings/s committed;
+3. recovery: a steady rate while bridge, processor and sink are killed with SIGKILL in turn;
+   seconds until the committed rate is back, then the database against the simulator's
+   ledger: missing and unexpected readings.
+
+A sampler scrapes every service's /metrics once a second; rates are taken over each phase's
+window after its warm-up. The chart (PNG) shows readings/s and p99 latency over time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+
+from f2pipe.bench.report import Measurement, Report
+from f2pipe.dev import http
+from f2pipe.dev.ports import Ports
+from f2pipe.dev.procs import Console
+from f2pipe.dev.stack import DevOptions, DevStack
+from f2pipe.servers import free_port
+
+STAGES = {  # stage -> (service, counter)
+    "bridge in": ("bridge", "f2pipe_bridge_received_total"),
+    "processor": ("processor", "f2pipe_processor_messages_total"),
+    "readings decoded": ("processor", "f2pipe_processor_readings_total"),
+    "sink rows": ("sink", "f2pipe_sink_rows_written_total"),
+}
+LATENCY = "f2pipe_sink_end_to_end_latency_seconds"
+KILLED = ("bridge", "processor", "sink")
+
+
+@dataclass
+class Tick:
+    at: float  # seconds since the bench started
+    totals: dict[str, float]  # stage -> counter, made monotonic across restarts
+    buckets: dict[float, float]  # latency histogram: upper bound -> cumulative count
+
+
+@dataclass
+class Sampler:
+    """Once a second: every stage's counter and the latency histogram, restarts folded in."""
+
+    stack: DevStack
+    ticks: list[Tick] = field(default_factory=list)
+    marks: list[tuple[float, str]] = field(default_factory=list)
+    _last: dict[str, float] = field(default_factory=dict)
+    _offset: dict[str, float] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    t0: float = field(default_factory=time.monotonic)
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def mark(self, label: str) -> None:
+        self.marks.append((self.now(), label))
+
+    def sample(self) -> Tick:
+        pages = {name: _scrape_raw(self.stack.metrics_url(name)) for name in KILLED}
+        totals = {}
+        for stage, (service, counter) in STAGES.items():
+            value = pages[service].get(counter)
+            key = stage
+            if value is None:
+                value = self._last.get(key, 0.0) - self._offset.get(key, 0.0)
+            if value < self._last.get(key, 0.0) - self._offset.get(key, 0.0):
+                self._offset[key] = self._last.get(key, 0.0)  # the service restarted
+            totals[stage] = value + self._offset.get(key, 0.0)
+            self._last[key] = totals[stage]
+        buckets = _buckets(pages["sink"])
+        tick = Tick(self.now(), totals, buckets)
+        self.ticks.append(tick)
+        return tick
+
+    def run(self) -> None:
+        while not self._stop.wait(1.0):
+            self.sample()
+
+    @contextmanager
+    def running(self) -> Iterator[Sampler]:
+        thread = threading.Thread(target=self.run, name="bench-sampler", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join(5)
+
+    def window(self, start: float, end: float) -> tuple[Tick, Tick]:
+        inside = [t for t in self.ticks if start <= t.at <= end]
+        if len(inside) < 2:
+            raise RuntimeError(f"no samples between {start:.0f} s and {end:.0f} s")
+        return inside[0], inside[-1]
+
+
+def _scrape_raw(url: str) -> dict[Any, float]:
+    """Samples by name, and latency buckets by (name, le)."""
+    answer = http.get(url)
+    if answer is None or answer[0] != 200:
+        return {}
+    out: dict[Any, float] = {}
+    for family in text_string_to_metric_families(answer[1]):
+        for s in family.samples:
+            if s.name == LATENCY + "_bucket":
+                out[("le", float(s.labels["le"]))] = s.value
+            else:
+                out[s.name] = out.get(s.name, 0.0) + s.value
+    return out
+
+
+def _buckets(page: dict[Any, float]) -> dict[float, float]:
+    return {key[1]: value for key, value in page.items() if isinstance(key, tuple)}
+
+
+def quantile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
+    """The q-quantile of what a cumulative histogram counted between two scrapes.
+
+    Linear inside the bucket, as Prometheus's histogram_quantile; None without counts. A
+    histogram that restarted (counts fell) counts from zero.
+    """
+    bounds = sorted(after)
+    if not bounds:
+        return None
+    restarted = any(after[b] < before.get(b, 0.0) for b in bounds)
+    counts = [after[b] - (0.0 if restarted else before.get(b, 0.0)) for b in bounds]
+    total = counts[-1]
+    if total <= 0:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound, cumulative in zip(bounds, counts, strict=True):
+        if cumulative >= rank:
+            if bound == float("inf"):
+                return lower
+            share = (rank - below) / (cumulative - below) if cumulative > below else 1.0
+            return lower + (bound - lower) * share
+        lower, below = bound, cumulative
+    return lower
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (PostgreSQL's backends, Mosquitto under run-broker.sh)."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError, ValueError):
+                todo += [int(child) for child in task.read_text().split()]
+    return pids
+
+
+def _proc_stats(pid: int) -> tuple[float, float, float] | None:
+    """CPU seconds (user + system) of a process and its descendants, and the largest peak
+    and current RSS (MB) among them."""
+    cpu, peak, now, seen = 0.0, 0.0, 0.0, False
+    for member in _tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            status = Path(f"/proc/{member}/status").read_text()
+        except (OSError, IndexError):
+            continue
+        seen = True
+        cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        kb = {line.split(":")[0]: int(line.split()[1]) for line in status.splitlines()
+              if line.startswith(("VmHWM:", "VmRSS:"))}  # fmt: skip
+        peak = max(peak, kb.get("VmHWM", 0) / 1024)
+        now = max(now, kb.get("VmRSS", 0) / 1024)
+    return (cpu, peak, now) if seen else None
+
+
+def process_stats(stack: DevStack) -> dict[str, tuple[float, float, float]]:
+    pids = {name: s.pid for name, s in stack.services.items()}
+    pids |= {server.name: server.pid for server in stack.servers}
+    out = {}
+    for name, pid in pids.items():
+        if pid is not None and (stats := _proc_stats(pid)) is not None:
+            out[name] = stats
+    return out
+
+
+# --- the load -------------------------------------------------------------------------------
+
+
+def simulator(stack: DevStack, ledger: Path, seconds: float, rate: float | None,
+              controllers: int) -> subprocess.Popen[bytes]:  # fmt: skip
+    env = {**stack.env(), "METRICS_PORT": str(free_port()), "LOG_LEVEL": "WARNING"}
+    argv = [sys.executable, "-m", "f2pipe", "simulator", "--load", "--duration", str(seconds),
+            "--controllers", str(controllers), "--seed", "1", "--ledger", str(ledger)]  # fmt: skip
+    if rate is not None:
+        argv += ["--rate", str(rate)]
+    log = (ledger.parent / f"{ledger.stem}.log").open("ab")
+    return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def ledger_readings(path: Path) -> set[tuple[int, int, int, float]]:
+    from f2pipe_shared.timestamps import parse_device_timestamp, to_epoch_us
+
+    rows = set()
+    ids: dict[tuple[int, str], int] = {}
+    with path.open() as lines:
+        for raw in lines:
+            line = json.loads(raw)
+            if line["type"] == "header":
+                ids = {(int(t), key): dp["id"] for t, tpl in line["templates"].items()
+                       for key, dp in tpl["datapoints"].items()}  # fmt: skip
+            elif line["type"] == "publish":
+                ts = to_epoch_us(parse_device_timestamp(line["timestamp"]))
+                for key, value in line["readings"].items():
+                    rows.add((ts, line["device_id"], ids[(line["template_id"], key)], value))
+    return rows
+
+
+def stored_since(stack: DevStack, since_us: int) -> list[tuple[int, int, int, float]]:
+    from f2pipe_shared.timestamps import to_epoch_us
+
+    with psycopg.connect(stack.conninfo) as conn:
+        cursor = conn.execute(
+            "SELECT timestamp, device_id, datapoint_id, value FROM telemetry.readings "
+            "WHERE timestamp >= to_timestamp(%s / 1e6)", (since_us,))  # fmt: skip
+        return [(to_epoch_us(ts), d, p, v) for ts, d, p, v in cursor]
+
+
+def wait_drained(sampler: Sampler, idle: float = 5.0, timeout: float = 300.0) -> None:
+    """Until the sink has written nothing new for ``idle`` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = sampler.sample().totals["sink rows"], time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = sampler.ticks[-1].totals["sink rows"] if sampler.ticks else last
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= idle:
+            return
+
+
+# --- phases ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    controllers: int = 200
+    warmup: float = 15.0
+    measure: float = 60.0
+    rate: float = 5000.0
+    recovery_rate: float = 3000.0
+    kill_every: float = 25.0
+    readings_per_message: float = 2.8  # replaced by what the fixed-rate phase measured
+
+
+def throughput_phase(report: Report, stack: DevStack, sampler: Sampler, plan: Plan, *,
+                     name: str, rate: float | None, work: Path) -> None:  # fmt: skip
+    sampler.mark(f"{name} start")
+    sim = simulator(stack, work / f"{name}.jsonl", plan.warmup + plan.measure, rate,
+                    plan.controllers)  # fmt: skip
+    start = sampler.now() + plan.warmup
+    time.sleep(plan.warmup + plan.measure)
+    end = sampler.now()
+    sim.wait(120)
+    wait_drained(sampler)
+    first, last = sampler.window(start, end)
+    seconds = last.at - first.at
+    label = "fixed rate" if rate else "as fast as it goes"
+    delivered = last.totals["bridge in"] - first.totals["bridge in"]
+    if rate and delivered > 0:
+        plan.readings_per_message = (
+            last.totals["sink rows"] - first.totals["sink rows"]
+        ) / delivered
+    for stage in STAGES:
+        unit = "readings/s" if stage in ("readings decoded", "sink rows") else "messages/s"
+        per_s = (last.totals[stage] - first.totals[stage]) / seconds
+        report.add(Measurement(f"{label}: {stage}", unit, [per_s],
+                               f"{seconds:.0f} s after {plan.warmup:.0f} s warm-up"))  # fmt: skip
+    for q in (0.5, 0.95, 0.99):
+        value = quantile(first.buckets, last.buckets, q)
+        if value is not None:
+            report.add(Measurement(f"{label}: latency p{round(q * 100)}", "s", [value],
+                                   "device timestamp -> database commit"))  # fmt: skip
+
+
+def recovery_phase(report: Report, stack: DevStack, sampler: Sampler, plan: Plan,
+                   work: Path) -> None:  # fmt: skip
+    since_us = int(time.time() * 1e6) - 1_000_000
+    ledger = work / "recovery.jsonl"
+    total = plan.warmup + plan.kill_every * (len(KILLED) + 1)
+    sampler.mark("recovery start")
+    sim = simulator(stack, ledger, total, plan.recovery_rate, plan.controllers)
+    time.sleep(plan.warmup)
+    for name in KILLED:
+        time.sleep(plan.kill_every / 2)
+        # The steady rate; not the last seconds' rate, which may still be a catch-up.
+        before = plan.recovery_rate * plan.readings_per_message
+        pid = stack.services[name].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        killed_at = sampler.now()
+        sampler.mark(f"kill -9 {name}")
+        back = _back_to(sampler, before, killed_at, timeout=plan.kill_every * 2, stack=stack)
+        report.add(Measurement(f"recovery: {name} kill -9 -> rate back", "s",
+                               [back if back is not None else float("nan")],
+                               f"sink rows/s back to 90 % of {before:,.0f}"))  # fmt: skip
+        time.sleep(max(0.0, plan.kill_every / 2 - (sampler.now() - killed_at)))
+    sim.wait(300)
+    sampler.mark("recovery end")
+    expected = ledger_readings(ledger)
+    deadline = time.monotonic() + 240
+    while True:  # until every reading arrived, or long enough to call the rest missing
+        stored = stored_since(stack, since_us)
+        got = set(stored)
+        if expected <= got or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    time.sleep(3)  # a duplicate would arrive now
+    stored = stored_since(stack, since_us)
+    got = set(stored)
+    report.add(Measurement("recovery: readings in the ledger", "readings", [len(expected)]))
+    report.add(Measurement("recovery: missing readings", "readings", [len(expected - got)],
+                           "must be 0"))  # fmt: skip
+    extra = len(got - expected) + len(stored) - len(got)
+    report.add(Measurement("recovery: unexpected or duplicated readings", "readings", [extra],
+                           "must be 0"))  # fmt: skip
+
+
+def _rate(sampler: Sampler, stage: str, seconds: float) -> float:
+    ticks = [t for t in sampler.ticks if t.at >= sampler.now() - seconds]
+    if len(ticks) < 2:
+        return 0.0
+    return (ticks[-1].totals[stage] - ticks[0].totals[stage]) / (ticks[-1].at - ticks[0].at)
+
+
+def _back_to(
+    sampler: Sampler, before: float, killed_at: float, timeout: float, stack: DevStack
+) -> float | None:
+    """Seconds after the kill until 3 s of sink rows/s are back to 90 % of ``before``.
+
+    Meanwhile the killed service is restarted as `f2pipe dev` does (checked every 0.5 s).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        stack.check()
+        if sampler.now() - killed_at >= 3 and _rate(sampler, "sink rows", 3) >= 0.9 * before:
+            return sampler.now() - killed_at
+    return None
+
+
+# --- the suite ------------------------------------------------------------------------------
+
+
+def run(report: Report, repeats: int, min_seconds: float, quick: bool = False,
+        out_dir: Path | None = None) -> None:  # fmt: skip
+    plan = Plan(warmup=8, measure=20, kill_every=20, controllers=100) if quick else Plan()
+    top = Path(tempfile.mkdtemp(prefix="f2pipe-bench-"))
+    top.chmod(0o755)  # PostgreSQL may run as `postgres`: it must enter it
+    console = Console(open(top / "stack.log", "w"))  # noqa: SIM115 - closed with the stack
+    stack = DevStack(DevOptions(top / "dev", Ports.free(), controllers=plan.controllers,
+                                simulator=False), console)  # fmt: skip
+    try:
+        stack.up()
+        sampler = Sampler(stack)
+        with sampler.running():
+            throughput_phase(report, stack, sampler, plan, name="fixed", rate=plan.rate, work=top)
+            throughput_phase(report, stack, sampler, plan, name="fastest", rate=None, work=top)
+            stats = process_stats(stack)
+            recovery_phase(report, stack, sampler, plan, top)
+        for name, (cpu, peak, rss) in sorted(stats.items()):
+            note = "from start-up through both throughput phases"
+            report.add(Measurement(f"process {name}: CPU", "s", [cpu], note))
+            report.add(Measurement(f"process {name}: RSS at steady state", "MB", [rss],
+                                   "VmRSS after the as-fast-as-it-goes phase"))  # fmt: skip
+            report.add(Measurement(f"process {name}: peak RSS", "MB", [peak],
+                                   "VmHWM (certgen: during the fleet's enrolment)"))  # fmt: skip
+        if out_dir is not None:
+            chart(sampler, out_dir / f"{report.started_at.replace(':', '')}-e2e.png")
+    finally:
+        stack.down()
+        console.out.close()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def chart(sampler: Sampler, path: Path) -> Path | None:
+    """Readings/s committed and p99 latency over time, phases and kills marked."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no chart: matplotlib is not installed (it is in the dev group: make setup)")
+        return None
+    ticks = sampler.ticks
+    times, rows, p99 = [], [], []
+    for before, after in zip(ticks[4::5], ticks[9::5], strict=False):
+        seconds = after.at - before.at
+        times.append(after.at)
+        rows.append((after.totals["sink rows"] - before.totals["sink rows"]) / seconds)
+        p99.append(quantile(before.buckets, after.buckets, 0.99))
+    fig, ax = plt.subplots(figsize=(11, 5))
+    ax.plot(times, rows, color="tab:blue", label="readings/s committed")
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("readings/s committed")
+    right = ax.twinx()
+    right.plot(times, [v if v is not None else float("nan") for v in p99], color="tab:red",
+               label="p99 latency (s)")  # fmt: skip
+    right.set_ylabel("p99 latency, s")
+    for at, label in sampler.marks:
+        ax.axvline(at, color="grey", linestyle=":", linewidth=0.8)
+        ax.annotate(label, (at, 0), rotation=90, fontsize=7, va="bottom")
+    fig.legend(loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"chart: {path}")
+    return path

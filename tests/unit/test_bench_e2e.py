@@ -1,0 +1,34 @@
+"""The end-to-end benchmark's arithmetic: latency quantiles from histogram scrapes."""
+
+from __future__ import annotations
+
+import math
+
+from f2pipe.bench.e2e import quantile
+
+INF = math.inf
+
+
+def test_quantile_interpolates_inside_the_bucket_like_prometheus() -> None:
+    before = {0.1: 10.0, 0.5: 10.0, 1.0: 10.0, INF: 10.0}
+    # 100 new observations: 50 under 0.1 s, 40 in (0.1, 0.5], 10 in (0.5, 1.0].
+    after = {0.1: 60.0, 0.5: 100.0, 1.0: 110.0, INF: 110.0}
+    assert quantile(before, after, 0.5) == 0.1
+    assert math.isclose(quantile(before, after, 0.7) or 0, 0.1 + 0.4 * (20 / 40))
+    assert math.isclose(quantile(before, after, 0.99) or 0, 0.5 + 0.5 * (9 / 10))
+
+
+def test_quantile_without_new_observations_is_unknown() -> None:
+    same = {0.1: 5.0, INF: 5.0}
+    assert quantile(same, same, 0.99) is None
+    assert quantile({}, {}, 0.5) is None
+
+
+def test_a_restarted_histogram_counts_from_zero() -> None:
+    before = {0.1: 500.0, 1.0: 900.0, INF: 900.0}
+    after = {0.1: 10.0, 1.0: 20.0, INF: 20.0}  # the sink restarted: counts fell
+    assert quantile(before, after, 0.25) == 0.1 * (5 / 10)
+
+
+def test_observations_beyond_the_last_bound_report_that_bound() -> None:
+    assert quantile({1.0: 0.0, INF: 0.0}, {1.0: 0.0, INF: 4.0}, 0.5) == 1.0
