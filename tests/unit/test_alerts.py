@@ -1,4 +1,4 @@
-"""The Prometheus alert rules name only metrics our services export, and each is documented."""
+"""Alert rules and Grafana panels name only metrics our services export; alerts are documented."""
 
 from __future__ import annotations
 
@@ -10,18 +10,20 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 import f2pipe_bridge.metrics
 import f2pipe_processor.metrics
+import f2pipe_simulator.metrics
 from f2pipe_certgen.metrics import Metrics as CertgenMetrics
 from f2pipe_sink.metrics import SinkMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-METRIC = re.compile(r"\b((?:f2pipe|certgen)_[a-z0-9_]+)")
+METRIC = re.compile(r"\b((?:f2pipe|certgen|simulator)_[a-z0-9_]+)")
 SUFFIXES = ("_total", "_bucket", "_sum", "_count")
 
 
 def exported() -> set[str]:
     assert f2pipe_bridge.metrics.RECEIVED is not None  # imported for its registrations
     assert f2pipe_processor.metrics.READINGS is not None
+    assert f2pipe_simulator.metrics.PUBLISHED is not None
     sink = CollectorRegistry()
     SinkMetrics(sink)
     names = set()
@@ -35,15 +37,25 @@ def rules() -> list[dict[str, object]]:
     return [rule for group in doc["groups"] for rule in group["rules"]]
 
 
+def metrics_in(text: str) -> set[str]:
+    """Metric families named in PromQL (the _total/_bucket… sample suffixes stripped)."""
+    return {
+        next((token.removesuffix(s) for s in SUFFIXES if token.endswith(s)), token)
+        for token in METRIC.findall(text)
+    }
+
+
 def test_every_metric_an_alert_uses_is_exported() -> None:
-    names = exported()
-    used = set()
-    for rule in rules():
-        for token in METRIC.findall(str(rule["expr"])):
-            base = next((token.removesuffix(s) for s in SUFFIXES if token.endswith(s)), token)
-            used.add(base)
+    used = set().union(*(metrics_in(str(rule["expr"])) for rule in rules()))
     assert used, "no metric found in the rules"
-    assert used <= names, sorted(used - names)
+    assert used <= exported(), sorted(used - exported())
+
+
+def test_every_metric_a_dashboard_panel_uses_is_exported() -> None:
+    dashboards = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
+    used = set().union(*(metrics_in(d.read_text()) for d in dashboards))
+    assert used, "no metric found in the dashboards"
+    assert used <= exported(), sorted(used - exported())
 
 
 def test_every_alert_is_explained_in_the_operations_doc() -> None:
