@@ -16,7 +16,6 @@ window after its warm-up. The chart (PNG) shows readings/s and p99 latency over 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -29,17 +28,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import psycopg
-from prometheus_client.parser import text_string_to_metric_families
 
 from f2pipe.bench.report import Measurement, Report
-from f2pipe.dev import http
 from f2pipe.dev.ports import Ports
 from f2pipe.dev.procs import Console
 from f2pipe.dev.stack import DevOptions, DevStack
+from f2pipe.dev.status import fetch, totals
 from f2pipe.servers import free_port
+from f2pipe_shared.timestamps import to_epoch_us
+from f2pipe_simulator.ledger import Row, expected_rows, iter_ledger
 
 STAGES = {  # stage -> (service, counter)
     "bridge in": ("bridge", "f2pipe_bridge_received_total"),
@@ -65,8 +64,8 @@ class Sampler:
     stack: DevStack
     ticks: list[Tick] = field(default_factory=list)
     marks: list[tuple[float, str]] = field(default_factory=list)
-    _last: dict[str, float] = field(default_factory=dict)
-    _offset: dict[str, float] = field(default_factory=dict)
+    _raw: dict[str, float] = field(default_factory=dict)  # stage -> last scraped counter
+    _base: dict[str, float] = field(default_factory=dict)  # counted before restarts
     _stop: threading.Event = field(default_factory=threading.Event)
     t0: float = field(default_factory=time.monotonic)
 
@@ -77,19 +76,21 @@ class Sampler:
         self.marks.append((self.now(), label))
 
     def sample(self) -> Tick:
-        pages = {name: _scrape_raw(self.stack.metrics_url(name)) for name in KILLED}
-        totals = {}
+        pages = {name: fetch(self.stack.metrics_url(name)) for name in KILLED}
+        counters = {name: totals(page) for name, page in pages.items()}
+        stage_totals = {}
         for stage, (service, counter) in STAGES.items():
-            value = pages[service].get(counter)
-            key = stage
-            if value is None:
-                value = self._last.get(key, 0.0) - self._offset.get(key, 0.0)
-            if value < self._last.get(key, 0.0) - self._offset.get(key, 0.0):
-                self._offset[key] = self._last.get(key, 0.0)  # the service restarted
-            totals[stage] = value + self._offset.get(key, 0.0)
-            self._last[key] = totals[stage]
-        buckets = _buckets(pages["sink"])
-        tick = Tick(self.now(), totals, buckets)
+            previous = self._raw.get(stage, 0.0)
+            raw = counters[service].get(counter)
+            if raw is None:  # not answering (restarting): hold the total
+                raw = previous
+            elif raw < previous:  # restarted: its counter began again at 0
+                self._base[stage] = self._base.get(stage, 0.0) + previous
+            self._raw[stage] = raw
+            stage_totals[stage] = self._base.get(stage, 0.0) + raw
+        buckets = {float(s.labels["le"]): s.value for s in pages["sink"]
+                   if s.name == LATENCY + "_bucket"}  # fmt: skip
+        tick = Tick(self.now(), stage_totals, buckets)
         self.ticks.append(tick)
         return tick
 
@@ -112,25 +113,6 @@ class Sampler:
         if len(inside) < 2:
             raise RuntimeError(f"no samples between {start:.0f} s and {end:.0f} s")
         return inside[0], inside[-1]
-
-
-def _scrape_raw(url: str) -> dict[Any, float]:
-    """Samples by name, and latency buckets by (name, le)."""
-    answer = http.get(url)
-    if answer is None or answer[0] != 200:
-        return {}
-    out: dict[Any, float] = {}
-    for family in text_string_to_metric_families(answer[1]):
-        for s in family.samples:
-            if s.name == LATENCY + "_bucket":
-                out[("le", float(s.labels["le"]))] = s.value
-            else:
-                out[s.name] = out.get(s.name, 0.0) + s.value
-    return out
-
-
-def _buckets(page: dict[Any, float]) -> dict[float, float]:
-    return {key[1]: value for key, value in page.items() if isinstance(key, tuple)}
 
 
 def quantile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
@@ -217,27 +199,7 @@ def simulator(stack: DevStack, ledger: Path, seconds: float, rate: float | None,
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def ledger_readings(path: Path) -> set[tuple[int, int, int, float]]:
-    from f2pipe_shared.timestamps import parse_device_timestamp, to_epoch_us
-
-    rows = set()
-    ids: dict[tuple[int, str], int] = {}
-    with path.open() as lines:
-        for raw in lines:
-            line = json.loads(raw)
-            if line["type"] == "header":
-                ids = {(int(t), key): dp["id"] for t, tpl in line["templates"].items()
-                       for key, dp in tpl["datapoints"].items()}  # fmt: skip
-            elif line["type"] == "publish":
-                ts = to_epoch_us(parse_device_timestamp(line["timestamp"]))
-                for key, value in line["readings"].items():
-                    rows.add((ts, line["device_id"], ids[(line["template_id"], key)], value))
-    return rows
-
-
-def stored_since(stack: DevStack, since_us: int) -> list[tuple[int, int, int, float]]:
-    from f2pipe_shared.timestamps import to_epoch_us
-
+def stored_since(stack: DevStack, since_us: int) -> list[Row]:
     with psycopg.connect(stack.conninfo) as conn:
         cursor = conn.execute(
             "SELECT timestamp, device_id, datapoint_id, value FROM telemetry.readings "
@@ -248,10 +210,10 @@ def stored_since(stack: DevStack, since_us: int) -> list[tuple[int, int, int, fl
 def wait_drained(sampler: Sampler, idle: float = 5.0, timeout: float = 300.0) -> None:
     """Until the sink has written nothing new for ``idle`` seconds."""
     deadline = time.monotonic() + timeout
-    last, since = sampler.sample().totals["sink rows"], time.monotonic()
+    last, since = sampler.ticks[-1].totals["sink rows"], time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(1)
-        now = sampler.ticks[-1].totals["sink rows"] if sampler.ticks else last
+        now = sampler.ticks[-1].totals["sink rows"]  # the sampler's thread takes the ticks
         if now != last:
             last, since = now, time.monotonic()
         elif time.monotonic() - since >= idle:
@@ -326,7 +288,7 @@ def recovery_phase(report: Report, stack: DevStack, sampler: Sampler, plan: Plan
         time.sleep(max(0.0, plan.kill_every / 2 - (sampler.now() - killed_at)))
     sim.wait(300)
     sampler.mark("recovery end")
-    expected = ledger_readings(ledger)
+    expected = expected_rows(iter_ledger(ledger)).readings
     deadline = time.monotonic() + 240
     while True:  # until every reading arrived, or long enough to call the rest missing
         stored = stored_since(stack, since_us)

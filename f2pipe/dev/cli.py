@@ -60,9 +60,9 @@ def _write_state(stack: DevStack, phase: str) -> None:
         "phase": phase,
         "ports": stack.options.ports.as_dict(),
         "services": list(stack.services),
-        "pids": {name: service.pid for name, service in stack.services.items()},
+        "pids": _pids(stack),
         "conninfo": stack.conninfo,
-        "env": {k: v for k, v in stack.env().items() if k.startswith("KAFKA_")},
+        "env": {k: v for k, v in stack.env().items() if k in status.KafkaView.SETTINGS},
     }
     path = stack.root / STATE_FILE
     tmp = path.with_suffix(".tmp")
@@ -118,20 +118,25 @@ def foreground(args: argparse.Namespace) -> int:
 def watch(stack: DevStack, stop: threading.Event, interval: float) -> None:
     """Restart crashed services and print the status line until ``stop`` is set."""
     urls = {name: stack.metrics_url(name) for name in stack.services if name != "certgen"}
-    kafka = status.KafkaView(stack.env()["KAFKA_BOOTSTRAP_SERVERS"], stack.env())
+    kafka = status.KafkaView(stack.env())
     before = status.take_sample(urls)
+    pids = _pids(stack)
     while not stop.wait(interval):
         failed = stack.check()
-        _write_state(stack, "running")  # a restarted service has a new pid
+        if _pids(stack) != pids:  # a restarted service: `dev status` and tests read its pid
+            pids = _pids(stack)
+            _write_state(stack, "running")
         after = status.take_sample(urls)
         # certgen logs every request: its liveness is enough here, `dev status` asks /healthz.
         unhealthy = failed + [n for n, s in stack.services.items()
                               if not (s.running if n == "certgen" else s.healthy())]  # fmt: skip
-        lags = {name: kafka.lag(topic, group) for name, (topic, group) in kafka.lags.items()}
-        line = status.status_line(status.rates(before, after), lags, kafka.dead_letters(),
-                                  sorted(set(unhealthy)))  # fmt: skip
+        line = kafka.status_line(status.rates(before, after), sorted(set(unhealthy)))
         stack.console.line("status", line)
         before = after
+
+
+def _pids(stack: DevStack) -> dict[str, int | None]:
+    return {name: service.pid for name, service in stack.services.items()}
 
 
 def _announce(stack: DevStack) -> None:
@@ -206,11 +211,8 @@ def show_status(state_dir: Path) -> int:
     before = status.take_sample(urls)
     time.sleep(2)
     after = status.take_sample(urls)
-    env: dict[str, str] = state["env"]
-    kafka = status.KafkaView(env["KAFKA_BOOTSTRAP_SERVERS"], env)
-    lags = {name: kafka.lag(topic, group) for name, (topic, group) in kafka.lags.items()}
-    print("  " + status.status_line(status.rates(before, after), lags, kafka.dead_letters(),
-                                    unhealthy))  # fmt: skip
+    kafka = status.KafkaView(state["env"])
+    print("  " + kafka.status_line(status.rates(before, after), unhealthy))
     return 0 if not unhealthy else 1
 
 

@@ -122,9 +122,11 @@ class DevStack:
         ports = self.options.ports
         postgres = PostgresServer(self.root / "postgres", ports.postgres, durable=True)
         self._start_server(postgres)
-        with psycopg.connect(postgres.conninfo(), autocommit=True) as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone() is None:  # fmt: skip  # noqa: E501
-                conn.execute(f'CREATE DATABASE "{DATABASE}"')
+        with psycopg.connect(postgres.conninfo()) as conn:
+            query = "SELECT 1 FROM pg_database WHERE datname = %s"
+            exists = conn.execute(query, (DATABASE,)).fetchone() is not None
+        if not exists:
+            postgres.create_database(DATABASE)
         self._start_server(RedisServer(self.root / "redis", ports.redis))
         self._start_server(KafkaBroker(self.root / "kafka", ports.kafka))
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample as PromSample
 
 from f2pipe.dev import http
 
@@ -24,17 +25,24 @@ COUNTERS = {
 }
 
 
-def scrape(url: str) -> dict[str, float]:
-    """Every sample of a /metrics page, labels summed away; empty if unreachable."""
+def fetch(url: str) -> list[PromSample]:
+    """Every sample of a /metrics page; empty if unreachable."""
     answer = http.get(url)
     if answer is None or answer[0] != 200:
-        return {}
-    text = answer[1]
-    totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
-    return totals
+        return []
+    return [s for family in text_string_to_metric_families(answer[1]) for s in family.samples]
+
+
+def totals(samples: list[PromSample]) -> dict[str, float]:
+    """Each sample name's value, labels summed away."""
+    out: dict[str, float] = {}
+    for sample in samples:
+        out[sample.name] = out.get(sample.name, 0.0) + sample.value
+    return out
+
+
+def scrape(url: str) -> dict[str, float]:
+    return totals(fetch(url))
 
 
 @dataclass(frozen=True)
@@ -66,9 +74,13 @@ def rates(before: Sample, after: Sample) -> dict[str, float | None]:
 class KafkaView:
     """Lag of the processor's and sink's groups, and the dead-letter topic's size."""
 
-    def __init__(self, bootstrap: str, env: Mapping[str, str]) -> None:
-        self.bootstrap = bootstrap
-        self.lags = {
+    # The settings it reads: `f2pipe dev status` gets them from the state file.
+    SETTINGS = ("KAFKA_BOOTSTRAP_SERVERS", "KAFKA_RAW_TOPIC", "KAFKA_PROCESSED_TOPIC",
+                "KAFKA_DEADLETTER_TOPIC", "PROCESSOR_APP_ID", "SINK_GROUP_ID")  # fmt: skip
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.bootstrap = env["KAFKA_BOOTSTRAP_SERVERS"]
+        self.groups = {
             "raw": (env.get("KAFKA_RAW_TOPIC", "raw-iot-data"),
                     env.get("PROCESSOR_APP_ID", "f2pipe-processor")),
             "processed": (env.get("KAFKA_PROCESSED_TOPIC", "processed-iot-data"),
@@ -100,6 +112,10 @@ class KafkaView:
             return None
         finally:
             consumer.close()
+
+    def status_line(self, per_second: Mapping[str, float | None], unhealthy: list[str]) -> str:
+        lags = {name: self.lag(topic, group) for name, (topic, group) in self.groups.items()}
+        return status_line(per_second, lags, self.dead_letters(), unhealthy)
 
     def dead_letters(self) -> int | None:
         consumer = self._consumer("f2pipe-dev-status")

@@ -42,12 +42,12 @@ from f2pipe_certgen.ca import CertificateAuthority
 from f2pipe_processor.samples import load_fleet
 from f2pipe_shared.deadletters import DeadLetter
 from f2pipe_shared.decoding import build_modbus_response, format_hex_frame
-from f2pipe_shared.timestamps import format_device_timestamp, parse_device_timestamp, to_epoch_us
+from f2pipe_shared.timestamps import format_device_timestamp, to_epoch_us
+from f2pipe_simulator.ledger import Row, expected_rows, read_ledger
 from tests.conftest import missing
 
 CONTROLLERS = 6
 INJECTOR = demo_mac(6)  # never simulated: sends the malformed messages
-Row = tuple[int, int, int, float]  # timestamp_us, device_id, datapoint_id, value
 
 
 def _free_base() -> int:
@@ -112,7 +112,9 @@ def stack() -> Iterator[Stack]:
         shutil.rmtree(top, ignore_errors=True)
 
 
-def run_simulator(stack: Stack, macs: list[str], ledger: Path, count: int, rate: int) -> subprocess.Popen[bytes]:  # fmt: skip  # noqa: E501
+def run_simulator(
+    stack: Stack, macs: list[str], ledger: Path, count: int, rate: int
+) -> subprocess.Popen[bytes]:
     env = {**stack.env, "METRICS_PORT": str(free_port())}
     argv = [sys.executable, "-m", "f2pipe", "simulator", "--load", "--count", str(count),
             "--rate", str(rate), "--seed", "7", "--ledger", str(ledger)]  # fmt: skip
@@ -120,26 +122,6 @@ def run_simulator(stack: Stack, macs: list[str], ledger: Path, count: int, rate:
         argv += ["--mac", mac]
     log = (ledger.parent / "simulator.log").open("ab")
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def expected_from(ledger: Path) -> tuple[set[Row], Counter[tuple[int, int]], int]:
-    """Readings, events (timestamp, device) and the number of publish lines."""
-    lines = [json.loads(line) for line in ledger.read_text().splitlines()]
-    header = lines[0]
-    assert header["type"] == "header"
-    ids = {(int(t), key): dp["id"] for t, tpl in header["templates"].items()
-           for key, dp in tpl["datapoints"].items()}  # fmt: skip
-    readings: set[Row] = set()
-    events: Counter[tuple[int, int]] = Counter()
-    published = [line for line in lines if line["type"] == "publish"]
-    for line in published:
-        ts = to_epoch_us(parse_device_timestamp(line["timestamp"]))
-        for key, value in line["readings"].items():
-            readings.add((ts, line["device_id"], ids[(line["template_id"], key)], value))
-        if line["kind"] != "sensor":
-            events[(ts, line["device_id"])] += 1
-    assert lines[-1]["type"] == "summary"
-    return readings, events, len(published)
 
 
 def stored(stack: Stack, macs: list[str]) -> tuple[list[Row], Counter[tuple[int, int]]]:
@@ -163,8 +145,12 @@ def stored(stack: Stack, macs: list[str]) -> tuple[list[Row], Counter[tuple[int,
 
 
 def wait_for_ledger(stack: Stack, macs: list[str], ledger: Path, timeout: float = 180) -> None:
-    readings, events, published = expected_from(ledger)
-    assert published > 0
+    lines = read_ledger(ledger)
+    assert lines[0]["type"] == "header"
+    assert lines[-1]["type"] == "summary"
+    expected = expected_rows(lines)
+    readings, events = expected.readings, expected.events
+    assert expected.published > 0
     deadline = time.monotonic() + timeout
     while True:
         rows, got_events = stored(stack, macs)
