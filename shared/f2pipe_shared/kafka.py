@@ -14,6 +14,29 @@ from f2pipe_shared.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 
+# Errors about the record itself (its size, its format): sending it again cannot succeed.
+_RECORD_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+    }
+)
+
+
+def record_refused(err: KafkaError | None) -> bool:
+    """True when Kafka refuses the record itself, so a retry would fail the same way."""
+    return err is not None and err.code() in _RECORD_ERRORS
+
+
+def kafka_error(exc: KafkaException) -> KafkaError | None:
+    """The KafkaError a KafkaException carries, if any."""
+    err = exc.args[0] if exc.args else None
+    return err if isinstance(err, KafkaError) else None
+
+
 def producer_config(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]:
     """An idempotent producer: acks=all, retries without duplicates or reordering."""
     config: dict[str, Any] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from f2pipe.servers import KafkaBroker, MissingBinaryError, MosquittoServer, TcpProxy, free_port
-from f2pipe_shared.deadletters import Reason, Stage
+from f2pipe_shared.deadletters import PREVIEW_BYTES, Reason, Stage
 from f2pipe_shared.records import RawMessage, partition_for_device
 from tests.conftest import missing
 from tests.integration.bridgekit import (
@@ -222,6 +223,40 @@ def test_bad_topics_and_oversize_payloads_are_dead_lettered_once(
     assert [m.payload for _, m in raw_messages(kafka_bootstrap, topics.raw)] == [
         payload(DEVICES[0], 2)
     ]
+
+
+def test_no_payload_size_stops_the_bridge_and_the_next_message_goes_through(
+    broker: MosquittoServer, kafka_bootstrap: str, topics: Topics, bridge_factory: BridgeFactory
+) -> None:
+    # This test broker has no packet limit (production's refuses above 128 KiB), so even a
+    # 1 MiB payload reaches the bridge: once, that made the bridge exit for good.
+    bridge = bridge_factory(client_id="bridge-sizes").start()
+    sizes = [0, 16 * 1024 + 1, 1024 * 1024, 4 * 1024 * 1024]
+    payloads = {size: bytes(range(256)) * (size // 256) + b"x" * (size % 256) for size in sizes}
+    publisher = Publisher(broker.port)
+    for n, size in enumerate(sizes):
+        publisher.publish(topic_of(DEVICES[1], n), payloads[size])
+    publisher.publish(topic_of(DEVICES[1], 9), payload(DEVICES[1], 9))
+    publisher.close()
+    wait_for(lambda: bridge.metric("f2pipe_bridge_acknowledged_total") >= 5, 30, "5 acks")
+    assert bridge.proc is not None
+    assert bridge.proc.poll() is None, "the bridge stopped"
+    assert bridge.health()[0] == 200
+
+    letters = {letter.mqtt_topic: letter for letter in dead_letters(kafka_bootstrap, topics.dlq)}
+    assert len(letters) == 3
+    for n, size in enumerate(sizes[1:], start=1):
+        letter = letters[topic_of(DEVICES[1], n)]
+        assert letter.reason == Reason.oversize
+        assert letter.original == payloads[size][:PREVIEW_BYTES]
+        assert letter.original_size == size
+        assert letter.original_sha256 == hashlib.sha256(payloads[size]).hexdigest()
+    # The empty payload is the processor's to judge (invalid_json); the next message is intact.
+    assert [m.payload for _, m in raw_messages(kafka_bootstrap, topics.raw)] == [
+        b"",
+        payload(DEVICES[1], 9),
+    ]
+    bridge.terminate()
 
 
 def test_two_bridges_share_the_load_through_a_shared_group(

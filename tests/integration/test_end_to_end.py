@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -39,7 +40,7 @@ from f2pipe.seed import demo_mac
 from f2pipe.servers import MissingBinaryError, free_port
 from f2pipe.servers.base import find_binary
 from f2pipe_certgen.ca import CertificateAuthority
-from f2pipe_processor.samples import load_fleet
+from f2pipe_processor.samples import Slot, load_fleet
 from f2pipe_shared.deadletters import DeadLetter
 from f2pipe_shared.decoding import build_modbus_response, format_hex_frame
 from f2pipe_shared.timestamps import format_device_timestamp, to_epoch_us
@@ -179,13 +180,29 @@ def device_tls(stack: Stack, root: Path, mac: str) -> tuple[str, str, str]:
     return stack.env["MQTT_CA_FILE"], str(cert_path), str(key_path)
 
 
-def inject_malformed(stack: Stack, root: Path) -> dict[bytes, str]:
-    """Messages the processor must dead-letter, sent by a real device; payload -> reason."""
+def injector_slot(stack: Stack) -> tuple[Slot, str]:
+    """The injector's sensor slot, and a valid hex frame for it."""
     slot = next(s for s in load_fleet(stack.conninfo)
                 if s.mac == INJECTOR and s.template and s.template.row[3])  # fmt: skip
     assert slot.template is not None
     length = max(dp[2] + (dp[3] or 0) for dp in slot.template.row[4] if dp[2] is not None)
     good = format_hex_frame(build_modbus_response(slot.template.modbus_address or 1, bytes(length)))
+    return slot, good
+
+
+def device_client(stack: Stack, root: Path) -> mqtt.Client:
+    """An MQTT client with the injector's own certificate (not yet connected)."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"f2-{INJECTOR}")
+    ca_file, cert, key = device_tls(stack, root, INJECTOR)
+    client.tls_set(
+        ca_certs=ca_file, certfile=cert, keyfile=key, tls_version=ssl.PROTOCOL_TLS_CLIENT
+    )
+    return client
+
+
+def inject_malformed(stack: Stack, root: Path) -> dict[bytes, str]:
+    """Messages the processor must dead-letter, sent by a real device; payload -> reason."""
+    slot, good = injector_slot(stack)
     ts = format_device_timestamp(datetime.now(UTC))
     bad_crc = good[:-2] + ("00" if good[-2:] != "00" else "11")
     messages = {
@@ -195,11 +212,7 @@ def inject_malformed(stack: Stack, root: Path) -> dict[bytes, str]:
         json.dumps({"timestamp": ts, "data": "01 03"}).encode(): "short_frame",
         json.dumps({"timestamp": ts, "data": bad_crc}).encode(): "crc_mismatch",
     }
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"f2-{INJECTOR}")
-    ca_file, cert, key = device_tls(stack, root, INJECTOR)
-    client.tls_set(
-        ca_certs=ca_file, certfile=cert, keyfile=key, tls_version=ssl.PROTOCOL_TLS_CLIENT
-    )
+    client = device_client(stack, root)
     client.connect("127.0.0.1", int(stack.env["MQTT_BROKER_PORT"]))
     client.loop_start()
     try:
@@ -304,3 +317,76 @@ def test_kill_9_of_bridge_processor_and_sink_mid_run_still_exactly_the_ledger(
     log = stack.log(400)
     for name in ("bridge", "processor", "sink"):
         assert f"{name} exited with -9; restarting it" in log
+
+
+def publish_once(stack: Stack, root: Path, topic: str, payload: bytes, retain: bool) -> str:
+    """One QoS 1 publish on a new connection: "acknowledged" or "disconnected" by the broker."""
+    client = device_client(stack, root)
+    gone = threading.Event()
+    client.on_disconnect = lambda *_: gone.set()
+    client.connect("127.0.0.1", int(stack.env["MQTT_BROKER_PORT"]))
+    client.loop_start()
+    try:
+        info = client.publish(topic, payload, qos=1, retain=retain)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not (info.is_published() or gone.is_set()):
+            time.sleep(0.05)
+        return "acknowledged" if info.is_published() else "disconnected" if gone.is_set() else "?"
+    finally:
+        client.loop_stop()
+        client.disconnect()
+
+
+def broker_packet_limit() -> int:
+    conf = (Path(__file__).resolve().parents[2] / "services/mqtt_broker/mosquitto.conf").read_text()
+    match = re.search(r"^max_packet_size (\d+)$", conf, re.M)
+    assert match is not None, "the broker configuration sets no max_packet_size"
+    return int(match[1])
+
+
+def test_no_payload_from_a_device_stops_ingestion_and_a_valid_message_after_is_stored(
+    stack: Stack, tmp_path: Path
+) -> None:
+    pids = {name: _pid(stack, name) for name in ("bridge", "processor", "sink")}
+    log_from = (stack.state_dir / "dev.log").stat().st_size
+    slot, good = injector_slot(stack)
+    limit = broker_packet_limit()
+    sizes = [0, 16 * 1024 + 1, 1024 * 1024, limit + 1]
+    outcomes = {
+        (size, retain): publish_once(stack, tmp_path, slot.topic(), b"{" * size, retain)
+        for size in sizes
+        for retain in (False, True)
+    }
+    assert outcomes == {
+        (0, False): "acknowledged",  # the processor dead-letters it (invalid_json)
+        (16 * 1024 + 1, False): "acknowledged",  # the bridge dead-letters it (oversize)
+        (1024 * 1024, False): "disconnected",  # over max_packet_size: never queued
+        (limit + 1, False): "disconnected",
+        **{(size, True): "disconnected" for size in sizes},  # retain_available false
+    }
+
+    # A valid message right after reaches the database, through the same processes.
+    stamp = datetime.now(UTC).replace(microsecond=0)
+    valid = json.dumps({"timestamp": format_device_timestamp(stamp), "data": good}).encode()
+    assert publish_once(stack, tmp_path, slot.topic(), valid, False) == "acknowledged"
+    deadline = time.monotonic() + 60
+    stored_rows = 0
+    while time.monotonic() < deadline and not stored_rows:
+        with psycopg.connect(stack.conninfo) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM telemetry.readings WHERE device_id = %s AND timestamp = %s",
+                (slot.device_id, stamp),
+            ).fetchone()
+        stored_rows = row[0] if row else 0
+        time.sleep(0.5)
+    assert stored_rows > 0, stack.log()
+
+    letters = [d for d in dead_letters(stack, want=7) if d.original in (b"", b"{" * 1024)]
+    assert sorted((d.reason.value, d.original_size) for d in letters) == [
+        ("invalid_json", None),
+        ("oversize", 16 * 1024 + 1),
+    ]
+    assert {name: _pid(stack, name) for name in pids} == pids, "a service was restarted"
+    with (stack.state_dir / "dev.log").open("rb") as log:
+        log.seek(log_from)
+        assert b"exited with" not in log.read()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 import time
@@ -36,7 +37,15 @@ from f2pipe_processor.samples import Sample, Slot, load_fleet, make_sample
 from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
 from f2pipe_shared.decoding import build_modbus_response, format_hex_frame
 from f2pipe_shared.kafka import ensure_topics, producer_config
-from f2pipe_shared.records import Event, RawMessage, Reading, decode_raw_batch, encode_raw_batch
+from f2pipe_shared.records import (
+    Event,
+    ProcessedBatch,
+    RawMessage,
+    Reading,
+    decode_processed_batch,
+    decode_raw_batch,
+    encode_raw_batch,
+)
 from f2pipe_shared.settings import KafkaSettings
 from f2pipe_shared.timestamps import parse_device_timestamp, to_epoch_us
 from f2pipe_shared.topics import ComponentKind
@@ -47,6 +56,7 @@ pytestmark = pytest.mark.integration
 
 T = TypeVar("T")
 RAW_TOPIC = "raw-iot-data-test"
+SENSOR_TOPIC = "tele/f2-aabbccddee01/sensor-mode/J3/sensor-1"
 DAY_S = 86_400.0
 
 
@@ -612,3 +622,55 @@ def test_decodes_what_the_simulator_encodes_for_every_template(
     assert sources
     assert len(result.processed.events) == len(sources)
     assert len(result.processed.readings) == sum(len(m.readings) for m, _ in sent) > len(sent)
+
+
+def test_records_kafka_refuses_become_dead_letters_and_the_next_record_goes_through(
+    kafka_bootstrap: str,
+) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    kafka = KafkaSettings(
+        kafka_bootstrap_servers=kafka_bootstrap,
+        kafka_processed_topic=f"processed-{suffix}",
+        kafka_deadletter_topic=f"dlq-{suffix}",
+    )
+    ensure_topics(kafka, {kafka.kafka_processed_topic: 1, kafka.kafka_deadletter_topic: 1})
+    ts = now_us()
+    huge = ProcessedBatch(0, 41, [Reading(ts + i, 1, 1, float(i)) for i in range(2000)], [])
+    original = bytes(range(256)) * 20  # 5,120 bytes: whole in the letter, too big for Kafka
+    letter = DeadLetter(stage=Stage.processor, reason=Reason.bad_hex, detail="odd digits",
+                        original=original, mqtt_topic=SENSOR_TOPIC)  # fmt: skip
+    refused = BatchResult(huge, [letter], {}, messages=1)
+    fine = BatchResult(ProcessedBatch(0, 42, [Reading(ts, 1, 1, 1.5)], []), [], {}, messages=1)
+    before = metrics.REFUSED._value.get()
+
+    async def scenario() -> None:
+        # A record limit the huge batch and the letter exceed (librdkafka refuses them before
+        # sending, as it does for anything over the broker's limit).
+        output = KafkaOutput(kafka, **{"message.max.bytes": 4000})
+        for result in (refused, fine):
+            records = output_records(
+                result, kafka.kafka_processed_topic, kafka.kafka_deadletter_topic, RAW_TOPIC
+            )
+            await asyncio.wait_for(output.deliver(records), 30)
+        output.close()
+
+    run(scenario())
+    processed = read_topic(kafka_bootstrap, kafka.kafka_processed_topic, 1)
+    assert [decode_processed_batch(v).source_offset for _, v, _ in processed] == [42]
+    letters = [
+        DeadLetter.from_kafka(v, h)
+        for _, v, h in read_topic(kafka_bootstrap, kafka.kafka_deadletter_topic, 2)
+    ]
+    by_reason = {d.reason: d for d in letters}
+    assert len(letters) == 2
+    unproducible = by_reason[Reason.unproducible]
+    assert (unproducible.source_topic, unproducible.source_offset) == (RAW_TOPIC, 41)
+    assert "2000 readings" in unproducible.detail
+    assert unproducible.original_size is not None
+    assert unproducible.original_size > 4000
+    stripped = by_reason[Reason.bad_hex]
+    assert stripped.original == b""
+    assert stripped.original_size == len(original)
+    assert stripped.original_sha256 == hashlib.sha256(original).hexdigest()
+    assert stripped.mqtt_topic == SENSOR_TOPIC
+    assert metrics.REFUSED._value.get() - before == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -16,7 +17,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -26,6 +27,7 @@ from f2pipe.migrate import apply_migrations
 from f2pipe.seed import seed_demo
 from f2pipe.servers import RedisServer, free_port
 from f2pipe_processor.samples import Sample, load_fleet, samples
+from f2pipe_shared.deadletters import PREVIEW_BYTES, DeadLetter, Reason
 from f2pipe_shared.records import ProcessedBatch, decode_processed_batch, encode_raw_batch
 
 pytestmark = pytest.mark.integration
@@ -278,3 +280,53 @@ def test_kill_9_mid_stream_loses_no_reading_and_latest_is_served(
     finally:
         stop_sending.set()
         reader.close()
+
+
+def test_a_raw_record_too_large_to_dead_letter_whole_does_not_stop_the_worker(
+    worker_env: dict[str, str], workers: list[Worker], tmp_path: Path
+) -> None:
+    env = worker_env
+    fleet = load_fleet(env["CONNINFO"])
+    stream = samples(fleet, int(time.time() * 1e6) - 60_000_000, random.Random(5), step_us=100)
+    good = [next(stream) for _ in range(40)]
+    poison = bytes(range(256)) * 4100  # 1,049,600 bytes: over Kafka's default record limit
+    producer = Producer(
+        {"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"], "message.max.bytes": 2_000_000}
+    )
+    for partition in range(PARTITIONS):
+        producer.produce(env["KAFKA_RAW_TOPIC"], value=poison, partition=partition)
+    produce(producer, env["KAFKA_RAW_TOPIC"], good)
+    assert producer.flush(30) == 0
+
+    worker = Worker(env, tmp_path / "processor.log")
+    workers.append(worker)
+    worker.start()
+    reader = TopicReader(env["KAFKA_BOOTSTRAP_SERVERS"], env["KAFKA_PROCESSED_TOPIC"])
+    letters = Consumer({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"],
+                        "group.id": f"dlq-{uuid.uuid4().hex[:6]}"})  # fmt: skip
+    letters.assign([TopicPartition(env["KAFKA_DEADLETTER_TOPIC"], p, 0) for p in range(PARTITIONS)])
+    try:
+        expected = {(r.timestamp_us, r.device_id, r.datapoint_id) for s in good for r in s.readings}
+        found: list[DeadLetter] = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+            len(found) < PARTITIONS or expected - reader.readings().keys()
+        ):
+            reader.poll(0.2)
+            for m in letters.consume(100, 0.2):
+                if m.error() is None:
+                    headers = cast(list[tuple[str, bytes | None]], m.headers() or [])
+                    found.append(DeadLetter.from_kafka(m.value(), headers))
+        assert not expected - reader.readings().keys(), worker.tail()
+        assert [d.reason for d in found] == [Reason.bad_batch] * PARTITIONS
+        for letter in found:
+            assert letter.original == poison[:PREVIEW_BYTES]
+            assert letter.original_size == len(poison)
+            assert letter.original_sha256 == hashlib.sha256(poison).hexdigest()
+        assert worker.proc is not None
+        assert worker.proc.poll() is None
+        assert worker.get("/healthz")[0] == 200
+        assert worker.stop() == 0
+    finally:
+        reader.close()
+        letters.close()

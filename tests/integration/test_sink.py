@@ -6,6 +6,7 @@ table and the topics, never from the broker's high watermark (Tansu reports it w
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
@@ -31,8 +32,10 @@ from psycopg.conninfo import conninfo_to_dict
 
 from f2pipe.migrate import apply_migrations
 from f2pipe.servers import PostgresServer, free_port
-from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
+from f2pipe_shared.deadletters import PREVIEW_BYTES, DeadLetter, Reason, Stage
 from f2pipe_shared.records import Event, ProcessedBatch, Reading, encode_processed_batch
+from f2pipe_shared.settings import KafkaSettings
+from f2pipe_sink.dlq import DeadLetterProducer
 
 pytestmark = pytest.mark.integration
 
@@ -130,8 +133,10 @@ class Stack:
                 values[name] = float(value)
         return values
 
-    def produce(self, records: list[tuple[int, bytes]]) -> None:
-        producer = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True})
+    def produce(self, records: list[tuple[int, bytes]], **config: Any) -> None:
+        producer = Producer(
+            {"bootstrap.servers": self.bootstrap, "enable.idempotence": True, **config}
+        )
         for partition, value in records:
             producer.produce(self.topic, value, partition=partition)
         assert producer.flush(30) == 0
@@ -399,6 +404,52 @@ def test_poison_records_are_dead_lettered_and_do_not_block_the_partition(stack: 
     assert metrics['f2pipe_sink_dead_letters_total{reason="constraint_violation"}'] == 2
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
+
+
+def test_records_too_large_to_dead_letter_whole_go_as_a_preview_and_the_partition_moves_on(
+    stack: Stack,
+) -> None:
+    proc = stack.start()
+    # Larger than Kafka's default record limit: as a dead letter with its headers it could
+    # never be produced, and a sink that retried it would hold the partition for good.
+    garbage = bytes(range(256)) * 4100  # 1,049,600 bytes
+    refused = batch([], [Event(next(_timestamps), 5, "BAD!", {"pad": "p" * 1000})] * 400)
+    after = make_readings(50)
+    values = [garbage, refused, batch(after)]
+    stack.produce([(0, v) for v in values], **{"message.max.bytes": 2_000_000})
+
+    letters = {letter.source_offset: letter for _, letter in stack.dead_letters(2)}
+    for offset, reason in {0: Reason.bad_batch, 1: Reason.constraint_violation}.items():
+        letter = letters[offset]
+        assert letter.reason is reason
+        assert letter.original == values[offset][:PREVIEW_BYTES]
+        assert letter.original_size == len(values[offset])
+        assert letter.original_sha256 == hashlib.sha256(values[offset]).hexdigest()
+    wait_until(lambda: stack.committed() == {0: 3, 1: -1001, 2: -1001}, 15, "offsets committed")
+    assert_exactly(stack.conninfo, after)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+
+
+def test_a_dead_letter_kafka_refuses_is_sent_without_the_original_bytes(
+    stack: Stack,
+) -> None:
+    original = b"r" * 5000  # whole in a letter, but over this producer's record limit
+    letter = DeadLetter(stage=Stage.sink, reason=Reason.bad_batch, detail="not a batch",
+                        original=original, source_topic=stack.topic, source_partition=0,
+                        source_offset=7)  # fmt: skip
+    settings = KafkaSettings(
+        kafka_bootstrap_servers=stack.bootstrap, kafka_deadletter_topic=stack.dlq
+    )
+    producer = DeadLetterProducer(settings, **{"message.max.bytes": 2000})
+    producer.send([letter])
+    producer.close()
+    [(_, sent)] = stack.dead_letters(1)
+    assert sent.original == b""
+    assert sent.original_size == 5000
+    assert sent.original_sha256 == hashlib.sha256(original).hexdigest()
+    assert (sent.reason, sent.source_offset) == (Reason.bad_batch, 7)
 
 
 def test_postgres_down_for_20_seconds_loses_and_duplicates_nothing(

@@ -1,6 +1,18 @@
 from __future__ import annotations
 
-from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
+import hashlib
+
+import pytest
+
+from f2pipe_shared.deadletters import (
+    DETAIL_MAX,
+    MAX_ORIGINAL_BYTES,
+    PREVIEW_BYTES,
+    TOPIC_MAX,
+    DeadLetter,
+    Reason,
+    Stage,
+)
 
 
 def test_dead_letter_survives_kafka_headers() -> None:
@@ -52,3 +64,61 @@ def test_every_input_error_has_a_dead_letter_reason() -> None:
         Reason.bad_frame,
         Reason.bad_batch,
     }
+
+
+def test_an_original_above_the_limit_travels_as_a_preview_with_size_and_sha256() -> None:
+    original = bytes(range(256)) * 2048  # 512 KiB
+    letter = DeadLetter(
+        stage=Stage.sink, reason=Reason.bad_batch, detail="not a batch", original=original
+    )
+    assert letter.original == original[:PREVIEW_BYTES]
+    assert letter.original_size == len(original)
+    assert letter.original_sha256 == hashlib.sha256(original).hexdigest()
+    headers = dict(letter.headers())
+    assert headers["dlq.original_size"] == str(len(original)).encode()
+    # Read back from Kafka, the preview keeps the size and digest of what arrived.
+    again = DeadLetter.from_kafka(letter.original, letter.headers())
+    assert again == letter
+
+
+def test_an_original_up_to_the_limit_travels_whole() -> None:
+    original = b"x" * MAX_ORIGINAL_BYTES
+    letter = DeadLetter(stage=Stage.sink, reason=Reason.bad_batch, detail="d", original=original)
+    assert letter.original == original
+    assert letter.original_size is None
+    assert "dlq.original_size" not in dict(letter.headers())
+
+
+@pytest.mark.parametrize("reason", [Reason.oversize, Reason.unproducible])
+def test_letters_about_size_carry_only_a_preview(reason: Reason) -> None:
+    original = b"y" * (16 * 1024 + 1)
+    letter = DeadLetter(stage=Stage.bridge, reason=reason, detail="big", original=original)
+    assert len(letter.original) == PREVIEW_BYTES
+    assert letter.original_size == len(original)
+
+
+def test_stripped_letter_keeps_reason_size_and_digest_without_bytes() -> None:
+    original = b'{"data": "01 03"}'
+    letter = DeadLetter(stage=Stage.bridge, reason=Reason.bad_topic, detail="d", original=original)
+    stripped = letter.stripped()
+    assert stripped.original == b""
+    assert stripped.reason is Reason.bad_topic
+    assert stripped.original_size == len(original)
+    assert stripped.original_sha256 == hashlib.sha256(original).hexdigest()
+    previewed = DeadLetter(
+        stage=Stage.bridge, reason=Reason.oversize, detail="d", original=b"z" * 5000
+    ).stripped()
+    assert previewed.original_size == 5000  # the size of what arrived, not of the preview
+
+
+def test_overlong_detail_and_topic_are_cut_not_refused() -> None:
+    letter = DeadLetter(
+        stage=Stage.bridge,
+        reason=Reason.bad_topic,
+        detail="d" * 10_000,
+        original=b"",
+        mqtt_topic="t/" * 30_000,
+    )
+    assert len(letter.detail) == DETAIL_MAX
+    assert letter.mqtt_topic is not None
+    assert len(letter.mqtt_topic) == TOPIC_MAX

@@ -11,15 +11,18 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from f2pipe_bridge import metrics
 from f2pipe_bridge.batcher import Batch, Batcher
-from f2pipe_bridge.mqtt import Inbound, MqttSide
+from f2pipe_bridge.mqtt import Inbound
+from f2pipe_bridge.ports import MessageSource, RecordProducer
 from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
+from f2pipe_shared.kafka import kafka_error, record_refused
 from f2pipe_shared.records import RawMessage, encode_raw_batch, partition_for_device
 from f2pipe_shared.settings import BridgeSettings, KafkaSettings
 from f2pipe_shared.topics import TopicError, parse_topic
@@ -32,7 +35,11 @@ RETRY_DELAY_S = 1.0
 
 class Bridge:
     def __init__(
-        self, kafka: KafkaSettings, settings: BridgeSettings, mqtt: MqttSide, producer: Producer
+        self,
+        kafka: KafkaSettings,
+        settings: BridgeSettings,
+        mqtt: MessageSource,
+        producer: RecordProducer,
     ) -> None:
         self.kafka = kafka
         self.settings = settings
@@ -45,7 +52,7 @@ class Bridge:
         self.stopping = threading.Event()
         self.in_flight = 0
         self.unconfirmed: dict[int, float] = {}  # id(batch) -> when it was produced
-        self.retries: list[tuple[float, Batch]] = []
+        self.retries: list[tuple[float, Callable[[], None]]] = []  # (due, attempt)
 
     def _partition_count(self) -> int:
         topic = self.kafka.kafka_raw_topic
@@ -82,6 +89,13 @@ class Bridge:
 
     def handle(self, message: Inbound) -> None:
         self.in_flight += 1
+        try:
+            self._batch(message)
+        except Exception as exc:  # a bug must not let one message stop every device
+            log.exception("could not handle a message", extra={"topic": message.topic[:200]})
+            self.dead_letter(message, Reason.invalid_record, f"bridge error: {type(exc).__name__}")
+
+    def _batch(self, message: Inbound) -> None:
         if len(message.payload) > self.settings.bridge_max_payload_bytes:
             detail = (
                 f"payload of {len(message.payload)} bytes exceeds "
@@ -103,14 +117,33 @@ class Bridge:
         value = encode_raw_batch(
             [RawMessage(m.topic, m.payload, m.received_at_us) for m in batch.messages]
         )
-        self._produce(
-            self.kafka.kafka_raw_topic,
-            value,
-            partition=batch.partition,
-            on_delivery=partial(self._batch_delivered, batch),
-        )
+        try:
+            self._produce(
+                self.kafka.kafka_raw_topic,
+                value,
+                partition=batch.partition,
+                on_delivery=partial(self._batch_delivered, batch),
+            )
+        except KafkaException as exc:
+            self._batch_failed(batch, kafka_error(exc))
+            return
         self.unconfirmed[id(batch)] = time.monotonic()
         metrics.BATCH_SIZE.observe(len(batch.messages))
+
+    def _batch_failed(self, batch: Batch, err: KafkaError | None) -> None:
+        if not record_refused(err):
+            # Kafka is away or busy: the same record will go through later.
+            self._retry_later(partial(self.send, batch))
+            return
+        # Kafka refuses the record itself (its size, say): halve it until the message that
+        # cannot be sent is alone, and dead-letter that one.
+        if len(batch.messages) == 1:
+            code = err.name() if err is not None else "unknown"
+            self.dead_letter(batch.messages[0], Reason.unproducible, f"Kafka refused it: {code}")
+            return
+        half = len(batch.messages) // 2
+        for part in (batch.messages[:half], batch.messages[half:]):
+            self.send(Batch(batch.partition, messages=part))
 
     def dead_letter(self, message: Inbound, reason: Reason, detail: str) -> None:
         letter = DeadLetter(
@@ -118,21 +151,35 @@ class Bridge:
             reason=reason,
             detail=detail,
             original=message.payload,
-            mqtt_topic=message.topic[:1000],
+            mqtt_topic=message.topic,
         )
         log.warning(
             "dead-lettered",
             extra={"reason": reason.value, "topic": message.topic[:200], "detail": detail},
         )
-        self._produce(
-            self.kafka.kafka_deadletter_topic,
-            message.payload,
-            key=letter.key(),
-            headers=letter.headers(),
-            on_delivery=partial(self._dead_letter_delivered, message, reason),
-        )
+        self._send_letter(message, letter)
+
+    def _send_letter(self, message: Inbound, letter: DeadLetter) -> None:
+        try:
+            self._produce(
+                self.kafka.kafka_deadletter_topic,
+                letter.original,
+                key=letter.key(),
+                headers=letter.headers(),
+                on_delivery=partial(self._dead_letter_delivered, message, letter),
+            )
+        except KafkaException as exc:
+            self._letter_failed(message, letter, kafka_error(exc))
+
+    def _letter_failed(self, message: Inbound, letter: DeadLetter, err: KafkaError | None) -> None:
+        if record_refused(err) and letter.original:
+            # Even the preview is too much for the topic: keep reason, size and sha256.
+            self._send_letter(message, letter.stripped())
+        else:
+            self._retry_later(partial(self._send_letter, message, letter))
 
     def _produce(self, topic: str, value: bytes, **kwargs: Any) -> None:
+        """Produce, waiting while librdkafka's queue is full; KafkaException for the rest."""
         while True:
             try:
                 self.producer.produce(topic, value, **kwargs)
@@ -147,14 +194,14 @@ class Bridge:
         if err is not None:
             metrics.KAFKA_ERRORS.labels(code=err.name()).inc()
             log.error(
-                "Kafka did not confirm a batch; sending it again",
+                "Kafka did not confirm a batch",
                 extra={
                     "error": str(err),
                     "messages": len(batch.messages),
                     "partition": batch.partition,
                 },
             )
-            self.retries.append((time.monotonic() + RETRY_DELAY_S, batch))
+            self._batch_failed(batch, err)
             return
         now_us = time.time_ns() // 1000
         for message in batch.messages:
@@ -164,27 +211,30 @@ class Bridge:
         metrics.PRODUCED.inc(len(batch.messages))
 
     def _dead_letter_delivered(
-        self, message: Inbound, reason: Reason, err: KafkaError | None, _msg: Message
+        self, message: Inbound, letter: DeadLetter, err: KafkaError | None, _msg: Message
     ) -> None:
         if err is not None:
             metrics.KAFKA_ERRORS.labels(code=err.name()).inc()
-            self.dead_letter(message, reason, "retry after Kafka error")
+            self._letter_failed(message, letter, err)
             return
-        metrics.DEAD_LETTERS.labels(reason=reason.value).inc()
+        metrics.DEAD_LETTERS.labels(reason=letter.reason.value).inc()
         self._settle(message)
 
     def _settle(self, message: Inbound) -> None:
         self.in_flight -= 1
         self.mqtt.settle(message)
 
+    def _retry_later(self, attempt: Callable[[], None]) -> None:
+        self.retries.append((time.monotonic() + RETRY_DELAY_S, attempt))
+
     def _resend_due(self) -> None:
         if not self.retries:
             return
         now = time.monotonic()
-        due = [b for t, b in self.retries if t <= now]
-        self.retries = [(t, b) for t, b in self.retries if t > now]
-        for batch in due:
-            self.send(batch)
+        due = [a for t, a in self.retries if t <= now]
+        self.retries = [(t, a) for t, a in self.retries if t > now]
+        for attempt in due:
+            attempt()
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         oldest = min(self.unconfirmed.values(), default=None)
@@ -205,9 +255,11 @@ class Bridge:
                 self.handle(self.mqtt.inbox.get_nowait())
         except queue.Empty:
             pass
-        for batch in self.batcher.drain() + [b for _, b in self.retries]:
+        retries, self.retries = self.retries, []
+        for batch in self.batcher.drain():
             self.send(batch)
-        self.retries.clear()
+        for _, attempt in retries:
+            attempt()
         remaining = self.producer.flush(timeout)
         if remaining:
             log.warning(

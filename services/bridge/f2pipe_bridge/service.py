@@ -34,11 +34,12 @@ def main() -> int:
 
     wait_for_topics(kafka)
     producer = Producer(producer_config(kafka))
-    bridge = Bridge(kafka, bridge_settings, MqttSide(mqtt_settings, bridge_settings), producer)
+    mqtt_side = MqttSide(mqtt_settings, bridge_settings)
+    bridge = Bridge(kafka, bridge_settings, mqtt_side, producer)
     port = DEFAULT_METRICS_PORT if obs.metrics_port is None else obs.metrics_port
     server = ObservabilityServer(obs.metrics_host, port, bridge.health).start()
     on_shutdown_signal(bridge.stop)
-    log.info("bridge started", extra={"metrics_port": server.port, "topics": bridge.mqtt.topics()})
+    log.info("bridge started", extra={"metrics_port": server.port, "topics": mqtt_side.topics()})
     try:
         bridge.run()
     finally:

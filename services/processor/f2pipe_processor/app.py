@@ -199,7 +199,7 @@ def create_app(config: Config, partitions: int) -> tuple[faust.App, Runtime]:
             message = event.message
             result = await runtime.processor.process(message.partition, message.offset, event.value)
             started = time.perf_counter()
-            records = output_records(result, processed_topic, dlq_topic)
+            records = output_records(result, processed_topic, dlq_topic, kafka.kafka_raw_topic)
             latest_values.write(result.latest)
             runtime.inflight.add(
                 message.partition, runtime.output.deliver(records), ack=_acker(stream, event)

@@ -52,6 +52,9 @@ INVALIDATIONS = Counter(
 CACHE_FLUSHES = Counter(
     PREFIX + "cache_flushes", "whole-cache flushes (listener reconnect, TRUNCATE, big changes)"
 )
+REFUSED = Counter(
+    PREFIX + "records_refused", "output records Kafka refused as such, replaced by a dead letter"
+)
 PRODUCE_RETRIES = Counter(PREFIX + "produce_retries", "output records sent again after a failure")
 INFLIGHT = Gauge(PREFIX + "inflight_records", "raw records whose output awaits Kafka's ack")
 SKIPPED_BY_FAUST = Counter(

@@ -6,6 +6,10 @@ librdkafka also gives the idempotent ``acks=all`` producer every f2pipe stage us
 (`f2pipe_shared.kafka.producer_config`). A thread serves librdkafka's delivery callbacks
 and resolves asyncio futures; ``deliver`` returns only when Kafka acknowledged every record,
 and retries the ones that failed until they are, so the caller can ack the raw record then.
+
+A record Kafka refuses for what it is (its size) is never retried as it is: it is replaced by
+its `fallback`, a smaller record saying what happened (a dead letter without the original
+bytes), so no input can hold a partition forever.
 """
 
 from __future__ import annotations
@@ -13,14 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from f2pipe_processor import metrics
 from f2pipe_processor.batch import BatchResult
-from f2pipe_shared.kafka import producer_config
+from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
+from f2pipe_shared.kafka import kafka_error, producer_config, record_refused
 from f2pipe_shared.records import encode_processed_batch
 from f2pipe_shared.settings import KafkaSettings
 
@@ -36,20 +41,45 @@ class OutRecord(NamedTuple):
     value: bytes
     headers: Headers | None = None
     partition: int | None = None  # None: librdkafka's partitioner
+    # What to send instead when Kafka refuses this very record; built only then.
+    fallback: Callable[[], OutRecord] | None = None
 
 
-def output_records(result: BatchResult, processed_topic: str, dlq_topic: str) -> list[OutRecord]:
+def letter_record(topic: str, letter: DeadLetter) -> OutRecord:
+    """A dead letter as a record; if Kafka refuses it, the same letter without the bytes."""
+    headers: Headers = list(letter.headers())
+    if not letter.original:
+        return OutRecord(topic, letter.key(), b"", headers)
+    return OutRecord(
+        topic, letter.key(), letter.original, headers, None,
+        lambda: letter_record(topic, letter.stripped()),
+    )  # fmt: skip
+
+
+def output_records(
+    result: BatchResult, processed_topic: str, dlq_topic: str, source_topic: str = ""
+) -> list[OutRecord]:
     """The processed record, keyed by source partition so its batches stay in order, and
     one dead-letter record per rejected message (value: the original bytes)."""
     batch = result.processed
-    records = [
-        OutRecord(
-            processed_topic, str(batch.source_partition).encode(), encode_processed_batch(batch)
+    value = encode_processed_batch(batch)
+
+    def unproducible() -> OutRecord:
+        letter = DeadLetter(
+            stage=Stage.processor,
+            reason=Reason.unproducible,
+            detail=f"Kafka refused the processed record of {len(batch.readings)} readings "
+            f"and {len(batch.events)} events",
+            original=value,
+            source_topic=source_topic,
+            source_partition=batch.source_partition,
+            source_offset=batch.source_offset,
         )
-    ]
-    for dead in result.dead_letters:
-        headers: Headers = list(dead.headers())
-        records.append(OutRecord(dlq_topic, dead.key(), dead.original, headers))
+        return letter_record(dlq_topic, letter)
+
+    key = str(batch.source_partition).encode()
+    records = [OutRecord(processed_topic, key, value, fallback=unproducible)]
+    records.extend(letter_record(dlq_topic, dead) for dead in result.dead_letters)
     return records
 
 
@@ -81,7 +111,8 @@ class KafkaOutput:
             self._producer.poll(0.05)
 
     async def deliver(self, records: Sequence[OutRecord]) -> None:
-        """Return once Kafka acknowledged every record; failed ones are sent again."""
+        """Return once Kafka acknowledged every record (or its fallback); failed ones are sent
+        again."""
         if self._loop is None:
             self._start()
         pending = list(records)
@@ -93,18 +124,36 @@ class KafkaOutput:
             if not failed:
                 self.failures = 0
                 return
+            errors = [res for res in results if res is not None]
+            refused = [self._replace(r, e) for r, e in zip(failed, errors, strict=True)]
+            if refused != failed:
+                pending = refused  # the fallbacks go out now; nothing to wait for
+                continue
             self.failures += len(failed)
-            errors = {str(res) for res in results if res is not None}
             metrics.PRODUCE_RETRIES.inc(len(failed))
             log.warning(
                 "output not acknowledged by Kafka; sending again",
-                extra={"records": len(failed), "errors": sorted(errors)[:3], "retry_in_s": delay},
-            )
-            if any(isinstance(e, KafkaException) and _fatal(e) for e in results):
+                extra={"records": len(failed), "errors": sorted(map(str, errors))[:3],
+                       "retry_in_s": delay},
+            )  # fmt: skip
+            if any(isinstance(e, KafkaException) and _fatal(e) for e in errors):
                 self._recreate()
             pending = failed
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+    @staticmethod
+    def _replace(record: OutRecord, error: BaseException) -> OutRecord:
+        """The record to send again: its fallback when Kafka refused the record itself."""
+        err = kafka_error(error) if isinstance(error, KafkaException) else None
+        if record.fallback is None or not record_refused(err):
+            return record
+        log.error(
+            "Kafka refused a record; sending what happened instead",
+            extra={"topic": record.topic, "bytes": len(record.value), "error": str(err)},
+        )
+        metrics.REFUSED.inc()
+        return record.fallback()
 
     async def _produce(self, record: OutRecord) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
@@ -128,6 +177,9 @@ class KafkaOutput:
             except BufferError:
                 # librdkafka's queue is full: let the poll thread drain it.
                 await asyncio.sleep(0.01)
+            except KafkaException as exc:  # refused before sending (its size, say)
+                future.set_exception(exc)
+                return future
 
     def _recreate(self) -> None:
         # A fatal error (idempotence state lost) leaves the producer unusable.

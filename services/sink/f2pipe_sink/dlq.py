@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from f2pipe_shared.deadletters import DeadLetter
-from f2pipe_shared.kafka import producer_config
+from f2pipe_shared.kafka import kafka_error, producer_config, record_refused
 from f2pipe_shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -28,23 +29,20 @@ class DeadLetterProducer:
         )
 
     def send(self, letters: Sequence[DeadLetter]) -> None:
-        """Produce and wait for every acknowledgement; DeadLetterError if any failed."""
+        """Produce and wait for every acknowledgement; DeadLetterError if any failed.
+
+        A letter Kafka refuses for what it is (its size) goes again without the original's
+        bytes (its size and sha256 stay in the headers): a retry could never succeed.
+        """
         if not letters:
             return
-        failures: list[str] = []
-
-        def delivered(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                failures.append(str(err))
-
-        for letter in letters:
-            self._produce(letter, delivered)
-        remaining = self._producer.flush(self._timeout)
-        if remaining or failures:
-            raise DeadLetterError(
-                f"{remaining} dead letters unconfirmed after {self._timeout}s, "
-                f"{len(failures)} failed: {'; '.join(failures[:3])}"
-            )
+        refused = self._deliver(letters)
+        if refused:
+            log.error("Kafka refused dead letters; sending them without the original bytes",
+                      extra={"letters": len(refused)})  # fmt: skip
+            refused = self._deliver([letter.stripped() for letter in refused])
+        if refused:
+            raise DeadLetterError(f"Kafka refused {len(refused)} dead letters without bytes")
         for letter in letters:
             log.warning(
                 "dead-lettered",
@@ -56,6 +54,30 @@ class DeadLetterProducer:
                     "detail": letter.detail[:300],
                 },
             )
+
+    def _deliver(self, letters: Sequence[DeadLetter]) -> list[DeadLetter]:
+        """Send and wait: the letters Kafka refused as records; DeadLetterError for the rest."""
+        refused: list[DeadLetter] = []
+        failures: list[str] = []
+
+        def delivered(letter: DeadLetter, err: KafkaError | None, _msg: Message | None) -> None:
+            if record_refused(err) and letter.original:
+                refused.append(letter)
+            elif err is not None:
+                failures.append(str(err))
+
+        for letter in letters:
+            try:
+                self._produce(letter, partial(delivered, letter))
+            except KafkaException as exc:
+                delivered(letter, kafka_error(exc), None)
+        remaining = self._producer.flush(self._timeout)
+        if remaining or failures:
+            raise DeadLetterError(
+                f"{remaining} dead letters unconfirmed after {self._timeout}s, "
+                f"{len(failures)} failed: {'; '.join(failures[:3])}"
+            )
+        return refused
 
     def _produce(self, letter: DeadLetter, delivered: Any) -> None:
         headers: list[tuple[str, str | bytes | None]] = list(letter.headers())
@@ -71,8 +93,6 @@ class DeadLetterProducer:
                 return
             except BufferError:  # local queue full: let deliveries drain, then try again
                 self._producer.poll(0.5)
-            except KafkaException as exc:  # e.g. larger than the topic accepts
-                raise DeadLetterError(f"cannot produce a dead letter: {exc}") from exc
 
     def close(self) -> None:
         self._producer.flush(self._timeout)
