@@ -25,15 +25,20 @@ COPY services/simulator/pyproject.toml services/simulator/
 COPY services/bridge/pyproject.toml services/bridge/
 COPY services/processor/pyproject.toml services/processor/
 COPY services/sink/pyproject.toml services/sink/
+COPY services/mqtt_broker/pyproject.toml services/mqtt_broker/
+# The development tooling is a workspace member, so uv needs its project file to read the
+# lock; `--package f2pipe --no-dev` installs neither it nor anything only it needs.
+COPY devtools/pyproject.toml devtools/
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --all-packages --no-dev --no-install-workspace
+    uv sync --frozen --package f2pipe --no-dev --no-install-workspace
 
-# Then our own packages, installed as wheels (no editable links back to /src).
+# Then our own packages, installed as wheels (no editable links back to /src). The
+# migrations (f2pipe/migrations/) and Mosquitto's configuration travel as package data.
 COPY f2pipe/ f2pipe/
 COPY shared/ shared/
 COPY services/ services/
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --all-packages --no-dev --no-editable \
+    uv sync --frozen --package f2pipe --no-dev --no-editable \
     && /opt/f2pipe/bin/f2pipe --help > /dev/null
 
 # --- runtime: slim Python, the virtual environment, the migrations, a non-root user ---------
@@ -55,9 +60,6 @@ RUN groupadd --system --gid 10001 f2pipe \
     && chmod 0700 /var/lib/f2pipe/demo /var/lib/f2pipe/simulator /var/lib/f2pipe/processor
 
 COPY --from=build /opt/f2pipe /opt/f2pipe
-# `f2pipe migrate` finds migrations/ beside the source tree; in the image they live here and
-# the compose file passes `--directory /usr/share/f2pipe/migrations`.
-COPY migrations/ /usr/share/f2pipe/migrations/
 
 ENV PATH=/opt/f2pipe/bin:$PATH \
     PYTHONUNBUFFERED=1 \

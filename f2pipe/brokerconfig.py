@@ -1,6 +1,7 @@
 """`f2pipe broker-config`: Mosquitto's configuration for a local broker, from the one template.
 
-`services/mqtt_broker/mosquitto.conf` is a working configuration for the container. Mosquitto
+`services/mqtt_broker/f2pipe_mqtt_broker/mosquitto.conf` is a working configuration for the
+container. Mosquitto
 cannot expand variables, so the container's own values are the placeholders: the listener
 line `listener 8883` and the directories under `/mosquitto/`. `render` swaps them for local
 ones; a template that no longer contains one of them is an error, not a silently wrong file.
@@ -15,12 +16,13 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+import f2pipe_mqtt_broker as broker_files
 from f2pipe_shared import settings as s
 
-BROKER_DIR = Path(__file__).resolve().parent.parent / "services" / "mqtt_broker"
-TEMPLATE = BROKER_DIR / "mosquitto.conf"
-ACL = BROKER_DIR / "acl"
-SUPERVISOR = BROKER_DIR / "run-broker.sh"
+# Package data of f2pipe-mqtt-broker (services/mqtt_broker), wherever it is installed.
+TEMPLATE = broker_files.path(broker_files.TEMPLATE)
+ACL = broker_files.path(broker_files.ACL)
+SUPERVISOR = broker_files.path(broker_files.SUPERVISOR)
 
 CONTAINER_LISTENER = "listener 8883"
 # Container directory -> the render() argument that replaces it.

@@ -1,7 +1,9 @@
 """`f2pipe`: one command, a subcommand per service and per operations task.
 
 Handlers import their service lazily, so `f2pipe --help` stays fast and a service's
-dependencies load only when it runs.
+dependencies load only when it runs. Development commands (`dev`, `bench`) are not part of
+this package: `f2pipe-devtools` registers them through the `f2pipe.commands` entry point
+group, so they exist where it is installed (`make setup`) and nowhere else (the image).
 """
 
 from __future__ import annotations
@@ -9,14 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 
-from f2pipe.bench.main import SUITES
-from f2pipe.dev.options import add_arguments as add_dev_arguments
 from f2pipe_shared.settings import SettingsError
 from f2pipe_simulator.options import add_arguments as add_simulator_arguments
 
 Handler = Callable[[argparse.Namespace], int]
+PLUGIN_GROUP = "f2pipe.commands"  # each entry point: register(subparsers) -> None
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -31,12 +33,6 @@ def _seed_demo(args: argparse.Namespace) -> int:
     return seed_demo(
         conninfo=args.conninfo, controllers=args.controllers, claim_codes=args.claim_codes
     )
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from f2pipe.bench.main import run
-
-    return run(args.suite, repeats=args.repeats, out_dir=args.out, quick=args.quick)
 
 
 def _certgen(args: argparse.Namespace) -> int:
@@ -75,12 +71,6 @@ def _simulator(args: argparse.Namespace) -> int:
     return simulator_main(args)
 
 
-def _dev(args: argparse.Namespace) -> int:
-    from f2pipe.dev.cli import main as dev_main
-
-    return dev_main(args)
-
-
 def _config_doc(args: argparse.Namespace) -> int:
     from f2pipe.configdoc import render
 
@@ -100,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("migrate", help="apply the SQL migrations (safe to run again)")
     p.add_argument("--conninfo", help="libpq conninfo; default: POSTGRES_*/TIMESCALE_* settings")
-    p.add_argument("--directory", type=Path, help="migrations directory (default: migrations/)")
+    p.add_argument(
+        "--directory", type=Path, help="migrations directory (default: the ones this package ships)"
+    )
     p.set_defaults(handler=_migrate)
 
     p = sub.add_parser("seed-demo", help="register a demo fleet (idempotent)")
@@ -154,26 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_simulator_arguments(p)
     p.set_defaults(handler=_simulator)
 
-    p = sub.add_parser("dev", help="the whole pipeline on this machine: up, status, down")
-    add_dev_arguments(p)
-    p.set_defaults(handler=_dev)
-
     p = sub.add_parser("config-doc", help="print every setting (Markdown) or --write it to a file")
     p.add_argument("--write", type=Path, metavar="PATH", help="e.g. docs/configuration.md")
     p.set_defaults(handler=_config_doc)
 
-    p = sub.add_parser("bench", help="run benchmarks: print a table, write bench-results/*.json")
-    p.add_argument(
-        "suite",
-        nargs="?",
-        default="e2e",
-        choices=list(SUITES),
-        help="what to measure (default e2e: the whole local stack under load)",
-    )
-    p.add_argument("--repeats", type=int, default=7, help="runs per measurement (median quoted)")
-    p.add_argument("--quick", action="store_true", help="fewer, shorter runs")
-    p.add_argument("--out", type=Path, default=Path("bench-results"), help="JSON output directory")
-    p.set_defaults(handler=_bench)
+    for plugin in entry_points(group=PLUGIN_GROUP):
+        plugin.load()(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Apply the SQL migrations in ``migrations/`` in order, and remember which ran.
+"""Apply the SQL migrations in ``f2pipe/migrations/`` in order, and remember which ran.
 
 A migration is a file ``NNNN_name.sql``. Each pending file runs in its own transaction, together
 with the row that records it in ``f2pipe_meta.schema_migrations`` (name, sha256, applied_at), so
@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +39,8 @@ log = logging.getLogger(__name__)
 
 Connection = psycopg.Connection[TupleRow]
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+# Package data of this package (f2pipe/migrations/); `f2pipe migrate --directory` overrides.
+MIGRATIONS_DIR = Path(str(files("f2pipe") / "migrations"))
 NO_TRANSACTION_MARK = "-- f2pipe:no-transaction"
 
 # Any constant works as long as no other tool locks it: 'f2pipe' in ASCII.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from f2pipe.servers import (
+from f2pipe_devtools.servers import (
     KafkaBroker,
     MissingBinaryError,
     MosquittoServer,

@@ -65,7 +65,7 @@ def consumer_config(settings: KafkaSettings, group_id: str, **overrides: Any) ->
         # a third of the session is the usual ratio.
         "heartbeat.interval.ms": min(3000, settings.kafka_session_timeout_ms // 3),
         # Tansu makes a consumer with a full local queue wait 1 s between fetches; 10 ms is
-        # about 4x faster there and harmless on Apache Kafka (DESIGN.md).
+        # about 4x faster there and harmless on Apache Kafka (docs/architecture.md).
         "fetch.queue.backoff.ms": 10,
     }
     config.update(overrides)

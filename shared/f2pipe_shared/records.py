@@ -2,8 +2,8 @@
 
 `raw-iot-data` (bridge -> processor) and `processed-iot-data` (processor -> sink) carry
 batches: a Faust worker pays per Kafka record, so one record per MQTT message would cap the
-pipeline (DESIGN.md). Both framings are msgpack arrays led by a format version, built from
-plain tuples so the hot loops never touch Pydantic.
+pipeline (docs/architecture.md). Both framings are msgpack arrays led by a format version,
+built from plain tuples so the hot loops never touch Pydantic.
 """
 
 from __future__ import annotations

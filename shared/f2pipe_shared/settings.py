@@ -80,7 +80,8 @@ class KafkaSettings(_Settings):
     kafka_replication_factor: int = Field(
         1, ge=1, le=16, description="replication factor of topics f2pipe creates"
     )
-    # Consumer-group joins wait for this on some brokers (DESIGN.md): short in development.
+    # Consumer-group joins wait for this on some brokers (Tansu, docs/architecture.md): short
+    # in development.
     kafka_max_poll_interval_ms: int = Field(
         300_000, ge=1_000, description="consumer max.poll.interval.ms / rebalance timeout"
     )

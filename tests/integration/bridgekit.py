@@ -18,7 +18,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from confluent_kafka import Consumer, TopicPartition
 
-from f2pipe.servers import free_port
+from f2pipe_devtools.servers import free_port
 from f2pipe_shared.deadletters import DeadLetter
 from f2pipe_shared.records import RawMessage, decode_raw_batch
 

@@ -19,7 +19,7 @@ from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg.conninfo import conninfo_to_dict
 
-from f2pipe.servers import free_port
+from f2pipe_devtools.servers import free_port
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 # Variables of the developer's shell that would change what the service under test does.

@@ -37,7 +37,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from f2pipe.migrate import apply_migrations
 from f2pipe.seed import seed_demo
-from f2pipe.servers import free_port
+from f2pipe_devtools.servers import free_port
 from tests.integration.certgen_harness import ADMIN_TOKEN, CertgenProcess, certgen_env
 from tests.integration.tlskit import Pki, SupervisedMosquitto, start_broker
 
@@ -358,7 +358,7 @@ def _log_span(path: Path, first: str, last: str) -> float | None:
 
 def measure(controllers: int, count: int, rate: float | None) -> dict[str, Any]:
     """Enrol, connect and load-test ``controllers`` against real servers; return the numbers."""
-    from f2pipe.servers import PostgresServer
+    from f2pipe_devtools.servers import PostgresServer
 
     root = Path(tempfile.mkdtemp(prefix="f2pipe-simkit-"))
     root.chmod(0o755)

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from f2pipe.servers import KafkaBroker, MissingBinaryError, MosquittoServer, TcpProxy, free_port
+from f2pipe_devtools.servers import (
+    KafkaBroker,
+    MissingBinaryError,
+    MosquittoServer,
+    TcpProxy,
+    free_port,
+)
 from f2pipe_shared.deadletters import PREVIEW_BYTES, Reason, Stage
 from f2pipe_shared.records import RawMessage, partition_for_device
 from tests.conftest import missing

@@ -1,6 +1,6 @@
 """Mosquitto with our configuration, ACL and CA: who may connect, publish and read what.
 
-Every broker here runs the real template (services/mqtt_broker/mosquitto.conf, rendered by
+Every broker here runs the real template (f2pipe_mqtt_broker's mosquitto.conf, rendered by
 f2pipe.brokerconfig) under run-broker.sh, as docker-compose runs it, with certificates from
 f2pipe_certgen.ca in a temporary directory.
 
@@ -29,8 +29,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from f2pipe.brokerconfig import ACL, TEMPLATE, render, supervisor_command, write
 from f2pipe.cli import main as cli_main
-from f2pipe.servers import MissingBinaryError, ServerProcess, free_port
-from f2pipe.servers.base import find_binary
+from f2pipe_devtools.servers import MissingBinaryError, ServerProcess, free_port
+from f2pipe_devtools.servers.base import find_binary
 from tests.conftest import missing
 from tests.integration.tlskit import (
     POLL_SECONDS,

@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from f2pipe.migrate import apply_migrations
 from f2pipe.seed import seed_demo
-from f2pipe.servers import PostgresServer
+from f2pipe_devtools.servers import PostgresServer
 from tests.integration.certgen_harness import (
     ADMIN_TOKEN,
     CertgenProcess,

@@ -33,18 +33,19 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, Message
 
-from f2pipe.dev.ports import Ports
-from f2pipe.dev.procs import Console
-from f2pipe.dev.stack import DevOptions, DevStack
+from f2pipe.brokerconfig import TEMPLATE
 from f2pipe.seed import demo_mac
-from f2pipe.servers import MissingBinaryError, free_port
-from f2pipe.servers.base import find_binary
 from f2pipe_certgen.ca import CertificateAuthority
-from f2pipe_processor.samples import Slot, load_fleet
+from f2pipe_devtools.dev.ports import Ports
+from f2pipe_devtools.dev.procs import Console
+from f2pipe_devtools.dev.stack import DevOptions, DevStack
+from f2pipe_devtools.servers import MissingBinaryError, free_port
+from f2pipe_devtools.servers.base import find_binary
+from f2pipe_devtools.testkit.ledger import Row, expected_rows, read_ledger
+from f2pipe_devtools.testkit.samples import Slot, load_fleet
 from f2pipe_shared.deadletters import DeadLetter
 from f2pipe_shared.decoding import build_modbus_response, format_hex_frame
 from f2pipe_shared.timestamps import format_device_timestamp, to_epoch_us
-from f2pipe_simulator.ledger import Row, expected_rows, read_ledger
 from tests.conftest import missing
 
 CONTROLLERS = 6
@@ -338,7 +339,7 @@ def publish_once(stack: Stack, root: Path, topic: str, payload: bytes, retain: b
 
 
 def broker_packet_limit() -> int:
-    conf = (Path(__file__).resolve().parents[2] / "services/mqtt_broker/mosquitto.conf").read_text()
+    conf = TEMPLATE.read_text()
     match = re.search(r"^max_packet_size (\d+)$", conf, re.M)
     assert match is not None, "the broker configuration sets no max_packet_size"
     return int(match[1])

@@ -26,14 +26,14 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from f2pipe.migrate import apply_migrations
 from f2pipe.seed import DATAPOINTS, DEVICE_TEMPLATES, demo_mac, seed_demo
-from f2pipe.servers import PostgresServer, RedisServer
+from f2pipe_devtools.servers import PostgresServer, RedisServer
+from f2pipe_devtools.testkit.samples import Sample, Slot, load_fleet, make_sample
 from f2pipe_processor import metrics
 from f2pipe_processor.batch import BatchProcessor, BatchResult
 from f2pipe_processor.invalidation import RegistryListener
 from f2pipe_processor.output import KafkaOutput, output_records
 from f2pipe_processor.registry import Registry, Unresolved, unpack_resolved
 from f2pipe_processor.resolver import RedisCache, Resolver
-from f2pipe_processor.samples import Sample, Slot, load_fleet, make_sample
 from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
 from f2pipe_shared.decoding import build_modbus_response, format_hex_frame
 from f2pipe_shared.kafka import ensure_topics, producer_config

@@ -25,8 +25,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from f2pipe.migrate import apply_migrations
 from f2pipe.seed import seed_demo
-from f2pipe.servers import RedisServer, free_port
-from f2pipe_processor.samples import Sample, load_fleet, samples
+from f2pipe_devtools.servers import RedisServer, free_port
+from f2pipe_devtools.testkit.samples import Sample, load_fleet, samples
 from f2pipe_shared.deadletters import PREVIEW_BYTES, DeadLetter, Reason
 from f2pipe_shared.records import ProcessedBatch, decode_processed_batch, encode_raw_batch
 
@@ -52,7 +52,7 @@ def worker_env(
         "KAFKA_DEADLETTER_TOPIC": f"dlq-{suffix}",
         "KAFKA_RAW_PARTITIONS": str(PARTITIONS),
         "KAFKA_PROCESSED_PARTITIONS": str(PARTITIONS),
-        # Tansu holds a group join for the whole rebalance timeout (DESIGN.md).
+        # Tansu holds a group join for the whole rebalance timeout (docs/architecture.md).
         "KAFKA_MAX_POLL_INTERVAL_MS": "5000",
         "KAFKA_SESSION_TIMEOUT_MS": "6000",
         "POSTGRES_HOST": str(pg["host"]),

@@ -12,7 +12,7 @@ import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from f2pipe.servers import MosquittoServer, PostgresServer, RedisServer
+from f2pipe_devtools.servers import MosquittoServer, PostgresServer, RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,8 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
-from f2pipe.servers import PostgresServer, free_port
+from f2pipe_devtools.servers import PostgresServer, free_port
+from f2pipe_devtools.testkit.ledger import read_ledger
 from f2pipe_shared.decoding import DecodingSpec, compile_template, modbus_data
 from f2pipe_shared.payloads import (
     DoorSensors,
@@ -37,7 +38,6 @@ from f2pipe_shared.payloads import (
 )
 from f2pipe_shared.timestamps import format_device_timestamp
 from f2pipe_shared.topics import parse_topic
-from f2pipe_simulator.ledger import read_ledger
 from tests.integration.simkit import Operator, Received, SimStack, SimulatorProcess
 
 pytestmark = pytest.mark.integration

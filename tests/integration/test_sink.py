@@ -31,7 +31,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from psycopg.conninfo import conninfo_to_dict
 
 from f2pipe.migrate import apply_migrations
-from f2pipe.servers import PostgresServer, free_port
+from f2pipe_devtools.servers import PostgresServer, free_port
 from f2pipe_shared.deadletters import PREVIEW_BYTES, DeadLetter, Reason, Stage
 from f2pipe_shared.records import Event, ProcessedBatch, Reading, encode_processed_batch
 from f2pipe_shared.settings import KafkaSettings

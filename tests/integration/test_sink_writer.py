@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from f2pipe.migrate import apply_migrations
-from f2pipe.servers import free_port
+from f2pipe_devtools.servers import free_port
 from f2pipe_shared.deadletters import Reason
 from f2pipe_shared.records import Event, ProcessedBatch, Reading, encode_processed_batch
 from f2pipe_sink.batcher import Record, take

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from f2pipe.brokerconfig import ACL, TEMPLATE, render, supervisor_command
-from f2pipe.servers import MissingBinaryError, MosquittoServer
 from f2pipe_certgen.ca import CertificateAuthority, RevokedEntry
+from f2pipe_devtools.servers import MissingBinaryError, MosquittoServer
 from f2pipe_shared.settings import CaSettings
 from tests.conftest import missing
 

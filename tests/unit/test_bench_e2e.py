@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from f2pipe.bench.e2e import quantile
+from f2pipe_devtools.bench.e2e import quantile
 
 INF = math.inf
 

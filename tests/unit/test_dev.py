@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from f2pipe.dev import status
-from f2pipe.dev.options import DEFAULT_BASE
-from f2pipe.dev.ports import OFFSETS, Ports
-from f2pipe.dev.procs import Console, Service
-from f2pipe.dev.stack import DevOptions, DevStack
+from f2pipe_devtools.dev import status
+from f2pipe_devtools.dev.options import DEFAULT_BASE
+from f2pipe_devtools.dev.ports import OFFSETS, Ports
+from f2pipe_devtools.dev.procs import Console, Service
+from f2pipe_devtools.dev.stack import DevOptions, DevStack
 
 
 def test_ports_follow_the_base_and_miss_the_standard_ones() -> None:

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from f2pipe_devtools.testkit.payloads import payload_examples
 from f2pipe_shared.payloads import (
     REPORT_STATE,
     DoorSensors,
@@ -25,7 +26,6 @@ from f2pipe_shared.payloads import (
     StrikeCommand,
     encode_payload,
     parse_payload,
-    payload_examples,
 )
 from f2pipe_shared.topics import ComponentKind, Topic, make_topic, parse_topic
 

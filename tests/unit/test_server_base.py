@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from f2pipe.servers.base import (
+from f2pipe_devtools.servers.base import (
     MissingBinaryError,
     ServerError,
     ServerProcess,

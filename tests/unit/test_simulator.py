@@ -25,6 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from f2pipe.seed import CONNECTOR_MODES, DATAPOINTS, DEVICE_TEMPLATES, LAYOUT, claim_codes_csv
+from f2pipe_devtools.testkit.ledger import read_ledger
 from f2pipe_shared.decoding import (
     ByteOrder,
     DecodingSpec,
@@ -40,7 +41,7 @@ from f2pipe_shared.topics import ComponentKind, parse_topic
 from f2pipe_simulator.controller import Controller, Message, Stamper
 from f2pipe_simulator.enrolment import ClaimCodeError, enrol_all, read_claim_codes
 from f2pipe_simulator.identity import StateDir
-from f2pipe_simulator.ledger import Ledger, read_ledger
+from f2pipe_simulator.ledger import Ledger
 from f2pipe_simulator.mqtt import Backoff, DeviceClient
 from f2pipe_simulator.registry import (
     ControllerSpec,

@@ -174,7 +174,8 @@ def create_app(config: Config, partitions: int) -> tuple[faust.App, Runtime]:
         web_bind=config.observability.metrics_host,
         web_port=config.port,
         canonical_url=f"http://{socket.gethostname()}:{config.port}",
-        # Some brokers hold a group join for the whole rebalance timeout (Tansu: DESIGN.md).
+        # Some brokers hold a group join for the whole rebalance timeout (Tansu:
+        # docs/architecture.md).
         broker_rebalance_timeout=kafka.kafka_max_poll_interval_ms / 1000,
         broker_session_timeout=kafka.kafka_session_timeout_ms / 1000,
         broker_heartbeat_interval=min(3.0, kafka.kafka_session_timeout_ms / 3000),

@@ -1,6 +1,6 @@
 """LISTEN registry_changed: registry edits reach the caches within milliseconds.
 
-The database sends one notification per changed statement (migrations/0003); each becomes a
+The database sends one notification per changed statement (f2pipe/migrations/0003); each becomes a
 ``Change`` the resolver applies to memory and Redis. A listener that (re)connects cannot
 know what it missed, so it starts from empty caches. Silence is checked with a ``SELECT 1``
 now and then: a dead TCP connection would otherwise look like a quiet registry.

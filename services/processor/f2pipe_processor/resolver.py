@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One ``registry_changed`` notification (see migrations/0003_registry_notify.sql)."""
+    """One ``registry_changed`` notification (see f2pipe/migrations/0003_registry_notify.sql)."""
 
     table: str
     ids: tuple[int, ...] | None  # None: TRUNCATE, or too many rows to list

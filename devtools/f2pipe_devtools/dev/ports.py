@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from f2pipe.servers import free_port, port_open
+from f2pipe_devtools.servers import free_port, port_open
 
 # 25400 + offset: nothing of PostgreSQL (5432), Redis (6379), Kafka (9092), MQTT (1883/8883),
 # certgen (8080), Prometheus exporters (91xx) or the compose file's host ports.

@@ -35,16 +35,16 @@ import redis.asyncio as aioredis
 from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg.conninfo import conninfo_to_dict
 
-from f2pipe.bench.report import Measurement, Report
 from f2pipe.migrate import apply_migrations
 from f2pipe.seed import seed_demo
-from f2pipe.servers import KafkaBroker, PostgresServer, RedisServer, free_port
+from f2pipe_devtools.bench.report import Measurement, Report
+from f2pipe_devtools.servers import KafkaBroker, PostgresServer, RedisServer, free_port
+from f2pipe_devtools.testkit.samples import Slot, load_fleet, make_sample
 from f2pipe_processor.batch import BatchProcessor
 from f2pipe_processor.decoder import TimestampWindow, decode_messages, parse_messages
 from f2pipe_processor.output import KafkaOutput, output_records
 from f2pipe_processor.registry import Registry, Template
 from f2pipe_processor.resolver import RedisCache, Resolver
-from f2pipe_processor.samples import Slot, load_fleet, make_sample
 from f2pipe_shared.decoding import frame_data, parse_hex_frame
 from f2pipe_shared.kafka import ensure_topics, pipeline_topics
 from f2pipe_shared.records import (
@@ -375,7 +375,7 @@ def worker_env(
         "KAFKA_DEADLETTER_TOPIC": kafka.kafka_deadletter_topic,
         "KAFKA_RAW_PARTITIONS": str(PARTITIONS),
         "KAFKA_PROCESSED_PARTITIONS": str(PARTITIONS),
-        "KAFKA_MAX_POLL_INTERVAL_MS": "5000",  # Tansu: joins wait this long (DESIGN.md)
+        "KAFKA_MAX_POLL_INTERVAL_MS": "5000",  # Tansu: joins wait this long (docs/architecture.md)
         "KAFKA_SESSION_TIMEOUT_MS": "6000",
         "POSTGRES_HOST": str(pg["host"]),
         "POSTGRES_PORT": str(pg["port"]),

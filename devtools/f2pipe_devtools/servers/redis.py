@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from f2pipe.servers.base import ServerProcess, find_binary
+from f2pipe_devtools.servers.base import ServerProcess, find_binary
 
 
 class RedisServer(ServerProcess):

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from f2pipe.dev import http, status
-from f2pipe.dev.ports import Ports
-from f2pipe.dev.procs import Console
-from f2pipe.dev.stack import HOST, SERVICES, DevOptions, DevStack
+from f2pipe_devtools.dev import http, status
+from f2pipe_devtools.dev.ports import Ports
+from f2pipe_devtools.dev.procs import Console
+from f2pipe_devtools.dev.stack import HOST, SERVICES, DevOptions, DevStack
 
 STATE_FILE = "state.json"
 NOT_RUNNING = 3

@@ -31,14 +31,14 @@ from pathlib import Path
 
 import psycopg
 
-from f2pipe.bench.report import Measurement, Report
-from f2pipe.dev.ports import Ports
-from f2pipe.dev.procs import Console
-from f2pipe.dev.stack import DevOptions, DevStack
-from f2pipe.dev.status import fetch, totals
-from f2pipe.servers import free_port
+from f2pipe_devtools.bench.report import Measurement, Report
+from f2pipe_devtools.dev.ports import Ports
+from f2pipe_devtools.dev.procs import Console
+from f2pipe_devtools.dev.stack import DevOptions, DevStack
+from f2pipe_devtools.dev.status import fetch, totals
+from f2pipe_devtools.servers import free_port
+from f2pipe_devtools.testkit.ledger import Row, expected_rows, iter_ledger
 from f2pipe_shared.timestamps import to_epoch_us
-from f2pipe_simulator.ledger import Row, expected_rows, iter_ledger
 
 STAGES = {  # stage -> (service, counter)
     "bridge in": ("bridge", "f2pipe_bridge_received_total"),

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from f2pipe.bench.report import Measurement, Report
-from f2pipe.servers import KafkaBroker, MosquittoServer, free_port
+from f2pipe_devtools.bench.report import Measurement, Report
+from f2pipe_devtools.servers import KafkaBroker, MosquittoServer, free_port
 
 BROKER_CONFIG = """listener {port} {host}
 allow_anonymous true

@@ -3,7 +3,7 @@
 Rates come from two scrapes of the services' Prometheus counters; lag and dead letters from
 Kafka (committed offsets of the consumer groups against the topics' high watermarks; on
 Tansu, the development broker, a watermark can trail by the records of one produced batch,
-DESIGN.md, so there the lag is a close lower bound).
+docs/architecture.md, so there the lag is a close lower bound).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample as PromSample
 
-from f2pipe.dev import http
+from f2pipe_devtools.dev import http
 
 # (service, metric family) -> what the status line calls it
 COUNTERS = {

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from f2pipe.servers.base import MissingBinaryError, ServerError, ServerProcess, apt_hint
+from f2pipe_devtools.servers.base import MissingBinaryError, ServerError, ServerProcess, apt_hint
 
 SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 

@@ -38,9 +38,9 @@ from typing import NamedTuple
 import psycopg
 from psycopg.rows import TupleRow
 
-from f2pipe.bench.report import Measurement, Report, rate
 from f2pipe.migrate import apply_migrations
-from f2pipe.servers import KafkaBroker, PostgresServer
+from f2pipe_devtools.bench.report import Measurement, Report, rate
+from f2pipe_devtools.servers import KafkaBroker, PostgresServer
 from f2pipe_shared.records import ProcessedBatch, Reading, encode_processed_batch
 from f2pipe_sink.batcher import Record, take
 from f2pipe_sink.metrics import SinkMetrics

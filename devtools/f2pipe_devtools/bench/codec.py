@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 
-from f2pipe.bench.report import Measurement, Report, rate
+from f2pipe_devtools.bench.report import Measurement, Report, rate
 from f2pipe_shared.records import (
     Event,
     ProcessedBatch,

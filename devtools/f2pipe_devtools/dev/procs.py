@@ -13,7 +13,7 @@ from collections import deque
 from pathlib import Path
 from typing import IO, TextIO
 
-from f2pipe.dev import http
+from f2pipe_devtools.dev import http
 
 # Restarting a service that keeps dying only fills the log: give up after this many exits
 # within RESTART_WINDOW seconds.

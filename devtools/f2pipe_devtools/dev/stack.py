@@ -1,6 +1,6 @@
 """The local stack: servers, one-time set-up, our services, in order; stopped in reverse.
 
-    PostgreSQL, Redis, Kafka-protocol broker (Tansu)      servers (f2pipe.servers)
+    PostgreSQL, Redis, Kafka-protocol broker (Tansu)      servers (f2pipe_devtools.servers)
       -> f2pipe migrate, f2pipe seed-demo, f2pipe certgen --bootstrap-only   (idempotent)
       -> Mosquitto (production configuration, mutual TLS, under run-broker.sh)
       -> certgen, processor, sink, bridge, simulator      our services, each waited healthy
@@ -22,9 +22,9 @@ from pathlib import Path
 import psycopg
 
 from f2pipe.brokerconfig import supervisor_command, write
-from f2pipe.dev.ports import Ports
-from f2pipe.dev.procs import Console, Follower, Service
-from f2pipe.servers import KafkaBroker, PostgresServer, RedisServer, ServerProcess
+from f2pipe_devtools.dev.ports import Ports
+from f2pipe_devtools.dev.procs import Console, Follower, Service
+from f2pipe_devtools.servers import KafkaBroker, PostgresServer, RedisServer, ServerProcess
 
 HOST = "127.0.0.1"
 DATABASE = "f2pipe"
@@ -213,8 +213,8 @@ class DevStack:
             REDIS_HOST=HOST,
             REDIS_PORT=str(ports.redis),
             KAFKA_BOOTSTRAP_SERVERS=f"{HOST}:{ports.kafka}",
-            # Tansu holds a group join for the whole rebalance timeout (DESIGN.md): keep it
-            # short so a restarted service is back within seconds.
+            # Tansu holds a group join for the whole rebalance timeout (docs/architecture.md):
+            # keep it short so a restarted service is back within seconds.
             KAFKA_MAX_POLL_INTERVAL_MS="5000",
             KAFKA_SESSION_TIMEOUT_MS="5000",
             CA_DIR=str(self.ca_dir),

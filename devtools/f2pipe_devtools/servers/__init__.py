@@ -4,18 +4,18 @@ The test suite and `f2pipe dev` both use these: PostgreSQL, Redis, Mosquitto and
 Kafka-protocol broker, each a child process we start, wait for and stop.
 """
 
-from f2pipe.servers.base import (
+from f2pipe_devtools.servers.base import (
     MissingBinaryError,
     ServerError,
     ServerProcess,
     free_port,
     port_open,
 )
-from f2pipe.servers.kafka import KafkaBroker
-from f2pipe.servers.mosquitto import MosquittoServer
-from f2pipe.servers.postgres import PostgresServer
-from f2pipe.servers.proxy import TcpProxy
-from f2pipe.servers.redis import RedisServer
+from f2pipe_devtools.servers.kafka import KafkaBroker
+from f2pipe_devtools.servers.mosquitto import MosquittoServer
+from f2pipe_devtools.servers.postgres import PostgresServer
+from f2pipe_devtools.servers.proxy import TcpProxy
+from f2pipe_devtools.servers.redis import RedisServer
 
 __all__ = [
     "KafkaBroker",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from f2pipe.servers.base import ServerProcess, find_binary
+from f2pipe_devtools.servers.base import ServerProcess, find_binary
 
 
 class MosquittoServer(ServerProcess):

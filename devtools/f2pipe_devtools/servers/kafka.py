@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from f2pipe.servers.base import MissingBinaryError, ServerProcess
+from f2pipe_devtools.servers.base import MissingBinaryError, ServerProcess
 
 
 def tansu_binary() -> str:

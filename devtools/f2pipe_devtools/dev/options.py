@@ -37,3 +37,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _state_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", type=Path, default=Path(".dev"),
                         help="where everything lives (default .dev/)")  # fmt: skip
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`f2pipe dev`: found by the `f2pipe` command through the `f2pipe.commands` entry point."""
+    parser = sub.add_parser("dev", help="the whole pipeline on this machine: up, status, down")
+    add_arguments(parser)
+    parser.set_defaults(handler=_dev)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from f2pipe_devtools.dev.cli import main as dev_main
+
+    return dev_main(args)

@@ -11,7 +11,7 @@ import contextlib
 import socket
 import threading
 
-from f2pipe.servers.base import free_port
+from f2pipe_devtools.servers.base import free_port
 
 
 class TcpProxy:

@@ -1,0 +1,54 @@
+"""`f2pipe bench`: each suite is a module with `run(report, repeats, min_seconds)`.
+
+A suite that also takes `quick` and `out_dir` gets them (e2e: shorter phases, its chart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+from pathlib import Path
+
+from f2pipe_devtools.bench.report import Report
+
+# Imported only when asked for: a suite may start servers and need a service's packages.
+SUITES = {
+    "codec": "f2pipe_devtools.bench.codec",
+    "bridge": "f2pipe_devtools.bench.bridge",
+    "processor": "f2pipe_devtools.bench.processor",
+    "sink": "f2pipe_devtools.bench.sink",
+    "e2e": "f2pipe_devtools.bench.e2e",
+}
+
+
+def run(suite: str, repeats: int, out_dir: Path, quick: bool = False) -> int:
+    report = Report(suite)
+    module = importlib.import_module(SUITES[suite])
+    params = inspect.signature(module.run).parameters
+    extra = {k: v for k, v in (("quick", quick), ("out_dir", out_dir)) if k in params}
+    module.run(report, repeats=3 if quick else repeats, min_seconds=0.05 if quick else 0.3, **extra)
+    print(report.table())
+    path = report.write_json(out_dir)
+    print(f"\nwritten: {path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`f2pipe bench`: found by the `f2pipe` command through the `f2pipe.commands` entry point."""
+    p = sub.add_parser("bench", help="run benchmarks: print a table, write bench-results/*.json")
+    p.add_argument(
+        "suite",
+        nargs="?",
+        default="e2e",
+        choices=list(SUITES),
+        help="what to measure (default e2e: the whole local stack under load)",
+    )
+    p.add_argument("--repeats", type=int, default=7, help="runs per measurement (median quoted)")
+    p.add_argument("--quick", action="store_true", help="fewer, shorter runs")
+    p.add_argument("--out", type=Path, default=Path("bench-results"), help="JSON output directory")
+    p.set_defaults(handler=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    return run(args.suite, repeats=args.repeats, out_dir=args.out, quick=args.quick)

@@ -1,0 +1,1 @@
+"""Test kits: fleet samples, the ledger oracle, example payloads (never in the image)."""
