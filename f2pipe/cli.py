@@ -1,24 +1,41 @@
 """`f2pipe`: one command, a subcommand per service and per operations task.
 
-Handlers import their service lazily, so `f2pipe --help` stays fast and a service's
-dependencies load only when it runs. Development commands (`dev`, `bench`) are not part of
-this package: `f2pipe-devtools` registers them through the `f2pipe.commands` entry point
-group, so they exist where it is installed (`make setup`) and nowhere else (the image).
+Every service is a package `f2pipe_<name>` whose `main` module has `main(argv) -> int` and
+parses its own arguments; it is imported only when it runs, so `f2pipe --help` stays fast.
+Development commands (`dev`, `bench`) are not part of this package: `f2pipe-devtools`
+registers them through the `f2pipe.commands` entry point group, so they exist where it is
+installed (`make setup`) and nowhere else (the image).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
 from f2pipe_shared.settings import SettingsError
-from f2pipe_simulator.options import add_arguments as add_simulator_arguments
 
 Handler = Callable[[argparse.Namespace], int]
 PLUGIN_GROUP = "f2pipe.commands"  # each entry point: register(subparsers) -> None
+
+SERVICES = {
+    "certgen": "the certificate authority's HTTP API (enrolment, revocation, CRL)",
+    "bridge": "MQTT stat/tele -> Kafka raw-iot-data, acknowledged after Kafka confirmed",
+    "processor": "Faust stream processor: raw-iot-data -> processed-iot-data",
+    "sink": "batched, idempotent processed-iot-data -> TimescaleDB writer",
+    "simulator": "simulated F2 controllers (enrol, publish, answer commands); --load",
+}
+
+
+def _service(name: str) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        main: Callable[[Sequence[str]], int] = importlib.import_module(f"f2pipe_{name}.main").main
+        return main(args.argv)
+
+    return run
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -35,40 +52,10 @@ def _seed_demo(args: argparse.Namespace) -> int:
     )
 
 
-def _certgen(args: argparse.Namespace) -> int:
-    from f2pipe_certgen.service import main as certgen_main
-
-    return certgen_main(host=args.host, port=args.port, bootstrap_only=args.bootstrap_only)
-
-
 def _broker_config(args: argparse.Namespace) -> int:
     from f2pipe.brokerconfig import main as broker_config_main
 
     return broker_config_main(args)
-
-
-def _bridge(args: argparse.Namespace) -> int:
-    from f2pipe_bridge.service import main as bridge_main
-
-    return bridge_main()
-
-
-def _processor(args: argparse.Namespace) -> int:
-    from f2pipe_processor.service import main as processor_main
-
-    return processor_main()
-
-
-def _sink(args: argparse.Namespace) -> int:
-    from f2pipe_sink.service import main as sink_main
-
-    return sink_main()
-
-
-def _simulator(args: argparse.Namespace) -> int:
-    from f2pipe_simulator.service import main as simulator_main
-
-    return simulator_main(args)
 
 
 def _config_doc(args: argparse.Namespace) -> int:
@@ -88,10 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    for name, help_text in SERVICES.items():
+        # The service parses the rest itself: `f2pipe <service> --help` shows its options.
+        p = sub.add_parser(name, help=help_text, add_help=False)
+        p.add_argument("argv", nargs=argparse.REMAINDER)
+        p.set_defaults(handler=_service(name))
+
     p = sub.add_parser("migrate", help="apply the SQL migrations (safe to run again)")
     p.add_argument("--conninfo", help="libpq conninfo; default: POSTGRES_*/TIMESCALE_* settings")
     p.add_argument(
-        "--directory", type=Path, help="migrations directory (default: the ones this package ships)"
+        "--directory", type=Path, help="migrations directory (default: the ones f2pipe ships)"
     )
     p.set_defaults(handler=_migrate)
 
@@ -106,16 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_seed_demo)
 
-    p = sub.add_parser("certgen", help="the certificate authority's HTTP API (enrolment, CRL)")
-    p.add_argument("--host", help="listen address (default 0.0.0.0)")
-    p.add_argument("--port", type=int, help="listen port (default CERTGEN_API_PORT)")
-    p.add_argument(
-        "--bootstrap-only",
-        action="store_true",
-        help="create the CA, broker and service certificates if missing, then exit",
-    )
-    p.set_defaults(handler=_certgen)
-
     p = sub.add_parser(
         "broker-config", help="render Mosquitto's configuration and ACL for local paths and ports"
     )
@@ -127,30 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, help="persistence directory (default: OUT/data)")
     p.set_defaults(handler=_broker_config)
 
-    p = sub.add_parser(
-        "bridge", help="MQTT stat/tele -> Kafka raw-iot-data, acknowledged after Kafka confirmed"
-    )
-    p.set_defaults(handler=_bridge)
-
-    p = sub.add_parser(
-        "processor", help="Faust stream processor: raw-iot-data -> processed-iot-data"
-    )
-    p.set_defaults(handler=_processor)
-
-    p = sub.add_parser("sink", help="batched, idempotent processed-iot-data -> TimescaleDB writer")
-    p.set_defaults(handler=_sink)
-
-    p = sub.add_parser(
-        "simulator", help="simulated F2 controllers (enrol, publish, answer commands); --load"
-    )
-    add_simulator_arguments(p)
-    p.set_defaults(handler=_simulator)
-
     p = sub.add_parser("config-doc", help="print every setting (Markdown) or --write it to a file")
     p.add_argument("--write", type=Path, metavar="PATH", help="e.g. docs/configuration.md")
     p.set_defaults(handler=_config_doc)
 
-    for plugin in entry_points(group=PLUGIN_GROUP):
+    for plugin in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
         plugin.load()(sub)
     return parser
 

@@ -18,8 +18,8 @@ names the variable, for example:
 
     f2pipe sink: invalid settings: BATCH_SIZE='lots': Input should be a valid integer
 
-This file is generated from `shared/f2pipe_shared/settings.py` by `f2pipe config-doc`; a test
-fails when the two disagree.
+This file is generated from the settings classes (`shared/f2pipe_shared/settings.py` and each
+service's `settings.py`) by `f2pipe config-doc`; a test fails when the two disagree.
 """
 
 
@@ -36,14 +36,16 @@ def _default(field: FieldInfo) -> str:
 
 def _service_groups() -> list[tuple[type[BaseSettings], str]]:
     """Settings that only one service reads live in its package, beside the code using them."""
+    from f2pipe_bridge.settings import BridgeSettings
     from f2pipe_processor.settings import ProcessorSettings
-    from f2pipe_simulator.settings import SimulatorEnv
-    from f2pipe_sink.config import SinkServiceSettings
+    from f2pipe_simulator.settings import SimulatorSettings
+    from f2pipe_sink.settings import SinkSettings
 
     return [
+        (BridgeSettings, "bridge"),
         (ProcessorSettings, "processor"),
-        (SinkServiceSettings, "sink"),
-        (SimulatorEnv, "simulator"),
+        (SinkSettings, "sink"),
+        (SimulatorSettings, "simulator"),
     ]
 
 

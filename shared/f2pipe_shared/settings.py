@@ -1,14 +1,17 @@
 """Typed settings read once from the environment, with the original deployment's names.
 
-Every service loads the groups it needs through `load()`; a bad value raises
-`SettingsError` whose message names the environment variable, and the command line turns
-that into a one-line error and exit status 2.
+Every settings group derives from `F2Settings`. Groups several services read live here;
+a group only one service reads lives in that service's `settings.py`, beside a frozen
+dataclass `Settings(ServiceSettings)` that names every group the service reads, loaded at
+once by `Settings.load()`. A bad value raises `SettingsError` whose message names the
+environment variable, and the command line turns that into a one-line error and exit 2.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from enum import StrEnum
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar, get_type_hints
 
 from psycopg.conninfo import make_conninfo
 from pydantic import Field, SecretStr, ValidationError
@@ -24,11 +27,13 @@ class Environment(StrEnum):
     production = "production"
 
 
-class _Settings(BaseSettings):
+class F2Settings(BaseSettings):
+    """The base of every settings group: read from the environment, unknown names ignored."""
+
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
 
-class CommonSettings(_Settings):
+class CommonSettings(F2Settings):
     f2pipe_env: Environment = Field(
         Environment.production,
         description="`development` relaxes what production requires (e.g. certgen's admin token)",
@@ -43,14 +48,14 @@ class CommonSettings(_Settings):
     )
 
 
-class ObservabilitySettings(_Settings):
+class ObservabilitySettings(F2Settings):
     metrics_host: str = Field("0.0.0.0", description="where /metrics and /healthz listen")  # noqa: S104
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="their port; unset = the service's default"
     )
 
 
-class KafkaSettings(_Settings):
+class KafkaSettings(F2Settings):
     kafka_bootstrap_servers: str = Field(
         "localhost:9092",
         min_length=1,
@@ -90,7 +95,7 @@ class KafkaSettings(_Settings):
     )
 
 
-class PostgresSettings(_Settings):
+class PostgresSettings(F2Settings):
     """The registry database (devices, templates, certificates)."""
 
     postgres_host: str = Field("localhost", description="registry database host")
@@ -118,7 +123,7 @@ class PostgresSettings(_Settings):
         )
 
 
-class TimescaleSettings(_Settings):
+class TimescaleSettings(F2Settings):
     """The telemetry database; every unset TIMESCALE_* falls back to its POSTGRES_* twin."""
 
     timescale_host: str | None = Field(None, description="telemetry database host")
@@ -145,7 +150,7 @@ class TimescaleSettings(_Settings):
         )
 
 
-class TelemetryPolicySettings(_Settings):
+class TelemetryPolicySettings(F2Settings):
     """How long readings live and when chunks compress (TimescaleDB; see docs/data_model.md)."""
 
     telemetry_retention: str = Field(
@@ -163,7 +168,7 @@ class TelemetryPolicySettings(_Settings):
     )
 
 
-class RedisSettings(_Settings):
+class RedisSettings(F2Settings):
     redis_host: str = Field("localhost", description="Redis host (device-id cache)")
     redis_port: int = Field(6379, ge=1, le=65535, description="Redis port")
     redis_db: int = Field(0, ge=0, le=15, description="Redis database number")
@@ -175,7 +180,7 @@ class RedisSettings(_Settings):
         return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
 
 
-class MqttSettings(_Settings):
+class MqttSettings(F2Settings):
     mqtt_broker_host: str = Field("localhost", description="Mosquitto host")
     mqtt_broker_port: int = Field(8883, ge=1, le=65535, description="Mosquitto TLS port")
     mqtt_keepalive: int = Field(30, ge=5, le=3600, description="MQTT keepalive, seconds")
@@ -187,7 +192,7 @@ class MqttSettings(_Settings):
     )
 
 
-class CaSettings(_Settings):
+class CaSettings(F2Settings):
     ca_cn: str = Field(
         "f2pipe CA", min_length=1, max_length=64, description="the CA certificate's common name"
     )
@@ -226,57 +231,14 @@ class CaSettings(_Settings):
         return [name.strip() for name in self.broker_sans.split(",") if name.strip()]
 
 
-class BridgeSettings(_Settings):
-    bridge_batch_max_messages: int = Field(
-        500, ge=1, le=100_000, description="most MQTT messages in one raw-iot-data record"
-    )
-    bridge_batch_linger_ms: int = Field(
-        50, ge=0, le=60_000, description="longest a raw batch waits before it is sent, ms"
-    )
-    bridge_shared_group: str | None = Field(
-        None,
-        pattern=r"^[A-Za-z0-9_-]+$",
-        description="subscribe through `$share/<group>/…` so several bridges split the load",
-    )
-    bridge_max_payload_bytes: int = Field(
-        16_384, ge=64, le=1_000_000, description="larger MQTT payloads are dead-lettered"
-    )
-    bridge_client_id: str = Field(
-        "f2pipe-bridge",
-        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
-        description="MQTT client id; fixed, so the broker keeps the session across restarts",
-    )
-    bridge_max_in_flight: int = Field(
-        5_000,
-        ge=1,
-        le=65_535,
-        description="unacknowledged messages the broker may send (MQTT 5 Receive Maximum)",
-    )
-    bridge_session_expiry: int = Field(
-        604_800, ge=60, description="seconds the broker keeps the session while the bridge is away"
-    )
-    bridge_cert_file: str = Field(
-        "issued/bridge.crt", description="the bridge's client certificate"
-    )
-    bridge_key_file: str = Field("issued/bridge.key", description="its private key (mode 0600)")
 
 
-class SinkSettings(_Settings):
-    batch_size: int = Field(
-        5_000, ge=1, le=1_000_000, description="the sink writes when it holds this many rows…"
-    )
-    flush_interval: float = Field(
-        0.5, gt=0, le=3600, description="…or when this many seconds passed (0.05 = 50 ms)"
-    )
 
 
-class SimulatorSettings(_Settings):
-    publish_interval: float = Field(
-        30.0, gt=0, le=86_400, description="seconds between a simulated sensor's readings"
-    )
 
 
-# Every group, with who reads it: docs/configuration.md is generated from this.
+# Every shared group, with who reads it: docs/configuration.md is generated from these and
+# each service's own groups (f2pipe/configdoc.py).
 GROUPS: tuple[tuple[type[BaseSettings], str], ...] = (
     (CommonSettings, "all services"),
     (ObservabilitySettings, "bridge, processor, sink, simulator (certgen serves its own port)"),
@@ -289,13 +251,21 @@ GROUPS: tuple[tuple[type[BaseSettings], str], ...] = (
     (TelemetryPolicySettings, "migrate, TimescaleDB only"),
     (RedisSettings, "processor"),
     (MqttSettings, "bridge, simulator"),
-    (CaSettings, "certgen"),
-    (BridgeSettings, "bridge"),
-    (SinkSettings, "sink"),
-    (SimulatorSettings, "simulator"),
+    (CaSettings, "certgen; simulator (certgen's address); broker-config (directories)"),
 )
 
 S = TypeVar("S", bound=BaseSettings)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceSettings:
+    """Base of a service's `Settings`: a frozen dataclass whose fields are settings groups."""
+
+    @classmethod
+    def load(cls) -> Self:
+        """Every group from the environment; SettingsError names the first bad variable."""
+        hints = get_type_hints(cls)
+        return cls(**{f.name: load(hints[f.name]) for f in dataclasses.fields(cls)})
 
 
 def load(cls: type[S], **overrides: Any) -> S:

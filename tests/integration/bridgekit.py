@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from confluent_kafka import Consumer, TopicPartition
 
+from f2pipe_devtools.env import kafka_env, mqtt_env, service_env
 from f2pipe_devtools.servers import free_port
 from f2pipe_shared.deadletters import DeadLetter
 from f2pipe_shared.records import RawMessage, decode_raw_batch
@@ -99,21 +99,21 @@ class BridgeProcess:
 def bridge_env(
     mqtt_port: int, kafka: str, topics: Topics, client_id: str, **extra: str
 ) -> dict[str, str]:
-    return {
-        **os.environ,
-        "MQTT_BROKER_HOST": "127.0.0.1",
-        "MQTT_BROKER_PORT": str(mqtt_port),
-        "MQTT_TLS": "false",
-        "KAFKA_BOOTSTRAP_SERVERS": kafka,
-        "KAFKA_RAW_TOPIC": topics.raw,
-        "KAFKA_PROCESSED_TOPIC": topics.processed,
-        "KAFKA_DEADLETTER_TOPIC": topics.dlq,
-        "KAFKA_RAW_PARTITIONS": "3",
-        "BRIDGE_CLIENT_ID": client_id,
-        "BRIDGE_BATCH_LINGER_MS": "20",
-        "LOG_FORMAT": "text",
+    return service_env(
+        mqtt_env(mqtt_port, tls=False),
+        kafka_env(
+            kafka,
+            raw=topics.raw,
+            processed=topics.processed,
+            dead_letters=topics.dlq,
+            fast_groups=False,
+        ),
+        KAFKA_RAW_PARTITIONS="3",
+        BRIDGE_CLIENT_ID=client_id,
+        BRIDGE_BATCH_LINGER_MS="20",
+        LOG_FORMAT="text",
         **extra,
-    }
+    )
 
 
 class Publisher:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -17,31 +16,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
-from psycopg.conninfo import conninfo_to_dict
 
+from f2pipe_devtools.env import postgres_env, service_env
 from f2pipe_devtools.servers import free_port
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
-# Variables of the developer's shell that would change what the service under test does.
-_PREFIXES = ("POSTGRES_", "TIMESCALE_", "CA_", "BROKER_", "DEVICE_", "CERTGEN_", "F2PIPE_", "LOG_")
 
 
 def certgen_env(conninfo: str, ca_dir: Path, issued_dir: Path, **extra: str) -> dict[str, str]:
-    params = conninfo_to_dict(conninfo)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_PREFIXES)}
-    env.update(
-        POSTGRES_HOST=str(params["host"]),
-        POSTGRES_PORT=str(params["port"]),
-        POSTGRES_USER=str(params["user"]),
-        POSTGRES_DB=str(params["dbname"]),
-        POSTGRES_SSLMODE="disable",
+    return service_env(
+        postgres_env(conninfo),
         CA_DIR=str(ca_dir),
         ISSUED_DIR=str(issued_dir),
         LOG_FORMAT="json",
         LOG_LEVEL="DEBUG",
+        **extra,
     )
-    env.update(extra)
-    return env
 
 
 def run_certgen(

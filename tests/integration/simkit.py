@@ -33,17 +33,16 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
-from psycopg.conninfo import conninfo_to_dict
 
 from f2pipe.migrate import apply_migrations
 from f2pipe.seed import seed_demo
+from f2pipe_devtools.env import mqtt_env, postgres_env, service_env
 from f2pipe_devtools.servers import free_port
 from tests.integration.certgen_harness import ADMIN_TOKEN, CertgenProcess, certgen_env
 from tests.integration.tlskit import Pki, SupervisedMosquitto, start_broker
 
 HOST = "127.0.0.1"
 # Variables of the developer's shell that would change what the simulator under test does.
-_PREFIXES = ("POSTGRES_", "TIMESCALE_", "MQTT_", "CERTGEN_", "SIMULATOR_", "METRICS_", "LOG_")
 
 
 @dataclass
@@ -84,25 +83,17 @@ class SimStack:
         self.certgen.stop()
 
     def simulator_env(self, state_dir: Path, metrics_port: int, **extra: str) -> dict[str, str]:
-        params = conninfo_to_dict(self.conninfo)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_PREFIXES)}
-        env.update(
-            POSTGRES_HOST=str(params["host"]),
-            POSTGRES_PORT=str(params["port"]),
-            POSTGRES_USER=str(params["user"]),
-            POSTGRES_DB=str(params["dbname"]),
-            POSTGRES_SSLMODE="disable",
-            MQTT_BROKER_HOST=HOST,
-            MQTT_BROKER_PORT=str(self.broker.port),
+        return service_env(
+            postgres_env(self.conninfo),
+            mqtt_env(self.broker.port),
             SIMULATOR_CERTGEN_URL=self.certgen.url,
             SIMULATOR_STATE_DIR=str(state_dir),
             SIMULATOR_CLAIM_CODES=str(self.claim_codes),
             METRICS_PORT=str(metrics_port),
             LOG_FORMAT="json",
             LOG_LEVEL="INFO",
+            **extra,
         )
-        env.update(extra)
-        return env
 
 
 @dataclass

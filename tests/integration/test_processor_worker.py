@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import signal
 import subprocess
@@ -21,10 +20,10 @@ from typing import Any, cast
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from psycopg.conninfo import conninfo_to_dict
 
 from f2pipe.migrate import apply_migrations
 from f2pipe.seed import seed_demo
+from f2pipe_devtools.env import kafka_env, postgres_env, redis_env, service_env
 from f2pipe_devtools.servers import RedisServer, free_port
 from f2pipe_devtools.testkit.samples import Sample, load_fleet, samples
 from f2pipe_shared.deadletters import PREVIEW_BYTES, DeadLetter, Reason
@@ -42,34 +41,26 @@ def worker_env(
 ) -> dict[str, str]:
     apply_migrations(pg_conninfo)
     seed_demo(pg_conninfo, 8)
-    pg = conninfo_to_dict(pg_conninfo)
     suffix = uuid.uuid4().hex[:8]
-    return {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "KAFKA_RAW_TOPIC": f"raw-{suffix}",
-        "KAFKA_PROCESSED_TOPIC": f"processed-{suffix}",
-        "KAFKA_DEADLETTER_TOPIC": f"dlq-{suffix}",
-        "KAFKA_RAW_PARTITIONS": str(PARTITIONS),
-        "KAFKA_PROCESSED_PARTITIONS": str(PARTITIONS),
-        # Tansu holds a group join for the whole rebalance timeout (docs/architecture.md).
-        "KAFKA_MAX_POLL_INTERVAL_MS": "5000",
-        "KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "POSTGRES_HOST": str(pg["host"]),
-        "POSTGRES_PORT": str(pg["port"]),
-        "POSTGRES_USER": str(pg["user"]),
-        "POSTGRES_DB": str(pg["dbname"]),
-        "REDIS_HOST": redis_server.host,
-        "REDIS_PORT": str(redis_server.port),
-        "PROCESSOR_APP_ID": f"processor-{suffix}",
-        "PROCESSOR_REDIS_PREFIX": f"test:{suffix}:",
-        "PROCESSOR_DATA_DIR": str(tmp_path / "faust"),
-        "PROCESSOR_COMMIT_INTERVAL_SECONDS": "0.5",
-        "METRICS_HOST": "127.0.0.1",
-        "METRICS_PORT": str(free_port()),
-        "LOG_FORMAT": "text",
-        "CONNINFO": pg_conninfo,
-    }
+    return service_env(
+        postgres_env(pg_conninfo),
+        redis_env(redis_server.host, redis_server.port),
+        kafka_env(
+            kafka_bootstrap,
+            raw=f"raw-{suffix}",
+            processed=f"processed-{suffix}",
+            dead_letters=f"dlq-{suffix}",
+            partitions=PARTITIONS,
+        ),
+        PROCESSOR_APP_ID=f"processor-{suffix}",
+        PROCESSOR_REDIS_PREFIX=f"test:{suffix}:",
+        PROCESSOR_DATA_DIR=str(tmp_path / "faust"),
+        PROCESSOR_COMMIT_INTERVAL_SECONDS="0.5",
+        METRICS_HOST="127.0.0.1",
+        METRICS_PORT=str(free_port()),
+        LOG_FORMAT="text",
+        CONNINFO=pg_conninfo,
+    )
 
 
 class Worker:

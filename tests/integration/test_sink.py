@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,9 +27,9 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from psycopg.conninfo import conninfo_to_dict
 
 from f2pipe.migrate import apply_migrations
+from f2pipe_devtools.env import kafka_env, postgres_env, service_env
 from f2pipe_devtools.servers import PostgresServer, free_port
 from f2pipe_shared.deadletters import PREVIEW_BYTES, DeadLetter, Reason, Stage
 from f2pipe_shared.records import Event, ProcessedBatch, Reading, encode_processed_batch
@@ -73,18 +72,14 @@ class Stack:
         return f"sink-{self.suffix}"
 
     def env(self, **overrides: str) -> dict[str, str]:
-        db = conninfo_to_dict(self.conninfo)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TIMESCALE_", "KAFKA_"))}
-        env.update(
-            KAFKA_BOOTSTRAP_SERVERS=self.bootstrap,
-            KAFKA_PROCESSED_TOPIC=self.topic,
-            KAFKA_DEADLETTER_TOPIC=self.dlq,
-            KAFKA_PROCESSED_PARTITIONS=str(self.partitions),
-            POSTGRES_HOST=str(db["host"]),
-            POSTGRES_PORT=str(db["port"]),
-            POSTGRES_USER=str(db["user"]),
-            POSTGRES_DB=str(db["dbname"]),
-            POSTGRES_SSLMODE="disable",
+        env = service_env(
+            postgres_env(self.conninfo),
+            kafka_env(
+                self.bootstrap,
+                processed=self.topic,
+                dead_letters=self.dlq,
+                partitions=self.partitions,
+            ),
             SINK_GROUP_ID=self.group,
             METRICS_HOST="127.0.0.1",
             METRICS_PORT=str(self.port),

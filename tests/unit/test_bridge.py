@@ -14,9 +14,10 @@ from confluent_kafka import KafkaError, KafkaException
 
 from f2pipe_bridge.bridge import Bridge
 from f2pipe_bridge.mqtt import Inbound
+from f2pipe_bridge.settings import BridgeSettings
 from f2pipe_shared.deadletters import PREVIEW_BYTES, DeadLetter, Reason
 from f2pipe_shared.records import decode_raw_batch
-from f2pipe_shared.settings import BridgeSettings, KafkaSettings
+from f2pipe_shared.settings import KafkaSettings
 from f2pipe_shared.topics import parse_topic
 
 RAW, DLQ = "raw-iot-data", "iot-dead-letter"

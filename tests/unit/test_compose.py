@@ -105,15 +105,9 @@ _ENV_LINE = re.compile(r"^(#?)([A-Z][A-Z0-9_]*)=(.*)$")
 def settings_classes() -> list[type[BaseSettings]]:
     """Every settings class of every service: the shared groups and the services' own."""
     from f2pipe.configdoc import _service_groups
-    from f2pipe_processor.settings import ProcessorSettings
     from f2pipe_shared.settings import GROUPS
-    from f2pipe_simulator.settings import SimulatorEnv
 
-    classes = [cls for cls, _ in [*GROUPS, *_service_groups()]]
-    for cls in (ProcessorSettings, SimulatorEnv):
-        if cls not in classes:
-            classes.append(cls)
-    return classes
+    return [cls for cls, _ in [*GROUPS, *_service_groups()]]
 
 
 @cache

@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+from f2pipe_bridge.settings import BridgeSettings
 from f2pipe_shared import settings as s
+from f2pipe_simulator.settings import SimulatorSettings
+from f2pipe_sink.settings import SinkSettings
 
 
 def test_defaults_keep_the_original_topic_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -17,7 +20,7 @@ def test_defaults_keep_the_original_topic_names(monkeypatch: pytest.MonkeyPatch)
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATCH_SIZE", "1234")
     monkeypatch.setenv("FLUSH_INTERVAL", "0.05")
-    sink = s.load(s.SinkSettings)
+    sink = s.load(SinkSettings)
     assert sink.batch_size == 1234
     assert sink.flush_interval == pytest.approx(0.05)
 
@@ -25,18 +28,18 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.mark.parametrize(
     ("cls", "variable", "value"),
     [
-        (s.SinkSettings, "BATCH_SIZE", "lots"),
-        (s.SinkSettings, "FLUSH_INTERVAL", "-1"),
+        (SinkSettings, "BATCH_SIZE", "lots"),
+        (SinkSettings, "FLUSH_INTERVAL", "-1"),
         (s.RedisSettings, "REDIS_PORT", "70000"),
         (s.KafkaSettings, "KAFKA_RAW_TOPIC", "raw topic with spaces"),
         (s.PostgresSettings, "POSTGRES_SSLMODE", "sometimes"),
         (s.CaSettings, "DEVICE_EXPIRY", "0"),
-        (s.SimulatorSettings, "PUBLISH_INTERVAL", "soon"),
-        (s.BridgeSettings, "BRIDGE_BATCH_LINGER_MS", "-5"),
+        (SimulatorSettings, "PUBLISH_INTERVAL", "soon"),
+        (BridgeSettings, "BRIDGE_BATCH_LINGER_MS", "-5"),
     ],
 )
 def test_a_bad_value_names_its_variable(
-    monkeypatch: pytest.MonkeyPatch, cls: type[s._Settings], variable: str, value: str
+    monkeypatch: pytest.MonkeyPatch, cls: type[s.F2Settings], variable: str, value: str
 ) -> None:
     monkeypatch.setenv(variable, value)
     with pytest.raises(s.SettingsError) as info:
@@ -79,3 +82,25 @@ def test_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_PORT", "6380")
     monkeypatch.delenv("REDIS_PASSWORD", raising=False)
     assert s.load(s.RedisSettings).url == "redis://cache:6380/0"
+
+
+def test_every_service_loads_all_its_groups_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from f2pipe_certgen.settings import Settings as Certgen
+    from f2pipe_processor.settings import Settings as Processor
+    from f2pipe_sink.settings import Settings as Sink
+
+    monkeypatch.setenv("BATCH_SIZE", "77")
+    monkeypatch.setenv("PROCESSOR_APP_ID", "p-1")
+    assert Sink.load().sink.batch_size == 77
+    assert Processor.load().processor.processor_app_id == "p-1"
+    assert Certgen.load().ca.ca_dir == "ca"
+    monkeypatch.setenv("REDIS_PORT", "70000")
+    with pytest.raises(s.SettingsError, match="REDIS_PORT"):
+        Processor.load()
+
+
+def test_every_settings_group_derives_from_the_one_base() -> None:
+    from f2pipe.configdoc import _service_groups
+
+    for cls, _ in [*s.GROUPS, *_service_groups()]:
+        assert issubclass(cls, s.F2Settings), cls

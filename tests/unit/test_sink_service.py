@@ -12,12 +12,12 @@ from confluent_kafka import TopicPartition
 
 from f2pipe_shared.deadletters import DeadLetter, Reason
 from f2pipe_shared.records import ProcessedBatch, Reading, encode_processed_batch
-from f2pipe_shared.settings import KafkaSettings, SinkSettings
+from f2pipe_shared.settings import KafkaSettings
 from f2pipe_sink.batcher import Record
-from f2pipe_sink.config import SinkServiceSettings
 from f2pipe_sink.dlq import DeadLetterError
 from f2pipe_sink.metrics import SinkMetrics
 from f2pipe_sink.service import Sink
+from f2pipe_sink.settings import SinkSettings
 from f2pipe_sink.writer import DatabaseUnavailable, Rejection, WriteResult
 
 TOPIC = "processed"
@@ -145,8 +145,12 @@ def parts() -> tuple[Sink, FakeConsumer, FakeWriter, FakeDeadLetters]:
     consumer, writer, dlq = FakeConsumer(), FakeWriter(), FakeDeadLetters()
     sink = Sink(
         KafkaSettings(kafka_processed_topic=TOPIC),
-        SinkSettings(batch_size=100, flush_interval=60),
-        SinkServiceSettings(sink_retry_max_seconds=0.01, sink_shutdown_timeout=0.05),
+        SinkSettings(
+            batch_size=100,
+            flush_interval=60,
+            sink_retry_max_seconds=0.01,
+            sink_shutdown_timeout=0.05,
+        ),
         "host=unused",
         SinkMetrics(),
         consumer=cast(Any, consumer),

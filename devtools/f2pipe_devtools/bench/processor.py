@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import subprocess
 import sys
@@ -33,11 +32,11 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from confluent_kafka import Consumer, Producer, TopicPartition
-from psycopg.conninfo import conninfo_to_dict
 
 from f2pipe.migrate import apply_migrations
 from f2pipe.seed import seed_demo
 from f2pipe_devtools.bench.report import Measurement, Report
+from f2pipe_devtools.env import kafka_env, postgres_env, redis_env, service_env
 from f2pipe_devtools.servers import KafkaBroker, PostgresServer, RedisServer, free_port
 from f2pipe_devtools.testkit.samples import Slot, load_fleet, make_sample
 from f2pipe_processor.batch import BatchProcessor
@@ -366,29 +365,22 @@ def end_to_end(
 def worker_env(
     conninfo: str, cache: RedisServer, kafka: KafkaSettings, root: Path
 ) -> dict[str, str]:
-    pg = conninfo_to_dict(conninfo)
-    return {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": kafka.kafka_bootstrap_servers,
-        "KAFKA_RAW_TOPIC": kafka.kafka_raw_topic,
-        "KAFKA_PROCESSED_TOPIC": kafka.kafka_processed_topic,
-        "KAFKA_DEADLETTER_TOPIC": kafka.kafka_deadletter_topic,
-        "KAFKA_RAW_PARTITIONS": str(PARTITIONS),
-        "KAFKA_PROCESSED_PARTITIONS": str(PARTITIONS),
-        "KAFKA_MAX_POLL_INTERVAL_MS": "5000",  # Tansu: joins wait this long (docs/architecture.md)
-        "KAFKA_SESSION_TIMEOUT_MS": "6000",
-        "POSTGRES_HOST": str(pg["host"]),
-        "POSTGRES_PORT": str(pg["port"]),
-        "POSTGRES_USER": str(pg["user"]),
-        "POSTGRES_DB": str(pg["dbname"]),
-        "REDIS_HOST": cache.host,
-        "REDIS_PORT": str(cache.port),
-        "PROCESSOR_APP_ID": f"bench-{kafka.kafka_raw_topic}",
-        "PROCESSOR_DATA_DIR": str(root / "faust"),
-        "METRICS_HOST": "127.0.0.1",
-        "METRICS_PORT": str(free_port()),
-        "LOG_LEVEL": "WARNING",
-    }
+    return service_env(
+        postgres_env(conninfo),
+        redis_env(cache.host, cache.port),
+        kafka_env(
+            kafka.kafka_bootstrap_servers,
+            raw=kafka.kafka_raw_topic,
+            processed=kafka.kafka_processed_topic,
+            dead_letters=kafka.kafka_deadletter_topic,
+            partitions=PARTITIONS,
+        ),
+        PROCESSOR_APP_ID=f"bench-{kafka.kafka_raw_topic}",
+        PROCESSOR_DATA_DIR=str(root / "faust"),
+        METRICS_HOST="127.0.0.1",
+        METRICS_PORT=str(free_port()),
+        LOG_LEVEL="WARNING",
+    )
 
 
 def cycle_weighted(fleet: list[Slot], rng: random.Random, count: int) -> Iterator[Slot]:

@@ -264,9 +264,9 @@ def _measure_end_to_end(
     from confluent_kafka import Producer
 
     from f2pipe_shared.kafka import ensure_topics
-    from f2pipe_shared.settings import KafkaSettings, SinkSettings
-    from f2pipe_sink.config import SinkServiceSettings
+    from f2pipe_shared.settings import KafkaSettings
     from f2pipe_sink.service import Sink
+    from f2pipe_sink.settings import SinkSettings
 
     n_records = n_rows // RECORD_ROWS
     results = []
@@ -294,8 +294,7 @@ def _measure_end_to_end(
             metrics = SinkMetrics()
             sink = Sink(
                 kafka,
-                SinkSettings(),
-                SinkServiceSettings(sink_group_id=f"bench-{suffix}"),
+                SinkSettings(sink_group_id=f"bench-{suffix}"),
                 conninfo,
                 metrics,
             )

@@ -24,6 +24,7 @@ import psycopg
 from f2pipe.brokerconfig import supervisor_command, write
 from f2pipe_devtools.dev.ports import Ports
 from f2pipe_devtools.dev.procs import Console, Follower, Service
+from f2pipe_devtools.env import kafka_env, mqtt_env, postgres_env, redis_env, stack_env
 from f2pipe_devtools.servers import KafkaBroker, PostgresServer, RedisServer, ServerProcess
 
 HOST = "127.0.0.1"
@@ -197,31 +198,27 @@ class DevStack:
     def env(self) -> dict[str, str]:
         """The settings every process of the stack gets: the shell's, with ours on top."""
         ports, root = self.options.ports, self.root
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TIMESCALE_")}
-        env.pop("REDIS_PASSWORD", None)
-        env.setdefault("LOG_FORMAT", "text")
-        env.setdefault("PUBLISH_INTERVAL", str(self.options.publish_interval))
-        env.setdefault("SIMULATOR_EVENT_INTERVAL", str(self.options.event_interval))
+        defaults = {
+            "LOG_FORMAT": "text",
+            "PUBLISH_INTERVAL": str(self.options.publish_interval),
+            "SIMULATOR_EVENT_INTERVAL": str(self.options.event_interval),
+        }
+        shell = {k: v for k, v in os.environ.items() if k in defaults}
+        env = stack_env(
+            defaults,
+            shell,
+            postgres_env(self.conninfo),
+            redis_env(HOST, ports.redis),
+            kafka_env(f"{HOST}:{ports.kafka}"),
+            mqtt_env(ports.mqtt, ca_file=str(self.ca_dir / "ca.crt")),
+        )
+        for name in [k for k in env if k.startswith("TIMESCALE_")] + ["REDIS_PASSWORD"]:
+            env.pop(name, None)  # one database, a Redis without password
         env.update(
             F2PIPE_ENV="development",
-            POSTGRES_HOST=HOST,
-            POSTGRES_PORT=str(ports.postgres),
-            POSTGRES_USER="postgres",
             POSTGRES_PASSWORD="",
-            POSTGRES_DB=DATABASE,
-            POSTGRES_SSLMODE="disable",
-            REDIS_HOST=HOST,
-            REDIS_PORT=str(ports.redis),
-            KAFKA_BOOTSTRAP_SERVERS=f"{HOST}:{ports.kafka}",
-            # Tansu holds a group join for the whole rebalance timeout (docs/architecture.md):
-            # keep it short so a restarted service is back within seconds.
-            KAFKA_MAX_POLL_INTERVAL_MS="5000",
-            KAFKA_SESSION_TIMEOUT_MS="5000",
             CA_DIR=str(self.ca_dir),
             ISSUED_DIR=str(self.issued_dir),
-            MQTT_BROKER_HOST=HOST,
-            MQTT_BROKER_PORT=str(ports.mqtt),
-            MQTT_CA_FILE=str(self.ca_dir / "ca.crt"),
             BRIDGE_CERT_FILE=str(self.issued_dir / "bridge.crt"),
             BRIDGE_KEY_FILE=str(self.issued_dir / "bridge.key"),
             CERTGEN_API_HOST=HOST,

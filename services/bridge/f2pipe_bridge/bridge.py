@@ -21,10 +21,11 @@ from f2pipe_bridge import metrics
 from f2pipe_bridge.batcher import Batch, Batcher
 from f2pipe_bridge.mqtt import Inbound
 from f2pipe_bridge.ports import MessageSource, RecordProducer
+from f2pipe_bridge.settings import BridgeSettings
 from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
 from f2pipe_shared.kafka import kafka_error, record_refused
 from f2pipe_shared.records import RawMessage, encode_raw_batch, partition_for_device
-from f2pipe_shared.settings import BridgeSettings, KafkaSettings
+from f2pipe_shared.settings import KafkaSettings
 from f2pipe_shared.topics import TopicError, parse_topic
 
 log = logging.getLogger(__name__)

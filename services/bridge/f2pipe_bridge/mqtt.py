@@ -27,7 +27,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from f2pipe_bridge import metrics
-from f2pipe_shared.settings import BridgeSettings, MqttSettings
+from f2pipe_bridge.settings import BridgeSettings
+from f2pipe_shared.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from confluent_kafka import KafkaException, Producer
 
 from f2pipe_bridge.bridge import Bridge
 from f2pipe_bridge.mqtt import MqttSide
+from f2pipe_bridge.settings import Settings
 from f2pipe_shared import settings as s
 from f2pipe_shared.kafka import ensure_topics, pipeline_topics, producer_config
 from f2pipe_shared.logs import configure_logging
@@ -21,23 +22,20 @@ from f2pipe_shared.observability import ObservabilityServer, on_shutdown_signal
 
 log = logging.getLogger("f2pipe.bridge")
 
-DEFAULT_METRICS_PORT = 9101
 
 
 def main() -> int:
-    common = s.load(s.CommonSettings)
-    kafka = s.load(s.KafkaSettings)
-    mqtt_settings = s.load(s.MqttSettings)
-    bridge_settings = s.load(s.BridgeSettings)
-    obs = s.load(s.ObservabilitySettings)
-    configure_logging("bridge", common.log_level, common.log_format)
+    settings = Settings.load()
+    configure_logging("bridge", settings.common.log_level, settings.common.log_format)
 
+    kafka = settings.kafka
     wait_for_topics(kafka)
     producer = Producer(producer_config(kafka))
-    mqtt_side = MqttSide(mqtt_settings, bridge_settings)
-    bridge = Bridge(kafka, bridge_settings, mqtt_side, producer)
-    port = DEFAULT_METRICS_PORT if obs.metrics_port is None else obs.metrics_port
-    server = ObservabilityServer(obs.metrics_host, port, bridge.health).start()
+    mqtt_side = MqttSide(settings.mqtt, settings.bridge)
+    bridge = Bridge(kafka, settings.bridge, mqtt_side, producer)
+    server = ObservabilityServer(
+        settings.observability.metrics_host, settings.metrics_port, bridge.health
+    ).start()
     on_shutdown_signal(bridge.stop)
     log.info("bridge started", extra={"metrics_port": server.port, "topics": mqtt_side.topics()})
     try:

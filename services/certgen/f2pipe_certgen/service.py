@@ -26,14 +26,13 @@ from fastapi import FastAPI
 from f2pipe_certgen.app import admin_token, create_app
 from f2pipe_certgen.ca import CaError, CertificateAuthority
 from f2pipe_certgen.lockout import LockoutPolicy
+from f2pipe_certgen.settings import Settings
 from f2pipe_certgen.store import record_issued_sync
 from f2pipe_shared.logs import configure_logging
 from f2pipe_shared.settings import (
     CaSettings,
     CommonSettings,
     Environment,
-    PostgresSettings,
-    load,
 )
 
 log = logging.getLogger(__name__)
@@ -54,10 +53,9 @@ class StartupError(RuntimeError):
         self.status = status
 
 
-def main(host: str | None, port: int | None, bootstrap_only: bool) -> int:
-    common = load(CommonSettings)
-    settings = load(CaSettings)
-    postgres = load(PostgresSettings)
+def run(host: str | None, port: int | None, bootstrap_only: bool) -> int:
+    loaded = Settings.load()
+    common, settings, postgres = loaded.common, loaded.ca, loaded.postgres
     configure_logging("certgen", common.log_level, common.log_format)
     try:
         if not bootstrap_only:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,50 +35,13 @@ from f2pipe_processor.invalidation import RegistryListener
 from f2pipe_processor.output import KafkaOutput, output_records
 from f2pipe_processor.registry import Registry
 from f2pipe_processor.resolver import RedisCache, Resolver
-from f2pipe_processor.settings import DEFAULT_PORT, ProcessorSettings
-from f2pipe_shared.settings import (
-    CommonSettings,
-    KafkaSettings,
-    ObservabilitySettings,
-    PostgresSettings,
-    RedisSettings,
-    TelemetryPolicySettings,
-    load,
-)
-
-
-@dataclass(frozen=True)
-class Config:
-    common: CommonSettings
-    observability: ObservabilitySettings
-    kafka: KafkaSettings
-    postgres: PostgresSettings
-    redis: RedisSettings
-    telemetry: TelemetryPolicySettings
-    processor: ProcessorSettings
-
-    @classmethod
-    def load(cls) -> Config:
-        return cls(
-            common=load(CommonSettings),
-            observability=load(ObservabilitySettings),
-            kafka=load(KafkaSettings),
-            postgres=load(PostgresSettings),
-            redis=load(RedisSettings),
-            telemetry=load(TelemetryPolicySettings),
-            processor=load(ProcessorSettings),
-        )
-
-    @property
-    def port(self) -> int:
-        port = self.observability.metrics_port
-        return DEFAULT_PORT if port is None else port
+from f2pipe_processor.settings import Settings
 
 
 class Runtime:
     """Everything the agent uses besides Faust, built once per worker."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Settings) -> None:
         settings = config.processor
         self.config = config
         retry_max = settings.processor_postgres_retry_max_seconds
@@ -160,7 +122,7 @@ class ProcessorApp(faust.App):
 DRAIN_SECONDS = 10.0
 
 
-def create_app(config: Config, partitions: int) -> tuple[faust.App, Runtime]:
+def create_app(config: Settings, partitions: int) -> tuple[faust.App, Runtime]:
     """The Faust app for ``partitions`` raw partitions (the latest table gets as many)."""
     runtime = Runtime(config)
     kafka = config.kafka

@@ -8,7 +8,8 @@ from typing import Any
 import faust
 from confluent_kafka.admin import AdminClient
 
-from f2pipe_processor.app import Config, create_app
+from f2pipe_processor.app import create_app
+from f2pipe_processor.settings import Settings
 from f2pipe_shared.kafka import ensure_topics, pipeline_topics
 from f2pipe_shared.logs import configure_logging
 
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 class _Worker(faust.Worker):
     """Faust's worker with f2pipe's log lines instead of its colour logger and banner."""
 
-    def __init__(self, app: faust.App, config: Config, **kwargs: Any) -> None:
+    def __init__(self, app: faust.App, config: Settings, **kwargs: Any) -> None:
         self._f2pipe_common = config.common
         super().__init__(app, quiet=True, redirect_stdouts=False, **kwargs)
         self.spinner = None  # a terminal spinner writes escape codes into log files
@@ -31,7 +32,7 @@ class _Worker(faust.Worker):
             logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def raw_partitions(config: Config) -> int:
+def raw_partitions(config: Settings) -> int:
     """Partitions of the raw topic as it exists (it may predate KAFKA_RAW_PARTITIONS)."""
     admin = AdminClient({"bootstrap.servers": config.kafka.kafka_bootstrap_servers})
     topic = config.kafka.kafka_raw_topic
@@ -40,7 +41,7 @@ def raw_partitions(config: Config) -> int:
 
 
 def main() -> int:
-    config = Config.load()
+    config = Settings.load()
     common = config.common
     configure_logging("processor", common.log_level, common.log_format)
     ensure_topics(config.kafka, pipeline_topics(config.kafka))

@@ -1,15 +1,23 @@
-"""Settings only the processor reads (the shared groups cover Kafka, PostgreSQL, Redis…).
-
-docs/configuration.md lists them with the shared groups (f2pipe/configdoc.py).
-"""
+"""What the processor reads: its own group (PROCESSOR_*) and the shared ones it needs."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import timedelta
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from f2pipe_shared.settings import (
+    CommonSettings,
+    F2Settings,
+    KafkaSettings,
+    ObservabilitySettings,
+    PostgresSettings,
+    RedisSettings,
+    ServiceSettings,
+    TelemetryPolicySettings,
+)
 
 # One port for /metrics, /healthz and /latest/<device_id>: Faust's web server, Faust's
 # conventional port. METRICS_PORT overrides it.
@@ -19,9 +27,7 @@ _INTERVAL = re.compile(r"^(\d+) (hour|day|week|month|year)s?$")
 _UNIT_DAYS = {"hour": 1 / 24, "day": 1, "week": 7, "month": 30, "year": 365}
 
 
-class ProcessorSettings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
-
+class ProcessorSettings(F2Settings):
     processor_app_id: str = Field(
         "f2pipe-processor",
         pattern=r"^[A-Za-z0-9._-]{1,100}$",
@@ -74,6 +80,22 @@ class ProcessorSettings(BaseSettings):
         if self.processor_max_age_days is not None:
             return timedelta(days=self.processor_max_age_days)
         return interval_to_timedelta(telemetry_retention)
+
+
+@dataclass(frozen=True)
+class Settings(ServiceSettings):
+    common: CommonSettings
+    observability: ObservabilitySettings
+    kafka: KafkaSettings
+    postgres: PostgresSettings
+    redis: RedisSettings
+    telemetry: TelemetryPolicySettings
+    processor: ProcessorSettings
+
+    @property
+    def port(self) -> int:
+        port = self.observability.metrics_port
+        return DEFAULT_PORT if port is None else port
 
 
 def interval_to_timedelta(interval: str) -> timedelta:

@@ -37,7 +37,7 @@ from f2pipe_simulator.identity import StateDir
 from f2pipe_simulator.ledger import Ledger
 from f2pipe_simulator.mqtt import Backoff, Connection, Endpoint
 from f2pipe_simulator.registry import ControllerSpec, load_fleet
-from f2pipe_simulator.settings import SimulatorEnv
+from f2pipe_simulator.settings import Settings, SimulatorSettings
 
 log = logging.getLogger("f2pipe.simulator")
 
@@ -68,7 +68,7 @@ class Options:
     ledger: Path | None
     publish_interval: float
     mqtt: s.MqttSettings
-    env: SimulatorEnv
+    env: SimulatorSettings
     metrics_host: str
     metrics_port: int
 
@@ -78,9 +78,8 @@ class Options:
 
 
 def options_from(args: argparse.Namespace) -> Options:
-    env = s.load(SimulatorEnv)
-    obs = s.load(s.ObservabilitySettings)
-    ca = s.load(s.CaSettings)
+    settings = Settings.load()
+    env, obs, ca = settings.simulator, settings.observability, settings.ca
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
     claim_codes = args.claim_codes or (
         Path(env.simulator_claim_codes) if env.simulator_claim_codes else None
@@ -104,7 +103,7 @@ def options_from(args: argparse.Namespace) -> Options:
     else:
         port = DEFAULT_METRICS_PORT if obs.metrics_port is None else obs.metrics_port
     return Options(
-        conninfo=s.load(s.PostgresSettings).conninfo,
+        conninfo=settings.postgres.conninfo,
         state_dir=args.state_dir or Path(env.simulator_state_dir),
         claim_codes=claim_codes,
         certgen_url=args.certgen_url
@@ -122,8 +121,8 @@ def options_from(args: argparse.Namespace) -> Options:
         start_time=start_time,
         seed=seed,
         ledger=args.ledger,
-        publish_interval=s.load(s.SimulatorSettings).publish_interval,
-        mqtt=s.load(s.MqttSettings),
+        publish_interval=env.publish_interval,
+        mqtt=settings.mqtt,
         env=env,
         metrics_host=obs.metrics_host,
         metrics_port=port,

@@ -1,14 +1,27 @@
-"""The simulator's own settings (beyond the shared MQTT, POSTGRES_*, PUBLISH_INTERVAL ones)."""
+"""What the simulator reads: its own group (PUBLISH_INTERVAL, SIMULATOR_*) and the shared
+ones it needs (MQTT, POSTGRES_*, certgen's address from CaSettings)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from f2pipe_shared.settings import (
+    CaSettings,
+    CommonSettings,
+    F2Settings,
+    MqttSettings,
+    ObservabilitySettings,
+    PostgresSettings,
+    ServiceSettings,
+)
 
 
-class SimulatorEnv(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
-
+class SimulatorSettings(F2Settings):
+    publish_interval: float = Field(
+        30.0, gt=0, le=86_400, description="seconds between a simulated sensor's readings"
+    )
     simulator_state_dir: str = Field(
         "simulator-state", description="keys (mode 0600) and certificates of the controllers"
     )
@@ -58,3 +71,13 @@ class SimulatorEnv(BaseSettings):
     simulator_renew_days: float = Field(
         7.0, ge=0, le=365, description="re-enrol when a certificate expires within this many days"
     )
+
+
+@dataclass(frozen=True)
+class Settings(ServiceSettings):
+    common: CommonSettings
+    observability: ObservabilitySettings
+    mqtt: MqttSettings
+    postgres: PostgresSettings
+    ca: CaSettings
+    simulator: SimulatorSettings

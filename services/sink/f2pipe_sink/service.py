@@ -30,9 +30,9 @@ from f2pipe_shared.kafka import consumer_config, ensure_topics
 from f2pipe_shared.logs import configure_logging
 from f2pipe_shared.observability import ObservabilityServer, on_shutdown_signal
 from f2pipe_sink.batcher import Batch, Partition, dead_letter, take
-from f2pipe_sink.config import DEFAULT_METRICS_PORT, SinkServiceSettings
 from f2pipe_sink.dlq import DeadLetterError, DeadLetterProducer
 from f2pipe_sink.metrics import SinkMetrics
+from f2pipe_sink.settings import Settings, SinkSettings
 from f2pipe_sink.writer import DatabaseUnavailable, Writer
 
 log = logging.getLogger("f2pipe_sink")
@@ -47,8 +47,7 @@ class Sink:
     def __init__(
         self,
         kafka: s.KafkaSettings,
-        sink: s.SinkSettings,
-        service: SinkServiceSettings,
+        sink: SinkSettings,
         conninfo: str,
         metrics: SinkMetrics,
         *,
@@ -59,13 +58,13 @@ class Sink:
         self.topic = kafka.kafka_processed_topic
         self.batch_size = sink.batch_size
         self.flush_interval = sink.flush_interval
-        self.service = service
+        self.service = sink
         self.metrics = metrics
         # The collaborators can be passed in for tests of the flow without servers.
         self.consumer = consumer or Consumer(
             consumer_config(
                 kafka,
-                service.sink_group_id,
+                sink.sink_group_id,
                 **{
                     "client.id": "f2pipe-sink",
                 },
@@ -359,13 +358,9 @@ class Sink:
 
 
 def main() -> int:
-    common = s.load(s.CommonSettings)
-    kafka = s.load(s.KafkaSettings)
-    sink = s.load(s.SinkSettings)
-    observability = s.load(s.ObservabilitySettings)
-    service = s.load(SinkServiceSettings)
-    conninfo = s.load(s.TimescaleSettings).conninfo(s.load(s.PostgresSettings))
-    configure_logging("sink", common.log_level, common.log_format)
+    settings = Settings.load()
+    kafka, sink = settings.kafka, settings.sink
+    configure_logging("sink", settings.common.log_level, settings.common.log_format)
 
     try:
         topics = {kafka.kafka_processed_topic: kafka.kafka_processed_partitions}
@@ -376,20 +371,16 @@ def main() -> int:
         return 1
 
     metrics = SinkMetrics()
-    app = Sink(kafka, sink, service, conninfo, metrics)
-    port = observability.metrics_port
+    app = Sink(kafka, sink, settings.conninfo, metrics)
     server = ObservabilityServer(
-        observability.metrics_host,
-        DEFAULT_METRICS_PORT if port is None else port,
-        app.health,
-        metrics.registry,
+        settings.observability.metrics_host, settings.metrics_port, app.health, metrics.registry
     ).start()
     on_shutdown_signal(app.stop)
     log.info(
         "sink started",
         extra={
             "topic": app.topic,
-            "group": service.sink_group_id,
+            "group": sink.sink_group_id,
             "batch_size": sink.batch_size,
             "flush_interval": sink.flush_interval,
             "metrics_port": server.port,
