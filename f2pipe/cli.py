@@ -125,7 +125,13 @@ def _is_database_unreachable(exc: Exception) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SERVICES:
+        # Everything after the service's name is the service's own (argparse would take a
+        # leading option such as --help for f2pipe's).
+        args = argparse.Namespace(command=argv[0], argv=argv[1:], handler=_service(argv[0]))
+    else:
+        args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -11,8 +11,9 @@ import itertools
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -22,6 +23,7 @@ from f2pipe_devtools.servers import (
     MosquittoServer,
     PostgresServer,
     RedisServer,
+    ServerProcess,
 )
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -43,14 +45,22 @@ def servers_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def postgres_server(servers_dir: Path) -> Iterator[PostgresServer]:
+S = TypeVar("S", bound=ServerProcess)
+
+
+def running(start: Callable[[], S]) -> Iterator[S]:
+    """Start a server for the session's tests, or skip/fail them when its binary is missing."""
     try:
-        server = PostgresServer(servers_dir / "postgres")
+        server = start()
     except MissingBinaryError as exc:
         missing(exc)
     with server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server(servers_dir: Path) -> Iterator[PostgresServer]:
+    yield from running(lambda: PostgresServer(servers_dir / "postgres"))
 
 
 _db_numbers = itertools.count(1)
@@ -64,23 +74,13 @@ def pg_conninfo(postgres_server: PostgresServer) -> str:
 
 @pytest.fixture(scope="session")
 def redis_server(servers_dir: Path) -> Iterator[RedisServer]:
-    try:
-        server = RedisServer(servers_dir / "redis")
-    except MissingBinaryError as exc:
-        missing(exc)
-    with server:
-        yield server
+    yield from running(lambda: RedisServer(servers_dir / "redis"))
 
 
 @pytest.fixture(scope="session")
 def mosquitto_server(servers_dir: Path) -> Iterator[MosquittoServer]:
     """A plain loopback broker for tests of our MQTT plumbing; TLS tests start their own."""
-    try:
-        server = MosquittoServer(servers_dir / "mosquitto", allow_anonymous=True)
-    except MissingBinaryError as exc:
-        missing(exc)
-    with server:
-        yield server
+    yield from running(lambda: MosquittoServer(servers_dir / "mosquitto", allow_anonymous=True))
 
 
 @pytest.fixture(scope="session")
@@ -90,9 +90,5 @@ def kafka_bootstrap(servers_dir: Path) -> Iterator[str]:
     if external:
         yield external
         return
-    try:
-        broker = KafkaBroker(servers_dir / "kafka")
-    except MissingBinaryError as exc:
-        missing(exc)
-    with broker:
+    for broker in running(lambda: KafkaBroker(servers_dir / "kafka")):
         yield broker.bootstrap_servers

@@ -231,12 +231,6 @@ class CaSettings(F2Settings):
         return [name.strip() for name in self.broker_sans.split(",") if name.strip()]
 
 
-
-
-
-
-
-
 # Every shared group, with who reads it: docs/configuration.md is generated from these and
 # each service's own groups (f2pipe/configdoc.py).
 GROUPS: tuple[tuple[type[BaseSettings], str], ...] = (

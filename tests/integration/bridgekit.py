@@ -108,12 +108,10 @@ def bridge_env(
             dead_letters=topics.dlq,
             fast_groups=False,
         ),
-        KAFKA_RAW_PARTITIONS="3",
-        BRIDGE_CLIENT_ID=client_id,
-        BRIDGE_BATCH_LINGER_MS="20",
-        LOG_FORMAT="text",
-        **extra,
-    )
+        {"KAFKA_RAW_PARTITIONS": "3", "BRIDGE_CLIENT_ID": client_id,
+         "BRIDGE_BATCH_LINGER_MS": "20", "LOG_FORMAT": "text"},
+        extra,  # a test's own settings win
+    )  # fmt: skip
 
 
 class Publisher:

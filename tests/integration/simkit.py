@@ -86,14 +86,11 @@ class SimStack:
         return service_env(
             postgres_env(self.conninfo),
             mqtt_env(self.broker.port),
-            SIMULATOR_CERTGEN_URL=self.certgen.url,
-            SIMULATOR_STATE_DIR=str(state_dir),
-            SIMULATOR_CLAIM_CODES=str(self.claim_codes),
-            METRICS_PORT=str(metrics_port),
-            LOG_FORMAT="json",
-            LOG_LEVEL="INFO",
-            **extra,
-        )
+            {"SIMULATOR_CERTGEN_URL": self.certgen.url, "SIMULATOR_STATE_DIR": str(state_dir),
+             "SIMULATOR_CLAIM_CODES": str(self.claim_codes), "METRICS_PORT": str(metrics_port),
+             "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"},
+            extra,  # a test's own settings win
+        )  # fmt: skip
 
 
 @dataclass

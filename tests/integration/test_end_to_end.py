@@ -184,9 +184,9 @@ def device_tls(stack: Stack, root: Path, mac: str) -> tuple[str, str, str]:
 def injector_slot(stack: Stack) -> tuple[Slot, str]:
     """The injector's sensor slot, and a valid hex frame for it."""
     slot = next(s for s in load_fleet(stack.conninfo)
-                if s.mac == INJECTOR and s.template and s.template.row[3])  # fmt: skip
+                if s.mac == INJECTOR and s.template and s.template.verify_crc)  # fmt: skip
     assert slot.template is not None
-    length = max(dp[2] + (dp[3] or 0) for dp in slot.template.row[4] if dp[2] is not None)
+    length = max(dp.spec.end for dp in slot.template.frame_points if dp.spec is not None)
     good = format_hex_frame(build_modbus_response(slot.template.modbus_address or 1, bytes(length)))
     return slot, good
 

@@ -34,18 +34,6 @@ ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 
 
 @pytest.fixture
-def migrated(pg_conninfo: str) -> str:
-    apply_migrations(pg_conninfo)
-    return pg_conninfo
-
-
-@pytest.fixture
-def conn(migrated: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(migrated, autocommit=True) as connection:
-        yield connection
-
-
-@pytest.fixture
 def migrations_copy(tmp_path: Path) -> Path:
     target = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, target)

@@ -28,9 +28,9 @@ from f2pipe.migrate import apply_migrations
 from f2pipe.seed import DATAPOINTS, DEVICE_TEMPLATES, demo_mac, seed_demo
 from f2pipe_devtools.servers import PostgresServer, RedisServer
 from f2pipe_devtools.testkit.samples import Sample, Slot, load_fleet, make_sample
-from f2pipe_processor import metrics
-from f2pipe_processor.batch import BatchProcessor, BatchResult
+from f2pipe_processor.core import BatchProcessor, BatchResult
 from f2pipe_processor.invalidation import RegistryListener
+from f2pipe_processor.metrics import ProcessorMetrics
 from f2pipe_processor.output import KafkaOutput, output_records
 from f2pipe_processor.registry import Registry, Unresolved, unpack_resolved
 from f2pipe_processor.resolver import RedisCache, Resolver
@@ -89,19 +89,34 @@ class Core:
         await self.redis.close()
 
 
-def make_core(conninfo: str, redis_url: str, prefix: str, redis_retry: float = 5.0) -> Core:
+def make_core(
+    conninfo: str,
+    redis_url: str,
+    prefix: str,
+    redis_retry: float = 5.0,
+    metrics: ProcessorMetrics | None = None,
+) -> Core:
+    metrics = metrics or ProcessorMetrics()
     registry = Registry(conninfo, retry_max_seconds=0.5)
-    cache = RedisCache(redis_url, prefix, ttl_seconds=600, retry_seconds=redis_retry)
-    resolver = Resolver(registry, cache)
-    processor = BatchProcessor(resolver, RAW_TOPIC, max_future_seconds=600, max_age_seconds=DAY_S)
+    cache = RedisCache(
+        redis_url, prefix, ttl_seconds=600, retry_seconds=redis_retry, metrics=metrics
+    )
+    resolver = Resolver(registry, cache, metrics=metrics)
+    processor = BatchProcessor(
+        resolver, RAW_TOPIC, max_future_seconds=600, max_age_seconds=DAY_S, metrics=metrics
+    )
     return Core(processor, resolver, registry, cache)
 
 
 @contextlib.asynccontextmanager
 async def core_for(
-    conninfo: str, redis_url: str, prefix: str, redis_retry: float = 5.0
+    conninfo: str,
+    redis_url: str,
+    prefix: str,
+    redis_retry: float = 5.0,
+    metrics: ProcessorMetrics | None = None,
 ) -> AsyncIterator[Core]:
-    core = make_core(conninfo, redis_url, prefix, redis_retry)
+    core = make_core(conninfo, redis_url, prefix, redis_retry, metrics)
     try:
         yield core
     finally:
@@ -143,7 +158,7 @@ def test_every_template_of_the_seed_decodes_to_what_was_encoded(
     start = now_us() - 60_000_000
     samples = [make_sample(slot, start + i, rng) for i, slot in enumerate(fleet)]
     # Every template of the seed, every datapoint of each, is exercised.
-    templates = {s.template.row[1] for s in fleet if s.template}
+    templates = {s.template.key for s in fleet if s.template}
     assert templates == {t["key"] for t in DEVICE_TEMPLATES}
     decoded_points = {r.datapoint_id for s in samples for r in s.readings}
     with psycopg.connect(registry_db) as conn:
@@ -277,14 +292,15 @@ def test_each_dead_letter_reason_and_the_rest_of_the_batch_goes_through(
         kafka_deadletter_topic=f"dlq-{suffix}",
     )
     ensure_topics(kafka, {kafka.kafka_processed_topic: 1, kafka.kafka_deadletter_topic: 1})
-    before = {r: metrics.DEAD_LETTERS.labels(r.value)._value.get() for r in Reason}
+    metrics = ProcessorMetrics()
+    before = {r: metrics.dead_letters.labels(r.value)._value.get() for r in Reason}
 
     async def scenario() -> tuple[BatchResult, BatchResult, BatchResult]:
-        async with core_for(registry_db, redis_server.url, redis_prefix) as core:
+        async with core_for(registry_db, redis_server.url, redis_prefix, metrics=metrics) as core:
             result = await process(core, messages, offset=7)
             garbage = await core.processor.process(0, 8, b"\x93not msgpack")
             empty = await core.processor.process(0, 9, None)
-            output = KafkaOutput(kafka)
+            output = KafkaOutput(kafka, metrics)
             for r in (result, garbage, empty):
                 await output.deliver(
                     output_records(r, kafka.kafka_processed_topic, kafka.kafka_deadletter_topic)
@@ -314,7 +330,7 @@ def test_each_dead_letter_reason_and_the_rest_of_the_batch_goes_through(
         assert whole.processed.readings == []
         assert whole.processed.events == []
     assert garbage.dead_letters[0].original == b"\x93not msgpack"
-    after = {r: metrics.DEAD_LETTERS.labels(r.value)._value.get() for r in Reason}
+    after = {r: metrics.dead_letters.labels(r.value)._value.get() for r in Reason}
     assert after[Reason.crc_mismatch] - before[Reason.crc_mismatch] == 1
     assert after[Reason.bad_batch] - before[Reason.bad_batch] == 2
 
@@ -473,7 +489,8 @@ def test_redis_stopped_and_restarted_mid_stream(
     for slot in fleet:
         by_controller.setdefault(slot.mac, []).append(slot)
     groups = list(by_controller.values())  # 6 controllers: 2 per phase, each new to the cache
-    fallbacks_before = metrics.REDIS_FALLBACKS._value.get()
+    metrics = ProcessorMetrics()
+    fallbacks_before = metrics.redis_fallbacks._value.get()
     cache = redis.Redis.from_url(redis_server.url)
 
     async def batch(core: Core, slots: list[Slot]) -> tuple[BatchResult, list[Sample]]:
@@ -481,7 +498,9 @@ def test_redis_stopped_and_restarted_mid_stream(
         return await process(core, [s.message for s in samples]), samples
 
     async def scenario() -> None:
-        async with core_for(registry_db, redis_server.url, redis_prefix, redis_retry=0.3) as core:
+        async with core_for(
+            registry_db, redis_server.url, redis_prefix, redis_retry=0.3, metrics=metrics
+        ) as core:
             result, samples = await batch(core, groups[0] + groups[1])
             assert result.processed.readings == expected(samples)[0]
             assert cache.exists(f"{redis_prefix}loc:{demo_mac(1)}")
@@ -493,8 +512,8 @@ def test_redis_stopped_and_restarted_mid_stream(
                     assert result.dead_letters == []
                     assert result.processed.readings == expected(samples)[0]
                 assert not redis_up(core)
-                assert metrics.REDIS_FALLBACKS._value.get() > fallbacks_before
-                assert metrics.REDIS_UP._value.get() == 0
+                assert metrics.redis_fallbacks._value.get() > fallbacks_before
+                assert metrics.redis_up._value.get() == 0
                 # Hits from memory still answer for what was seen before the outage.
                 result, samples = await batch(core, groups[0])
                 assert result.processed.readings == expected(samples)[0]
@@ -506,7 +525,7 @@ def test_redis_stopped_and_restarted_mid_stream(
                 result, samples = await batch(core, group)
                 assert result.processed.readings == expected(samples)[0]
             assert redis_up(core)
-            assert metrics.REDIS_UP._value.get() == 1
+            assert metrics.redis_up._value.get() == 1
             # Recovered: the new lookups were written to Redis again.
             assert cache.exists(f"{redis_prefix}loc:{demo_mac(5)}")
             assert cache.exists(f"{redis_prefix}loc:{demo_mac(6)}")
@@ -519,17 +538,19 @@ def test_postgres_down_holds_the_batch_until_it_returns(
 ) -> None:
     fleet = load_fleet(registry_db)
     samples = [make_sample(s, now_us(), random.Random(9)) for s in fleet[:12]]
-    retries_before = metrics.POSTGRES_RETRIES._value.get()
+    metrics = ProcessorMetrics()
+    value = metrics.registry.get_sample_value
+    retries_before = value("f2pipe_processor_postgres_retries_total") or 0.0
 
     async def scenario() -> BatchResult:
-        async with core_for(registry_db, redis_server.url, redis_prefix) as core:
+        async with core_for(registry_db, redis_server.url, redis_prefix, metrics=metrics) as core:
             postgres_server.stop()
             try:
                 task = asyncio.create_task(process(core, [s.message for s in samples]))
                 await asyncio.sleep(2.0)
                 assert not task.done()  # waiting, not dead-lettering: nothing is acked
                 assert registry_down(core)
-                assert metrics.POSTGRES_UP._value.get() == 0
+                assert value("f2pipe_processor_postgres_up") == 0
             finally:
                 postgres_server.start()
             result = await asyncio.wait_for(task, 15)
@@ -539,7 +560,7 @@ def test_postgres_down_holds_the_batch_until_it_returns(
     result = run(scenario())
     assert result.dead_letters == []
     assert result.processed.readings == expected(samples)[0]
-    assert metrics.POSTGRES_RETRIES._value.get() > retries_before
+    assert (value("f2pipe_processor_postgres_retries_total") or 0.0) > retries_before
 
 
 def test_faust_side_reads_what_the_bridge_producer_config_writes(kafka_bootstrap: str) -> None:
@@ -588,7 +609,7 @@ def test_decodes_what_the_simulator_encodes_for_every_template(
     for spec in specs:
         controller = Controller(
             spec,
-            sink=cast(Any, None),
+            outlet=cast(Any, None),
             timers=_NoTimers(),
             stamper=Stamper(now_us),
             rng=random.Random(spec.mac),
@@ -641,12 +662,13 @@ def test_records_kafka_refuses_become_dead_letters_and_the_next_record_goes_thro
                         original=original, mqtt_topic=SENSOR_TOPIC)  # fmt: skip
     refused = BatchResult(huge, [letter], {}, messages=1)
     fine = BatchResult(ProcessedBatch(0, 42, [Reading(ts, 1, 1, 1.5)], []), [], {}, messages=1)
-    before = metrics.REFUSED._value.get()
+    metrics = ProcessorMetrics()
+    before = metrics.refused._value.get()
 
     async def scenario() -> None:
         # A record limit the huge batch and the letter exceed (librdkafka refuses them before
         # sending, as it does for anything over the broker's limit).
-        output = KafkaOutput(kafka, **{"message.max.bytes": 4000})
+        output = KafkaOutput(kafka, metrics, **{"message.max.bytes": 4000})
         for result in (refused, fine):
             records = output_records(
                 result, kafka.kafka_processed_topic, kafka.kafka_deadletter_topic, RAW_TOPIC
@@ -673,4 +695,4 @@ def test_records_kafka_refuses_become_dead_letters_and_the_next_record_goes_thro
     assert stripped.original_size == len(original)
     assert stripped.original_sha256 == hashlib.sha256(original).hexdigest()
     assert stripped.mqtt_topic == SENSOR_TOPIC
-    assert metrics.REFUSED._value.get() - before == 2
+    assert metrics.refused._value.get() - before == 2

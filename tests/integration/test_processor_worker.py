@@ -265,7 +265,7 @@ def test_kill_9_mid_stream_loses_no_reading_and_latest_is_served(
         assert "f2pipe_processor_readings_total" in text
         assert 'f2pipe_processor_cache_lookups_total{layer="memory",result="hit"}' in text
         assert "f2pipe_processor_faust_" in text  # Faust's own sensor
-        # The restart bug of faust_consumer.py was prevented, not merely caught.
+        # The restart bug of faust_adapter.py was prevented, not merely caught.
         assert "f2pipe_processor_skipped_by_faust_total 0.0" in text
         assert second.stop() == 0
     finally:

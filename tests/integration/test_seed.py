@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import stat
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from f2pipe.migrate import apply_migrations
 from f2pipe.seed import CONNECTOR_MODES, LAYOUT, demo_mac, seed_demo
 from f2pipe_shared.claimcodes import generate_claim_code, verify_claim_code
 
@@ -26,18 +24,6 @@ SNAPSHOT = {
     "templates": "SELECT * FROM registry.device_templates ORDER BY id",
     "datapoints": "SELECT * FROM registry.datapoints ORDER BY id",
 }
-
-
-@pytest.fixture
-def migrated(pg_conninfo: str) -> str:
-    apply_migrations(pg_conninfo)
-    return pg_conninfo
-
-
-@pytest.fixture
-def conn(migrated: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(migrated, autocommit=True) as connection:
-        yield connection
 
 
 def snapshot(conn: psycopg.Connection[Any]) -> dict[str, list[Any]]:

@@ -12,7 +12,7 @@ from f2pipe.migrate import apply_migrations
 from f2pipe_devtools.servers import free_port
 from f2pipe_shared.deadletters import Reason
 from f2pipe_shared.records import Event, ProcessedBatch, Reading, encode_processed_batch
-from f2pipe_sink.batcher import Record, take
+from f2pipe_sink.batch import Record, take
 from f2pipe_sink.writer import DatabaseUnavailable, Writer
 
 pytestmark = pytest.mark.integration

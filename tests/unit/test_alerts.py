@@ -6,13 +6,8 @@ import re
 from pathlib import Path
 
 import yaml  # type: ignore[import-untyped]
-from prometheus_client import REGISTRY, CollectorRegistry
 
-import f2pipe_bridge.metrics
-import f2pipe_processor.metrics
-import f2pipe_simulator.metrics
-from f2pipe_certgen.metrics import Metrics as CertgenMetrics
-from f2pipe_sink.metrics import SinkMetrics
+from tests.unit.test_compose import exported_metric_names
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -21,15 +16,7 @@ SUFFIXES = ("_total", "_bucket", "_sum", "_count")
 
 
 def exported() -> set[str]:
-    assert f2pipe_bridge.metrics.RECEIVED is not None  # imported for its registrations
-    assert f2pipe_processor.metrics.READINGS is not None
-    assert f2pipe_simulator.metrics.PUBLISHED is not None
-    sink = CollectorRegistry()
-    SinkMetrics(sink)
-    names = set()
-    for registry in (REGISTRY, sink, CertgenMetrics().registry):
-        names |= {family.name for family in registry.collect()}
-    return names
+    return exported_metric_names()
 
 
 def rules() -> list[dict[str, object]]:

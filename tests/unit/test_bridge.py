@@ -1,4 +1,5 @@
-"""The bridge's loop without servers: batching, acknowledgements, and what Kafka refuses."""
+"""The bridge without servers, through its ports: batching, acknowledgements, the in-flight
+window, metrics, and what Kafka refuses."""
 
 from __future__ import annotations
 
@@ -9,15 +10,27 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
 from confluent_kafka import KafkaError, KafkaException
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
-from f2pipe_bridge.bridge import Bridge
-from f2pipe_bridge.mqtt import Inbound
-from f2pipe_bridge.settings import BridgeSettings
+from f2pipe_bridge.batcher import MAX_BATCH_BYTES
+from f2pipe_bridge.main import build
+from f2pipe_bridge.metrics import BridgeMetrics
+from f2pipe_bridge.mqtt import MqttSide
+from f2pipe_bridge.ports import Inbound
+from f2pipe_bridge.service import BridgeService
+from f2pipe_bridge.settings import BridgeSettings, Settings
 from f2pipe_shared.deadletters import PREVIEW_BYTES, DeadLetter, Reason
 from f2pipe_shared.records import decode_raw_batch
-from f2pipe_shared.settings import KafkaSettings
+from f2pipe_shared.settings import (
+    CommonSettings,
+    KafkaSettings,
+    MqttSettings,
+    ObservabilitySettings,
+)
 from f2pipe_shared.topics import parse_topic
 
 RAW, DLQ = "raw-iot-data", "iot-dead-letter"
@@ -40,6 +53,23 @@ class FakeMqtt:
 
     def stop(self) -> None:
         self.connected.clear()
+
+
+class FakeClock:
+    """Monotonic time from 0 and wall time from when it was made; both move on `advance`."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.wall_ns = time.time_ns()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time_ns(self) -> int:
+        return self.wall_ns + round(self.now * 1e9)
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class FakeProducer:
@@ -82,18 +112,23 @@ class FakeProducer:
         return [DeadLetter.from_kafka(v, kw["headers"]) for t, v, kw in self.delivered if t == DLQ]
 
 
-def make(producer: FakeProducer, **settings: Any) -> tuple[Bridge, FakeMqtt]:
+def make(
+    producer: FakeProducer, clock: FakeClock | None = None, **settings: Any
+) -> tuple[BridgeService, FakeMqtt]:
     mqtt = FakeMqtt()
     kafka = KafkaSettings(kafka_raw_topic=RAW, kafka_deadletter_topic=DLQ)
     bridge_settings = BridgeSettings(**{"bridge_batch_linger_ms": 0, **settings})
-    return Bridge(kafka, bridge_settings, mqtt, producer), mqtt
+    service = BridgeService(
+        kafka, bridge_settings, mqtt, producer, BridgeMetrics(), clock=clock or FakeClock()
+    )
+    return service, mqtt
 
 
 def inbound(mid: int, payload: bytes, topic: str = TOPIC) -> Inbound:
     return Inbound(topic, payload, time.time_ns() // 1000, mid, 1, 0)
 
 
-def run(bridge: Bridge, mqtt: FakeMqtt, messages: list[Inbound], rounds: int = 5) -> None:
+def run(bridge: BridgeService, mqtt: FakeMqtt, messages: list[Inbound], rounds: int = 5) -> None:
     for message in messages:
         mqtt.inbox.put(message)
     for _ in range(rounds):
@@ -108,7 +143,7 @@ def test_messages_are_acknowledged_only_after_kafka_confirmed() -> None:
     bridge.pump(timeout=0)  # produced, delivery failed: held for a retry
     assert mqtt.settled == []
     assert bridge.in_flight == 1
-    bridge.retries = [(0.0, attempt) for _, attempt in bridge.retries]  # due now
+    bridge.outbox.retries = [(0.0, attempt) for _, attempt in bridge.outbox.retries]  # due now
     bridge.pump(timeout=0)
     bridge.pump(timeout=0)
     assert mqtt.settled == [1]
@@ -183,7 +218,7 @@ def test_a_dead_letter_kafka_cannot_take_now_is_retried_not_dropped() -> None:
     producer.delivery_errors = [KafkaError(KafkaError._MSG_TIMED_OUT)]
     run(bridge, mqtt, [inbound(1, b"{}", "not/a/topic")], rounds=2)
     assert mqtt.settled == []
-    bridge.retries = [(0.0, attempt) for _, attempt in bridge.retries]
+    bridge.outbox.retries = [(0.0, attempt) for _, attempt in bridge.outbox.retries]
     bridge.pump(timeout=0)
     bridge.pump(timeout=0)
     [letter] = producer.letters()
@@ -202,7 +237,7 @@ def test_an_unexpected_error_dead_letters_the_message_and_the_loop_goes_on(
             raise RuntimeError("a bug")
         return parse_topic(topic)
 
-    monkeypatch.setattr("f2pipe_bridge.bridge.parse_topic", broken)
+    monkeypatch.setattr("f2pipe_bridge.service.parse_topic", broken)
     other = TOPIC.replace("sensor-1", "sensor-2")
     run(bridge, mqtt, [inbound(1, b"a", other), inbound(2, b"b")])
     [letter] = producer.letters()
@@ -218,9 +253,351 @@ def test_shutdown_sends_what_it_holds_and_what_waits_for_a_retry() -> None:
     bridge, mqtt = make(producer, bridge_batch_linger_ms=60_000, bridge_batch_max_messages=2)
     producer.delivery_errors = [KafkaError(KafkaError._TRANSPORT)]
     run(bridge, mqtt, [inbound(1, b"one"), inbound(2, b"two")], rounds=1)  # full: sent, failed
-    assert len(bridge.retries) == 1
+    assert len(bridge.outbox.retries) == 1
     run(bridge, mqtt, [inbound(3, b"three")], rounds=1)  # held: the linger is a minute
     assert mqtt.settled == []
     bridge.shutdown(timeout=1)
     assert sorted(producer.raw_payloads()) == [b"one", b"three", b"two"]
     assert sorted(mqtt.settled) == [1, 2, 3]
+
+
+# --- batching ------------------------------------------------------------------------------
+
+
+def raw_records(producer: FakeProducer) -> list[tuple[int, list[bytes]]]:
+    """Each raw-iot-data record Kafka confirmed: (partition, its messages' payloads)."""
+    return [
+        (kw["partition"], [m.payload for m in decode_raw_batch(v)])
+        for t, v, kw in producer.delivered
+        if t == RAW
+    ]
+
+
+def test_a_batch_is_sent_when_it_holds_bridge_batch_max_messages() -> None:
+    producer, clock = FakeProducer(), FakeClock()
+    bridge, mqtt = make(producer, clock, bridge_batch_max_messages=3, bridge_batch_linger_ms=60_000)
+    run(bridge, mqtt, [inbound(i, f"m{i}".encode()) for i in range(1, 8)])
+    assert raw_records(producer) == [(0, [b"m1", b"m2", b"m3"]), (0, [b"m4", b"m5", b"m6"])]
+    assert mqtt.settled == [1, 2, 3, 4, 5, 6]
+    assert bridge.in_flight == 1  # the seventh waits for its batch's linger
+    clock.advance(60)
+    bridge.pump(timeout=0)
+    assert raw_records(producer)[2:] == [(0, [b"m7"])]
+    assert mqtt.settled == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_a_batch_never_carries_more_than_900_kB_of_messages() -> None:
+    producer, clock = FakeProducer(), FakeClock()
+    bridge, mqtt = make(
+        producer, clock, bridge_batch_max_messages=500, bridge_batch_linger_ms=60_000
+    )
+    payload = b"p" * 16_000
+    cost = len(payload) + len(TOPIC) + 16  # what a message counts for in a batch
+    fits = MAX_BATCH_BYTES // cost
+    assert (MAX_BATCH_BYTES, fits) == (900_000, 56)
+    run(bridge, mqtt, [inbound(i, payload) for i in range(1, 61)])
+    # The 57th message would pass 900 kB: the 56 before it went, the rest waits.
+    assert [len(messages) for _, messages in raw_records(producer)] == [fits]
+    clock.advance(60)
+    bridge.pump(timeout=0)
+    assert [len(messages) for _, messages in raw_records(producer)] == [fits, 60 - fits]
+    assert all(len(v) < 1_000_000 for _, v, _ in producer.delivered)
+    assert sorted(mqtt.settled) == list(range(1, 61))
+
+
+def test_a_batch_is_sent_once_its_first_message_waited_the_linger() -> None:
+    producer, clock = FakeProducer(), FakeClock()
+    bridge, mqtt = make(producer, clock, bridge_batch_linger_ms=50)
+    run(bridge, mqtt, [inbound(1, b"first")], rounds=1)
+    clock.now = 0.03
+    run(bridge, mqtt, [inbound(2, b"second")], rounds=1)
+    clock.now = 0.049
+    bridge.pump(timeout=0)
+    assert producer.delivered == []
+    assert mqtt.settled == []
+    clock.now = 0.05  # 50 ms after the first message, 20 ms after the second
+    bridge.pump(timeout=0)
+    assert raw_records(producer) == [(0, [b"first", b"second"])]
+    assert mqtt.settled == [1, 2]
+
+
+def test_each_partition_has_its_own_batch_and_keeps_each_device_in_order() -> None:
+    producer = FakeProducer()
+    bridge, mqtt = make(producer, bridge_batch_max_messages=2, bridge_batch_linger_ms=60_000)
+    other = TOPIC.replace("aabbccddee01", "aabbccddee04")  # partition 1 of 2
+    assert bridge.partitions == 2
+    run(bridge, mqtt, [inbound(1, b"a1"), inbound(2, b"b1", other), inbound(3, b"a2")])
+    run(bridge, mqtt, [inbound(4, b"b2", other)])
+    assert raw_records(producer) == [(0, [b"a1", b"a2"]), (1, [b"b1", b"b2"])]
+
+
+# --- the MQTT side: acknowledgements and the in-flight window --------------------------
+
+
+class FakeClient:
+    """paho's client as the MQTT side uses it: records subscriptions and acknowledgements."""
+
+    def __init__(self) -> None:
+        self.subscribed: list[tuple[str, int]] = []
+        self.acks: list[tuple[int, int]] = []
+
+    def connect_async(
+        self,
+        host: str,
+        port: int = 1883,
+        keepalive: int = 60,
+        *,
+        clean_start: bool = False,
+        properties: Any = None,
+    ) -> None:
+        pass
+
+    def loop_start(self) -> None:
+        pass
+
+    def subscribe(self, topic: list[tuple[str, int]]) -> None:
+        self.subscribed.extend(topic)
+
+    def ack(self, mid: int, qos: int) -> None:
+        self.acks.append((mid, qos))
+
+    def disconnect(self) -> None:
+        pass
+
+    def loop_stop(self) -> None:
+        pass
+
+
+CONNECTED = ReasonCode(PacketTypes.CONNACK, "Success")
+REFUSED = ReasonCode(PacketTypes.CONNACK, "Not authorized")
+DROPPED = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
+
+
+def mqtt_side(
+    metrics: BridgeMetrics | None = None, clock: FakeClock | None = None, **settings: Any
+) -> tuple[MqttSide, FakeClient]:
+    client = FakeClient()
+    side = MqttSide(
+        MqttSettings(mqtt_tls=False),
+        BridgeSettings(**settings),
+        metrics or BridgeMetrics(),
+        client=client,
+        clock=clock or FakeClock(),
+    )
+    return side, client
+
+
+def deliver(side: MqttSide, client: FakeClient, mid: int, topic: str = TOPIC, qos: int = 1) -> None:
+    """What paho's network thread does with a PUBLISH from the broker."""
+    message = paho.MQTTMessage(mid, topic.encode())
+    message.payload = b"{}"
+    message.qos = qos
+    side.on_message(client, None, message)
+
+
+def take(side: MqttSide) -> list[Inbound]:
+    taken = []
+    while not side.inbox.empty():
+        taken.append(side.inbox.get_nowait())
+    return taken
+
+
+def test_a_message_is_acknowledged_only_on_the_connection_that_delivered_it() -> None:
+    side, client = mqtt_side()
+    side.on_connect(client, None, None, REFUSED, None)
+    assert side.epoch == 0  # a refused connection is not one
+    side.on_connect(client, None, None, CONNECTED, None)
+    assert client.subscribed == [("stat/#", 1), ("tele/#", 1)]
+    deliver(side, client, 1)
+    deliver(side, client, 2)
+    deliver(side, client, 3, qos=0)
+    first, second, at_most_once = take(side)
+    assert side.settle(first) is True
+    assert client.acks == [(1, 1)]
+
+    side.on_disconnect(client, None, None, DROPPED, None)
+    side.on_connect(client, None, None, CONNECTED, None)
+    # Kafka confirmed the second after the reconnect: its packet id belongs to the old
+    # connection, so it is not acknowledged; the broker redelivers it.
+    assert side.settle(second) is False
+    assert side.settle(at_most_once) is False  # QoS 0 has nothing to acknowledge
+    assert client.acks == [(1, 1)]
+    deliver(side, client, 2)  # the redelivery, on the new connection
+    [again] = take(side)
+    assert side.settle(again) is True
+    assert client.acks == [(1, 1), (2, 1)]
+    samples = side.metrics.registry.get_sample_value
+    assert samples("f2pipe_bridge_acknowledged_total") == 2
+    assert samples("f2pipe_bridge_ack_skipped_total") == 1
+    assert samples("f2pipe_bridge_mqtt_connects_total") == 2
+    assert samples("f2pipe_bridge_mqtt_connected") == 1
+
+
+def test_shared_subscriptions_with_a_group() -> None:
+    side, client = mqtt_side(bridge_shared_group="f2")
+    side.on_connect(client, None, None, CONNECTED, None)
+    assert client.subscribed == [("$share/f2/stat/#", 1), ("$share/f2/tele/#", 1)]
+
+
+def test_a_full_window_holds_paho_until_a_message_is_settled() -> None:
+    side, client = mqtt_side(bridge_max_in_flight=2)
+    side.on_connect(client, None, None, CONNECTED, None)
+    deliver(side, client, 1)
+    deliver(side, client, 2)
+    third = threading.Thread(target=deliver, args=(side, client, 3), daemon=True)
+    third.start()
+    third.join(0.3)
+    assert third.is_alive(), "a third message was taken with two unsettled"
+    first, _ = take(side)
+    side.settle(first)
+    third.join(5)
+    assert not third.is_alive()
+    assert [m.mid for m in take(side)] == [3]
+
+
+def test_shutting_down_releases_paho_waiting_on_a_full_window_without_the_message() -> None:
+    side, client = mqtt_side(bridge_max_in_flight=1)
+    side.on_connect(client, None, None, CONNECTED, None)
+    deliver(side, client, 1)
+    waiting = threading.Thread(target=deliver, args=(side, client, 2), daemon=True)
+    waiting.start()
+    side.accepting = False
+    waiting.join(5)
+    assert not waiting.is_alive()
+    assert [m.mid for m in take(side)] == [1]  # never taken, never acknowledged: the broker keeps 2
+    assert side.metrics.registry.get_sample_value("f2pipe_bridge_received_total") == 1
+
+
+def test_in_flight_counts_what_is_received_and_not_yet_confirmed() -> None:
+    producer, clock = FakeProducer(), FakeClock()
+    bridge, mqtt = make(producer, clock, bridge_batch_linger_ms=1_000)
+    run(bridge, mqtt, [inbound(i, b"{}") for i in range(1, 4)], rounds=1)
+    gauge = bridge.metrics.registry.get_sample_value
+    assert (bridge.in_flight, gauge("f2pipe_bridge_in_flight")) == (3, 3)
+    clock.advance(1)
+    bridge.pump(timeout=0)
+    assert (bridge.in_flight, gauge("f2pipe_bridge_in_flight")) == (0, 0)
+    assert mqtt.settled == [1, 2, 3]
+
+
+# --- metrics ---------------------------------------------------------------------------
+
+
+def test_metrics_count_received_produced_acknowledged_and_dead_lettered() -> None:
+    producer, clock, metrics = FakeProducer(), FakeClock(), BridgeMetrics()
+    side, client = mqtt_side(metrics, clock)
+    kafka = KafkaSettings(kafka_raw_topic=RAW, kafka_deadletter_topic=DLQ)
+    settings = BridgeSettings(bridge_batch_linger_ms=0, bridge_max_payload_bytes=64)
+    bridge = BridgeService(kafka, settings, side, producer, metrics, clock=clock)
+    side.on_connect(client, None, None, CONNECTED, None)
+    for mid in (1, 2, 3):
+        deliver(side, client, mid)
+    deliver(side, client, 4, topic="not/a/topic")
+    oversize = paho.MQTTMessage(5, TOPIC.encode())
+    oversize.payload, oversize.qos = b"x" * 65, 1
+    side.on_message(client, None, oversize)
+    clock.advance(0.2)  # 200 ms from MQTT to Kafka
+    bridge.pump(timeout=0)
+
+    sample = metrics.registry.get_sample_value
+    assert sample("f2pipe_bridge_received_total") == 5
+    assert sample("f2pipe_bridge_produced_messages_total") == 3
+    assert sample("f2pipe_bridge_produced_batches_total") == 1
+    assert sample("f2pipe_bridge_batch_messages_sum") == 3
+    assert sample("f2pipe_bridge_dead_letters_total", {"reason": "bad_topic"}) == 1
+    assert sample("f2pipe_bridge_dead_letters_total", {"reason": "oversize"}) == 1
+    assert sample("f2pipe_bridge_acknowledged_total") == 5
+    assert sample("f2pipe_bridge_in_flight") == 0
+    assert sample("f2pipe_bridge_delivery_latency_seconds_count") == 3
+    assert sample("f2pipe_bridge_delivery_latency_seconds_sum") == pytest.approx(0.6)
+    assert sorted(mid for mid, _ in client.acks) == [1, 2, 3, 4, 5]
+
+
+def test_metrics_count_kafka_errors_by_code() -> None:
+    producer = FakeProducer()
+    bridge, mqtt = make(producer)
+    producer.delivery_errors = [KafkaError(KafkaError._MSG_TIMED_OUT)]
+    run(bridge, mqtt, [inbound(1, b"{}")], rounds=1)
+    sample = bridge.metrics.registry.get_sample_value
+    assert sample("f2pipe_bridge_kafka_errors_total", {"code": "_MSG_TIMED_OUT"}) == 1
+    assert sample("f2pipe_bridge_produced_messages_total") == 0
+
+
+def test_each_bridge_metrics_counts_alone_and_keeps_its_names() -> None:
+    first, second = BridgeMetrics(), BridgeMetrics()
+    first.received.inc()
+    assert first.registry.get_sample_value("f2pipe_bridge_received_total") == 1
+    assert second.registry.get_sample_value("f2pipe_bridge_received_total") == 0
+    families = {f.name: f for f in second.registry.collect()}
+    # Dashboards and alerts use these names: a rename breaks them.
+    assert {n for n in families if n.startswith("f2pipe_bridge_")} == {
+        "f2pipe_bridge_received",
+        "f2pipe_bridge_produced_messages",
+        "f2pipe_bridge_produced_batches",
+        "f2pipe_bridge_acknowledged",
+        "f2pipe_bridge_ack_skipped",
+        "f2pipe_bridge_dead_letters",
+        "f2pipe_bridge_in_flight",
+        "f2pipe_bridge_kafka_errors",
+        "f2pipe_bridge_mqtt_connected",
+        "f2pipe_bridge_mqtt_connects",
+        "f2pipe_bridge_delivery_latency_seconds",
+        "f2pipe_bridge_batch_messages",
+    }
+    second.dead_letters.labels(reason="oversize").inc()
+    second.kafka_errors.labels(code="_TRANSPORT").inc()
+    assert (
+        second.registry.get_sample_value("f2pipe_bridge_dead_letters_total", {"reason": "oversize"})
+        == 1
+    )
+    assert (
+        second.registry.get_sample_value("f2pipe_bridge_kafka_errors_total", {"code": "_TRANSPORT"})
+        == 1
+    )
+    assert "process_cpu_seconds" in families  # /metrics keeps the process and Python series
+    assert "python_info" in families
+
+
+# --- health and build ------------------------------------------------------------------
+
+
+class SilentProducer(FakeProducer):
+    """Kafka takes records and never confirms them."""
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+
+def test_health_fails_once_a_batch_waited_a_minute_for_kafka() -> None:
+    clock = FakeClock()
+    bridge, mqtt = make(SilentProducer(), clock)
+    mqtt.connect()
+    assert bridge.health() == (
+        True,
+        {"mqtt_connected": True, "in_flight": 0, "oldest_unconfirmed_s": 0.0},
+    )
+    run(bridge, mqtt, [inbound(1, b"{}")], rounds=1)
+    clock.advance(59.9)
+    assert bridge.health()[0] is True
+    clock.advance(0.1)
+    ok, details = bridge.health()
+    assert not ok
+    assert details["in_flight"] == 1
+    mqtt.stop()
+    assert bridge.health()[0] is False
+
+
+def test_build_wires_the_given_ports_and_a_registry_of_its_own() -> None:
+    settings = Settings(
+        common=CommonSettings(),
+        observability=ObservabilitySettings(),
+        kafka=KafkaSettings(kafka_raw_topic=RAW, kafka_deadletter_topic=DLQ),
+        mqtt=MqttSettings(mqtt_tls=False),
+        bridge=BridgeSettings(),
+    )
+    producer, mqtt = FakeProducer(), FakeMqtt()
+    first, second = build(settings, producer, mqtt), build(settings, producer, mqtt)
+    assert first.mqtt is mqtt
+    assert first.outbox.producer is producer
+    assert first.partitions == 2
+    assert first.metrics.registry is not second.metrics.registry

@@ -51,3 +51,24 @@ def test_configuration_doc_lists_every_setting_as_the_code_defines_it() -> None:
     doc = Path(__file__).parents[2] / "docs" / "configuration.md"
     assert doc.read_text() == render(), "run `f2pipe config-doc --write docs/configuration.md`"
     assert "| `KAFKA_RAW_TOPIC` | `raw-iot-data` |" in render()
+
+
+@pytest.mark.parametrize("service", ["certgen", "bridge", "processor", "sink", "simulator"])
+def test_each_service_parses_its_own_arguments(
+    service: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([service, "--help"])
+    assert done.value.code == 0
+    assert f"usage: f2pipe {service}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        main([service, "--no-such-option"])
+    assert refused.value.code == 2
+
+
+def test_a_service_with_a_bad_setting_exits_2_naming_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BATCH_SIZE", "0")
+    assert main(["sink"]) == 2
+    assert "BATCH_SIZE='0'" in capsys.readouterr().err

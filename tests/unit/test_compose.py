@@ -462,21 +462,17 @@ def test_unset_settings_pass_through_only_when_set() -> None:
 
 
 def exported_metric_names() -> set[str]:
-    """Every sample name the services' /metrics can show."""
-    from prometheus_client import REGISTRY, CollectorRegistry
-
-    import f2pipe_bridge.metrics
-    import f2pipe_processor.metrics
-    import f2pipe_simulator.metrics
-    from f2pipe_certgen.metrics import Metrics as CertgenMetrics
+    """Every sample name the services' /metrics can show (each service's own registry)."""
+    from f2pipe_bridge.metrics import BridgeMetrics
+    from f2pipe_certgen.metrics import CertgenMetrics
+    from f2pipe_processor.metrics import ProcessorMetrics
+    from f2pipe_simulator.metrics import SimulatorMetrics
     from f2pipe_sink.metrics import SinkMetrics
 
-    assert f2pipe_bridge.metrics
-    assert f2pipe_processor.metrics
-    assert f2pipe_simulator.metrics
-    registries: list[CollectorRegistry] = [
-        REGISTRY, CertgenMetrics().registry, SinkMetrics().registry
-    ]  # fmt: skip
+    registries = [
+        m().registry
+        for m in (CertgenMetrics, SinkMetrics, BridgeMetrics, ProcessorMetrics, SimulatorMetrics)
+    ]
     names = set()
     for registry in registries:
         for family in registry.collect():

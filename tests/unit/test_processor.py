@@ -1,43 +1,60 @@
-"""The processor's pure parts: decoding a batch, invalidation, acks, latest values, settings."""
+"""The processor without servers: decoding a batch, lookups, invalidation, the per-record flow
+and its acks, latest values, metrics, settings, and the Faust adapter's version pin."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import inspect
 import json
-from collections.abc import Sequence
+import subprocess
+import sys
+import tomllib
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import timedelta
+from importlib.metadata import version
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
-from f2pipe_processor import metrics
-from f2pipe_processor.acks import InFlight
-from f2pipe_processor.batch import BatchResult, log_dead_letters
+from f2pipe_processor import faust_adapter
+from f2pipe_processor.acks import Holes, InFlight
+from f2pipe_processor.core import BatchProcessor, BatchResult, log_dead_letters
 from f2pipe_processor.decoder import (
+    LatestValues,
     Parse,
     TimestampWindow,
     decode_messages,
     parse_messages,
 )
-from f2pipe_processor.faust_consumer import SafeSeekConsumer
+from f2pipe_processor.faust_adapter import HOOKS, PINNED, Hook, SafeSeekConsumer
 from f2pipe_processor.invalidation import parse_change
-from f2pipe_processor.latest import merge, render
-from f2pipe_processor.output import output_records
+from f2pipe_processor.latest import Entry, LatestTable, merge, render
+from f2pipe_processor.metrics import ProcessorMetrics
+from f2pipe_processor.output import OutRecord, output_records
 from f2pipe_processor.registry import (
+    CompiledTemplate,
     Location,
     Resolved,
-    Template,
     TemplateRow,
     Unresolved,
     pack_resolved,
     unpack_resolved,
 )
 from f2pipe_processor.resolver import Change, Resolver
+from f2pipe_processor.service import ProcessorService
 from f2pipe_processor.settings import ProcessorSettings, interval_to_timedelta
 from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
 from f2pipe_shared.decoding import build_modbus_response, format_hex_frame
-from f2pipe_shared.records import ProcessedBatch, RawMessage, decode_processed_batch
+from f2pipe_shared.records import (
+    ProcessedBatch,
+    RawMessage,
+    decode_processed_batch,
+    encode_raw_batch,
+)
+from f2pipe_shared.settings import KafkaSettings
 from f2pipe_shared.topics import Topic
 
 MAC = "aabbccddee01"
@@ -72,7 +89,7 @@ DOORS: TemplateRow = (
      (6, "door-sensor-2", None, None, None, "big", None, "door-sensor-2")],
 )  # fmt: skip
 READER: TemplateRow = (13, "reader-v1", None, False, [])
-TEMPLATES = {row[0]: Template.from_row(row) for row in (ENV, POWER, DOORS, READER)}
+TEMPLATES = {row[0]: CompiledTemplate.from_row(row) for row in (ENV, POWER, DOORS, READER)}
 
 
 def topic(kind: str, mode: str, connector: str, component: str, mac: str = MAC) -> str:
@@ -256,6 +273,7 @@ class FakeRegistry:
         self.template_rows = templates
         self.queries = 0
         self.down_since = None
+        self.last_error: str | None = None
 
     async def locations(self, topics: Sequence[Topic]) -> dict[str, Resolved]:
         self.queries += 1
@@ -271,7 +289,7 @@ class FakeRegistry:
 
 def test_resolver_caches_and_forgets_exactly_what_a_change_touches() -> None:
     registry = FakeRegistry(dict(LOCATIONS), {r[0]: r for r in (ENV, POWER, DOORS, READER)})
-    resolver = Resolver(registry, None)  # type: ignore[arg-type]
+    resolver = Resolver(registry, None, metrics=ProcessorMetrics())
     topics = parse_messages([message(t, data="00") for t in (SENSOR, POWER_TOPIC)], WINDOW)
 
     async def scenario() -> list[int]:
@@ -302,7 +320,7 @@ def test_acks_go_out_in_offset_order_whatever_order_deliveries_finish() -> None:
     acked: list[tuple[int, int]] = []
 
     async def scenario() -> None:
-        inflight = InFlight(limit=10)
+        inflight = InFlight(limit=10, metrics=ProcessorMetrics())
         gates = {offset: asyncio.Event() for offset in range(4)}
 
         async def deliver(offset: int) -> None:
@@ -331,7 +349,7 @@ def test_a_cancelled_delivery_blocks_every_later_ack_of_its_partition() -> None:
     acked: list[int] = []
 
     async def scenario() -> None:
-        inflight = InFlight(limit=10)
+        inflight = InFlight(limit=10, metrics=ProcessorMetrics())
         never = asyncio.Event()
         done = asyncio.Event()
         done.set()
@@ -394,13 +412,15 @@ def test_a_hole_in_the_raw_topic_is_never_acked() -> None:
     async def base_add_gap(tp: Any, start: int, end: int) -> None:
         added.append((start, end))
 
-    consumer = SimpleNamespace(contiguous_topics=frozenset({"raw"}), holes_seen=0)
-    before = metrics.SKIPPED_BY_FAUST._value.get()
+    metrics = ProcessorMetrics()
+    holes = Holes(frozenset({"raw"}), metrics)
+    consumer = SimpleNamespace(app=SimpleNamespace(f2pipe_holes=holes))
+    before = metrics.skipped_by_faust._value.get()
     tp = SimpleNamespace(topic="raw", partition=0)
     asyncio.run(SafeSeekConsumer._add_gap(consumer, tp, 4, 6))  # type: ignore[arg-type]
-    assert consumer.holes_seen == 1
+    assert holes.seen == 1
     assert added == []
-    assert metrics.SKIPPED_BY_FAUST._value.get() - before == 2
+    assert metrics.skipped_by_faust._value.get() - before == 2
 
 
 def test_settings_and_intervals() -> None:
@@ -427,7 +447,7 @@ def test_dead_letters_are_logged_naming_the_device(caplog: pytest.LogCaptureFixt
         DeadLetter(stage=Stage.processor, reason=Reason.bad_hex, detail="odd digit count",
                    original=b"{}", mqtt_topic=SENSOR, source_partition=2, source_offset=7),
     ]  # fmt: skip
-    with caplog.at_level("WARNING", logger="f2pipe_processor.batch"):
+    with caplog.at_level("WARNING", logger="f2pipe_processor.core"):
         log_dead_letters(letters)
     lines = {r.reason: r for r in caplog.records}  # type: ignore[attr-defined]
     assert set(lines) == {"unknown_mac", "bad_hex"}
@@ -440,10 +460,345 @@ def test_dead_letters_are_logged_naming_the_device(caplog: pytest.LogCaptureFixt
 def test_the_latest_changelog_is_compacted_and_rolls_segments() -> None:
     import faust
 
-    from f2pipe_processor.latest import latest_table
+    from f2pipe_processor.faust_adapter import latest_table
 
     app = faust.App("changelog-test", broker="kafka://127.0.0.1:1", store="memory://")
     topic = latest_table(app, 6).changelog_topic
     assert topic.compacting
     assert topic.config["segment.ms"] == "600000"
     assert float(topic.config["min.cleanable.dirty.ratio"]) <= 0.5
+
+
+# --- The seams: lookups through fake layers, the per-record flow with a fake output -----------
+
+
+class FakeCache:
+    """Redis as two dicts; while ``up`` is False every call answers None, as RedisCache does."""
+
+    def __init__(self) -> None:
+        self.stored_locations: dict[str, Resolved] = {}
+        self.stored_templates: dict[int, TemplateRow] = {}
+        self.deleted_macs: set[str] = set()
+        self.up = True
+        self.last_error: str | None = None
+
+    async def get_locations(self, topics: Collection[Topic]) -> dict[str, Resolved] | None:
+        if not self.up:
+            return None
+        keys = [t.format() for t in topics]
+        return {k: self.stored_locations[k] for k in keys if k in self.stored_locations}
+
+    async def put_locations(self, items: Mapping[Topic, Resolved]) -> None:
+        if self.up:
+            self.stored_locations.update({t.format(): v for t, v in items.items()})
+
+    async def get_templates(self, ids: Collection[int]) -> dict[int, TemplateRow] | None:
+        if not self.up:
+            return None
+        return {i: self.stored_templates[i] for i in ids if i in self.stored_templates}
+
+    async def put_templates(self, rows: Mapping[int, TemplateRow]) -> None:
+        if self.up:
+            self.stored_templates.update(rows)
+
+    async def delete(self, macs: Iterable[str] = (), template_ids: Iterable[int] = ()) -> None:
+        self.deleted_macs |= set(macs)
+        for key in [k for k in self.stored_locations if k.split("/")[1][3:] in self.deleted_macs]:
+            del self.stored_locations[key]
+        for template_id in template_ids:
+            self.stored_templates.pop(template_id, None)
+
+    async def flush(self) -> None:
+        self.stored_locations.clear()
+        self.stored_templates.clear()
+
+
+def all_templates() -> dict[int, TemplateRow]:
+    return {r[0]: r for r in (ENV, POWER, DOORS, READER)}
+
+
+def test_resolver_layers_memory_then_cache_then_registry() -> None:
+    registry = FakeRegistry(dict(LOCATIONS), all_templates())
+    cache = FakeCache()
+    metrics = ProcessorMetrics()
+    topics = parse_messages([message(t, data="00") for t in (SENSOR, POWER_TOPIC)], WINDOW).topics
+
+    async def scenario() -> None:
+        first = Resolver(registry, cache, metrics=metrics)
+        lookup = await first.resolve(topics)  # cold: the registry answers, the cache learns
+        assert lookup.stats == {"memory_hits": 0, "memory_misses": 2, "redis_hits": 0,
+                                "postgres": 2}  # fmt: skip
+        assert registry.queries == 2
+        assert set(cache.stored_locations) == {SENSOR, POWER_TOPIC}
+        assert set(cache.stored_templates) == {10, 11}
+
+        second = Resolver(registry, cache, metrics=metrics)  # another worker, same cache
+        lookup = await second.resolve(topics)
+        assert lookup.stats["redis_hits"] == 2
+        assert registry.queries == 2  # nothing asked of the registry
+        assert lookup.locations == {SENSOR: LOCATIONS[SENSOR], POWER_TOPIC: LOCATIONS[POWER_TOPIC]}
+        assert set(lookup.templates) == {10, 11}
+        assert (await second.resolve(topics)).stats == {"memory_hits": 2, "memory_misses": 0}
+
+        cache.up = False  # Redis down: straight to the registry, counted as fallbacks
+        third = Resolver(registry, cache, metrics=metrics)
+        lookup = await third.resolve(topics)
+        assert lookup.stats["redis_fallbacks"] == 2
+        assert registry.queries == 4
+
+        cache.up = True  # a controller changed: its MAC's entries leave memory and the cache
+        await second.invalidate(Change("devices", (100,), (MAC,)))
+        assert cache.deleted_macs == {MAC}
+        assert cache.stored_locations == {}
+        assert (await second.resolve(topics)).stats["memory_misses"] == 2
+
+    asyncio.run(scenario())
+    value = metrics.registry.get_sample_value
+    assert value("f2pipe_processor_cache_lookups_total", {"layer": "redis", "result": "hit"}) == 4
+    assert value("f2pipe_processor_redis_fallbacks_total") == 4  # 2 locations, 2 templates
+    assert value("f2pipe_processor_invalidations_total", {"table": "devices"}) == 1
+
+
+class FakeOutput:
+    """Kafka as a list. While ``hold`` is set, each delivery waits until released."""
+
+    def __init__(self) -> None:
+        self.hold = True
+        self.failures = 0
+        self.gates: list[asyncio.Event] = []  # one per delivery, in the order they started
+        self.delivered: list[list[OutRecord]] = []
+
+    async def deliver(self, records: Sequence[OutRecord]) -> None:
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        if self.hold:
+            await gate.wait()
+        self.delivered.append(list(records))
+
+
+class FakeLatest:
+    def __init__(self) -> None:
+        self.written: list[LatestValues] = []
+
+    def write(self, latest: LatestValues) -> None:
+        self.written.append(latest)
+
+    def flush(self) -> list[OutRecord]:
+        return [OutRecord("latest-changelog", b"100", b"{}", None, 0)] if self.written else []
+
+
+class FakeListener:
+    connected = True
+
+    async def run(self) -> None:
+        return None
+
+
+def fake_service(output: FakeOutput, latest: FakeLatest) -> ProcessorService:
+    metrics = ProcessorMetrics()
+    registry = FakeRegistry(dict(LOCATIONS), all_templates())
+    cache = FakeCache()
+    resolver = Resolver(registry, cache, metrics=metrics)
+    kafka = KafkaSettings(kafka_raw_topic="raw", kafka_processed_topic="processed",
+                          kafka_deadletter_topic="dlq")  # fmt: skip
+    core = BatchProcessor(resolver, "raw", max_future_seconds=600, max_age_seconds=86_400,
+                          metrics=metrics, clock=lambda: TS_US / 1e6)  # fmt: skip
+    return ProcessorService(
+        kafka=kafka,
+        core=core,
+        output=output,
+        latest=latest,
+        inflight=InFlight(10, metrics),
+        holes=Holes(frozenset({"raw"}), metrics),
+        listener=FakeListener(),
+        resolver=resolver,
+        registry=registry,
+        cache=cache,
+        metrics=metrics,
+        clock=lambda: 1000.0,
+    )
+
+
+def test_the_service_acks_each_record_in_offset_order_once_its_output_is_delivered() -> None:
+    output, latest = FakeOutput(), FakeLatest()
+    service = fake_service(output, latest)
+    bad = RawMessage("tele/f2-x/sensor-mode/J3/sensor-1", b"{}", 0)
+    value = encode_raw_batch([message(SENSOR, data=frame("0929 11D7 0264")), bad])
+    acked: list[int] = []
+
+    def ack(offset: int) -> Any:
+        async def do() -> None:
+            acked.append(offset)
+
+        return do
+
+    async def scenario() -> None:
+        for offset in range(4):
+            await service.handle(0, offset, value, ack(offset))
+        await asyncio.sleep(0.01)
+        assert len(output.gates) == 4
+        for offset in (3, 1, 2):  # delivered out of order; offset 0 still travels
+            output.gates[offset].set()
+            await asyncio.sleep(0.01)
+        assert acked == []
+        output.gates[0].set()
+        await service.drain()
+        assert acked == [0, 1, 2, 3]
+
+        output.hold = False
+        await service.flush_latest()  # the latest values' changelog: delivered, nothing acked
+        assert output.delivered[-1][0].topic == "latest-changelog"
+
+    asyncio.run(scenario())
+    processed, letter = output.delivered[0]
+    assert (processed.topic, letter.topic) == ("processed", "dlq")
+    assert len(decode_processed_batch(processed.value).readings) == 3
+    assert [set(w) for w in latest.written] == [{100}] * 4
+    assert service.metrics.records._value.get() == 4
+    assert service.metrics.dead_letters.labels("bad_topic")._value.get() == 4
+
+    ok, details = service.health()
+    assert ok, details
+    service.holes.skipped("raw", 0, 5, 7)
+    ok, details = service.health()
+    assert not ok
+    assert details["skipped_by_faust"] == "1 hole(s): restart this worker"
+
+
+def test_latest_table_coalesces_changes_between_flushes() -> None:
+    class Backend:
+        def __init__(self) -> None:
+            self.data: dict[str, Entry] = {}
+            self.serialised: list[str] = []
+
+        def store(self) -> dict[str, Entry]:
+            return self.data
+
+        def changelog_topic(self) -> str:
+            return "app-latest-changelog"
+
+        def changelog_key(self, key: str) -> tuple[bytes, int]:
+            self.serialised.append(key)
+            return key.encode(), int(key) % 3
+
+        def changelog_value(self, entry: Entry) -> bytes:
+            return json.dumps(entry).encode()
+
+    backend = Backend()
+    table = LatestTable(backend)
+    table.write({7: {1: (100, 20.0, "temperature")}, 8: {2: (100, 1.0, "door")}})
+    table.write({7: {1: (101, 21.0, "temperature")}})
+    table.write({8: {2: (99, 0.0, "door")}})  # older than what is stored: no change
+    records = sorted(table.flush())
+    assert [(r.topic, r.key, r.partition) for r in records] == [
+        ("app-latest-changelog", b"7", 1),
+        ("app-latest-changelog", b"8", 2),
+    ]
+    assert json.loads(records[0].value) == {"1": [101, 21.0, "temperature"]}
+    assert table.flush() == []
+    table.write({7: {1: (102, 22.0, "temperature")}})
+    assert [r.key for r in table.flush()] == [b"7"]
+    assert sorted(backend.serialised) == ["7", "8"]  # each key serialised and partitioned once
+
+
+# --- Metrics and wiring ---------------------------------------------------------------------
+
+EXPORTED = (
+    "records", "messages", "readings", "events", "dead_letters", "cache_lookups",
+    "lookup_seconds", "batch_seconds", "stage_seconds", "redis_up", "redis_fallbacks",
+    "postgres_up", "postgres_retries", "invalidations", "cache_flushes", "records_refused",
+    "produce_retries", "inflight_records", "skipped_by_faust",
+)  # fmt: skip
+
+
+def test_metrics_instances_share_no_counter_and_keep_the_exported_names() -> None:
+    first, second = ProcessorMetrics(), ProcessorMetrics()
+    first.readings.inc(3)
+    assert second.readings._value.get() == 0
+    names = {family.name for family in first.registry.collect()}
+    assert {f"f2pipe_processor_{name}" for name in EXPORTED} <= names
+    assert "process_cpu_seconds" in names
+
+
+def test_build_wires_one_metrics_registry_into_the_service_and_faust(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from prometheus_client import generate_latest
+
+    from f2pipe_processor.main import build
+    from f2pipe_processor.settings import Settings
+
+    processor = build(Settings.load(), partitions=3)  # no server is contacted
+    try:
+        service, metrics = processor.service, processor.metrics
+        assert service.metrics is metrics
+        assert service.core.metrics is metrics
+        assert service.resolver.metrics is metrics
+        assert {"/healthz", "/metrics", "/latest/{device_id}"} <= set(processor.app.web.views)
+        assert processor.app.f2pipe_holes is service.holes
+        text = generate_latest(metrics.registry).decode()
+        assert "f2pipe_processor_readings_total 0.0" in text
+        assert "f2pipe_processor_faust_" in text  # Faust's sensor counts into our registry
+    finally:
+        processor.output.close(0)
+
+
+def test_only_the_faust_adapter_imports_faust() -> None:
+    package = Path(faust_adapter.__file__).parent
+    importers = set()
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            if any(name.split(".")[0] in {"faust", "mode", "aiokafka"} for name in names):
+                importers.add(path.name)
+    assert importers == {"faust_adapter.py"}
+    # Nor indirectly: the service and its core load without Faust.
+    probe = (
+        "import sys, f2pipe_processor.service\n"
+        "print(sorted({'faust', 'mode', 'aiokafka'} & set(sys.modules)))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True).stdout.strip()  # fmt: skip
+    assert loaded == "[]"
+
+
+# --- The Faust adapter's pin --------------------------------------------------------------------
+
+
+def test_faust_and_aiokafka_are_the_versions_the_adapter_was_checked_against() -> None:
+    lock = tomllib.loads((Path(__file__).parents[2] / "uv.lock").read_text())
+    locked = {p["name"]: p["version"] for p in lock["package"] if p["name"] in PINNED}
+    for package, pinned in PINNED.items():
+        installed = version(package)
+        if installed == pinned == locked.get(package):
+            continue
+        hooks = "\n".join(f"  - {h.label}: {h.why}" for h in HOOKS if h.package == package)
+        pytest.fail(
+            f"{package} {installed} is installed (uv.lock: {locked.get(package)}), but "
+            f"services/processor/f2pipe_processor/faust_adapter.py was checked against "
+            f"{pinned}. Re-check each of these hooks in {package} {installed}, run "
+            f"tests/integration/test_processor_worker.py (kill -9), then update PINNED:\n{hooks}",
+            pytrace=False,
+        )
+
+
+@pytest.mark.parametrize("hook", HOOKS, ids=lambda hook: hook.label)
+def test_each_faust_hook_still_exists(hook: Hook) -> None:
+    where = f"{hook.package} {version(hook.package)}"
+    assert hook.exists(), f"{hook.label} is gone in {where}; faust_adapter.py needs it: {hook.why}"
+    if hook.ours is None:
+        return
+    theirs, ours = getattr(hook.owner, hook.name), getattr(hook.ours, hook.name)
+    assert ours is not theirs, f"{hook.ours.__qualname__} no longer overrides {hook.label}"
+    if inspect.isclass(theirs):
+        assert issubclass(ours, theirs), hook.label
+    else:
+        expected = list(inspect.signature(theirs).parameters)
+        assert list(inspect.signature(ours).parameters) == expected, (
+            f"{hook.label} takes {expected} in {where}: re-check the override ({hook.why})"
+        )

@@ -1,4 +1,5 @@
-"""The simulator's parts without servers: values and frames, behaviour, commands, state."""
+"""The simulator's parts without servers: values and frames, behaviour, commands, state, and
+the service itself on fakes of what it talks to (broker, enrolment, clock)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import random
 import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,21 +37,29 @@ from f2pipe_shared.decoding import (
     parse_hex_frame,
 )
 from f2pipe_shared.payloads import SensorFrame, parse_payload
+from f2pipe_shared.registry import Datapoint, Template, templates_from_rows
 from f2pipe_shared.timestamps import parse_device_timestamp, to_epoch_us
 from f2pipe_shared.topics import ComponentKind, parse_topic
 from f2pipe_simulator.controller import Controller, Message, Stamper
-from f2pipe_simulator.enrolment import ClaimCodeError, enrol_all, read_claim_codes
+from f2pipe_simulator.enrolment import (
+    ClaimCodeError,
+    EnrolmentReport,
+    enrol_all,
+    read_claim_codes,
+)
+from f2pipe_simulator.fleet import RunningFleet
 from f2pipe_simulator.identity import StateDir
 from f2pipe_simulator.ledger import Ledger
+from f2pipe_simulator.load import LoadRun
+from f2pipe_simulator.metrics import SimulatorMetrics
 from f2pipe_simulator.mqtt import Backoff, DeviceClient
-from f2pipe_simulator.registry import (
-    ControllerSpec,
-    Datapoint,
-    Template,
-    assemble_fleet,
-    build_templates,
-)
-from f2pipe_simulator.signals import SensorModel, encodable_range, profile_for, quantize
+from f2pipe_simulator.options import Options
+from f2pipe_simulator.ports import AckHandler, CommandHandler
+from f2pipe_simulator.registry import ControllerSpec, assemble_fleet
+from f2pipe_simulator.sensors import SensorModel, encodable_range, profile_for, quantize
+from f2pipe_simulator.service import SimulatorService
+from f2pipe_simulator.settings import SimulatorSettings
+from f2pipe_simulator.startup import choose_fleet
 
 MAC = "aabbccddee01"
 
@@ -66,6 +75,7 @@ def demo_templates() -> dict[int, Template]:
             ids[template["key"]],
             template["key"],
             template.get("frame_format"),
+            template.get("verify_crc", False),
             template.get("modbus_address"),
             template.get("modbus_function"),
             template.get("modbus_register_count"),
@@ -90,7 +100,7 @@ def demo_templates() -> dict[int, Template]:
                     p.get("chart_max"),
                 )
             )
-    return build_templates(rows)
+    return templates_from_rows(rows)
 
 
 TEMPLATES = demo_templates()
@@ -151,7 +161,7 @@ class FakeTimers:
         self.now = target
 
 
-class ListSink:
+class ListOutlet:
     def __init__(self) -> None:
         self.messages: list[Message] = []
 
@@ -167,9 +177,9 @@ def make_controller(
     start_us: int | None = None,
     publish_interval: float = 30.0,
     event_interval: float = 300.0,
-) -> tuple[Controller, ListSink, FakeTimers]:
+) -> tuple[Controller, ListOutlet, FakeTimers]:
     timers = timers or FakeTimers()
-    sink = ListSink()
+    outlet = ListOutlet()
     fake = timers
 
     def clock() -> int:  # the device's wall clock follows the fake time
@@ -177,14 +187,14 @@ def make_controller(
 
     controller = Controller(
         demo_controller(),
-        sink=sink,
+        outlet=outlet,
         timers=timers,
         stamper=Stamper(clock, start_us=start_us, step_us=int(publish_interval * 1e6)),
         rng=random.Random(f"{seed}/{MAC}"),
         publish_interval=publish_interval,
         event_interval=event_interval,
     )
-    return controller, sink, timers
+    return controller, outlet, timers
 
 
 def decode_frame(message: Message) -> dict[str, float]:
@@ -300,34 +310,34 @@ def test_unknown_datapoints_move_inside_their_chart_range_and_what_the_encoding_
 
 
 def test_sensors_publish_every_interval_with_rising_timestamps() -> None:
-    controller, sink, timers = make_controller(event_interval=1e9)
+    controller, outlet, timers = make_controller(event_interval=1e9)
     controller.start()
     timers.advance(30 * 10 + 0.001)
     per_topic: dict[str, list[str]] = {}
-    for message in sink.messages:
+    for message in outlet.messages:
         per_topic.setdefault(message.topic, []).append(message.timestamp)
     assert len(per_topic) == 5
     assert all(len(stamps) == 10 for stamps in per_topic.values())
     assert all(stamps == sorted(set(stamps)) for stamps in per_topic.values())
     controller.stop()
     timers.advance(300)
-    assert len(sink.messages) == 50
+    assert len(outlet.messages) == 50
 
 
 def test_doors_buttons_readers_and_motion_change_state_at_random_times() -> None:
-    controller, sink, timers = make_controller(publish_interval=1e9, event_interval=60)
+    controller, outlet, timers = make_controller(publish_interval=1e9, event_interval=60)
     controller.start()
     timers.advance(6 * 3600)
-    kinds = {m.kind for m in sink.messages}
+    kinds = {m.kind for m in outlet.messages}
     assert kinds == {
         ComponentKind.DOOR_SENSORS,
         ComponentKind.EXIT_BUTTONS,
         ComponentKind.READER,
         ComponentKind.MOTION_SENSOR,
     }
-    for message in sink.messages:  # every payload is what the pipeline accepts
+    for message in outlet.messages:  # every payload is what the pipeline accepts
         parse_payload(parse_topic(message.topic), message.payload)
-    doors = [m for m in sink.messages if m.kind is ComponentKind.DOOR_SENSORS]
+    doors = [m for m in outlet.messages if m.kind is ComponentKind.DOOR_SENSORS]
     assert doors[0].state == {"door-sensor-1": True, "door-sensor-2": False} or doors[0].state == {
         "door-sensor-1": False,
         "door-sensor-2": True,
@@ -337,7 +347,7 @@ def test_doors_buttons_readers_and_motion_change_state_at_random_times() -> None
     assert opened[::2] == [True] * len(opened[::2])
     assert not any(opened[1::2])
     assert doors[0].readings == {k: 1.0 if v else 0.0 for k, v in (doors[0].state or {}).items()}
-    scans = [m for m in sink.messages if m.kind is ComponentKind.READER]
+    scans = [m for m in outlet.messages if m.kind is ComponentKind.READER]
     assert all(m.data and len(m.data) <= 1023 for m in scans)
     assert len({m.data for m in scans}) < len(scans)  # the same badges come back
     # A door stays open for seconds (now and then a few minutes), then closes.
@@ -373,70 +383,70 @@ def cmnd(component: str, connector: str = "J1", mode: str = "access-control-mode
     return f"cmnd/f2-{MAC}/{mode}/{connector}/{component}"
 
 
-def answers(sink: ListSink) -> list[tuple[str, bool]]:
+def answers(outlet: ListOutlet) -> list[tuple[str, bool]]:
     out = []
-    for message in sink.messages:
+    for message in outlet.messages:
         assert message.state is not None
         out.append((message.topic.split("/", 4)[4], message.state["status"]))
     return out
 
 
 def test_strike_commands_power_unpower_toggle_and_report() -> None:
-    controller, sink, timers = make_controller()
+    controller, outlet, timers = make_controller()
     strike = cmnd("strike-1")
     assert controller.handle_command(strike, b'{"power-flag":1}').result == "answered"
     assert controller.handle_command(strike, b'{"power-flag":0}').result == "answered"
     assert controller.handle_command(strike, b"").result == "reported"
     outcome = controller.handle_command(strike, b'{"power-flag":2,"period":5}')
     assert (outcome.result, outcome.answers) == ("answered", 1)
-    assert answers(sink) == [
+    assert answers(outlet) == [
         ("strike-1", True),
         ("strike-1", False),
         ("strike-1", False),
         ("strike-1", True),
     ]
     timers.advance(4.9)
-    assert len(sink.messages) == 4
+    assert len(outlet.messages) == 4
     timers.advance(0.2)  # period over: back to unpowered
-    assert answers(sink)[-1] == ("strike-1", False)
+    assert answers(outlet)[-1] == ("strike-1", False)
     assert controller.handle_command(strike, b"").result == "reported"
-    assert answers(sink)[-1] == ("strike-1", False)
-    assert sink.messages[0].topic == f"stat/f2-{MAC}/access-control-mode/J1/strike-1"
-    assert sink.messages[0].readings == {"status": 1.0}  # the strike on J1 has a template
-    assert sink.messages[0].component.device_id is not None
+    assert answers(outlet)[-1] == ("strike-1", False)
+    assert outlet.messages[0].topic == f"stat/f2-{MAC}/access-control-mode/J1/strike-1"
+    assert outlet.messages[0].readings == {"status": 1.0}  # the strike on J1 has a template
+    assert outlet.messages[0].component.device_id is not None
 
 
 def test_a_new_strike_command_cancels_the_pending_revert() -> None:
-    controller, sink, timers = make_controller()
+    controller, outlet, timers = make_controller()
     controller.handle_command(cmnd("strike-1"), b'{"power-flag":2,"period":5}')
     controller.handle_command(cmnd("strike-1"), b'{"power-flag":1}')
     timers.advance(10)
-    assert answers(sink) == [("strike-1", True), ("strike-1", True)]
+    assert answers(outlet) == [("strike-1", True), ("strike-1", True)]
 
 
 def test_strike_without_a_pin_still_answers_but_maps_to_no_device() -> None:
-    controller, sink, _ = make_controller()
+    controller, outlet, _ = make_controller()
     controller.handle_command(cmnd("strike-2"), b'{"power-flag":1}')
-    (message,) = [m for m in sink.messages if m.topic.endswith("strike-2")]
+    (message,) = [m for m in outlet.messages if m.topic.endswith("strike-2")]
     assert message.component.device_id is None
     assert message.readings == {}
 
 
 def test_siren_on_off_and_report() -> None:
-    controller, sink, _ = make_controller()
+    controller, outlet, _ = make_controller()
     siren = cmnd("siren-1", "J2", "alarm-mode")
     for payload in (b"1", b"", b"0", b""):
         controller.handle_command(siren, payload)
-    assert answers(sink) == [("siren-1", v) for v in (True, True, False, False)]
+    assert answers(outlet) == [("siren-1", v) for v in (True, True, False, False)]
 
 
 def test_reader_success_signals_light_feedback_without_an_answer() -> None:
-    controller, sink, _ = make_controller()
+    controller, outlet, _ = make_controller()
     topic = cmnd("reader-1") + "/success"
     details = [controller.handle_command(topic, str(n).encode()).detail for n in (1, 2, 3)]
     assert details == ["success", "fail_1", "fail_2"]
     assert controller.reader_signals[("J1", "reader-1")] == 3
-    assert sink.messages == []
+    assert outlet.messages == []
 
 
 @pytest.mark.parametrize(
@@ -452,9 +462,9 @@ def test_reader_success_signals_light_feedback_without_an_answer() -> None:
     ],
 )
 def test_bad_commands_get_no_answer(topic: str, payload: bytes, result: str) -> None:
-    controller, sink, _ = make_controller()
+    controller, outlet, _ = make_controller()
     assert controller.handle_command(topic, payload).result == result
-    assert sink.messages == []
+    assert outlet.messages == []
 
 
 # --- reconnection --------------------------------------------------------------------------------
@@ -685,16 +695,16 @@ def test_a_refused_controller_fails_alone_and_busy_answers_are_retried(tmp_path:
 
 
 def test_the_ledger_names_every_reading_and_sums_up(tmp_path: Path) -> None:
-    controller, sink, _ = make_controller()
+    controller, outlet, _ = make_controller()
     for _ in range(5):
         controller.load_message(0.5)
     controller.handle_command(cmnd("strike-1"), b'{"power-flag":1}')
     ledger = Ledger(tmp_path / "ledger.jsonl")
     ledger.header([controller.spec], seed=1)
-    for n, message in enumerate(itertools.chain(sink.messages), start=1):
+    for n, message in enumerate(itertools.chain(outlet.messages), start=1):
         message.seq = n
         ledger.published(message)
-    ledger.summary(acknowledged=len(sink.messages))
+    ledger.summary(acknowledged=len(outlet.messages))
     ledger.close()
     lines = read_ledger(tmp_path / "ledger.jsonl")
     header, *published, summary = lines
@@ -702,13 +712,13 @@ def test_the_ledger_names_every_reading_and_sums_up(tmp_path: Path) -> None:
     assert header["controllers"] == [MAC]
     env = next(t for t in header["templates"].values() if t["key"] == "environmental-sensor-v1")
     assert set(env["datapoints"]) == {"temperature", "humidity", "co2"}
-    assert [p["seq"] for p in published] == list(range(1, len(sink.messages) + 1))
+    assert [p["seq"] for p in published] == list(range(1, len(outlet.messages) + 1))
     assert summary["type"] == "summary"
     assert summary["messages"] == len(published)
     assert summary["readings"] == sum(len(p["readings"]) for p in published)
     assert summary["published"]["strike"] == 1
     for line in published:
-        assert line["payload"].encode() in {m.payload for m in sink.messages}
+        assert line["payload"].encode() in {m.payload for m in outlet.messages}
 
 
 def test_hex_payloads_are_space_separated_uppercase() -> None:
@@ -718,3 +728,477 @@ def test_hex_payloads_are_space_separated_uppercase() -> None:
     assert data == data.upper()
     assert " " in data
     assert parse_hex_frame(data)[:3] == bytes([1, 3, 6])
+
+
+# --- the seams: a fake broker, a fake clock, the running fleet, load pacing, the service -------
+
+
+class FakeClock(FakeTimers):
+    """`ports.Clock` on fake time: ``sleep`` moves time on (firing what falls due) at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slept: list[float] = []
+        self.on_sleep: Callable[[], None] | None = None
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.advance(seconds)
+        if self.on_sleep is not None:
+            self.on_sleep()
+        await asyncio.sleep(0)
+
+    def epoch_us(self) -> int:
+        return int((1_700_000_000 + self.now) * 1e6)
+
+
+class FakeConnection:
+    """`ports.DeviceConnection`: connected at once; it takes up to ``queue_size`` messages,
+    acknowledged at once with ``auto_ack``, otherwise when the test says (``ack_all``)."""
+
+    def __init__(
+        self,
+        cn: str,
+        clock: FakeClock,
+        on_command: CommandHandler,
+        on_ack: AckHandler,
+        *,
+        queue_size: int,
+        auto_ack: bool,
+    ) -> None:
+        self.cn = cn
+        self.clock = clock
+        self.on_command = on_command
+        self.on_ack = on_ack
+        self.queue_size = queue_size
+        self.auto_ack = auto_ack
+        self.connected = True
+        self.ever_connected = asyncio.Event()
+        self.ever_connected.set()
+        self.last_error: str | None = None
+        self.pending: list[Message] = []
+        self.sent: list[tuple[float, Message]] = []  # (fake time, message)
+        self.closed = asyncio.Event()
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.pending)
+
+    def publish(self, message: Message) -> bool:
+        if len(self.pending) >= self.queue_size:
+            return False
+        self.sent.append((self.clock.time(), message))
+        self.pending.append(message)
+        if self.auto_ack:
+            self.ack_all()
+        return True
+
+    def ack_all(self, ok: bool = True) -> None:
+        pending, self.pending = self.pending, []
+        for message in pending:
+            self.on_ack(message, ok)
+
+    def deliver(self, topic: str, payload: bytes) -> None:
+        """A command arrives, as paho's on_message hands it over."""
+        self.on_command(self.cn, topic, payload)
+
+    async def run(self) -> None:
+        await self.closed.wait()
+
+    def misc(self) -> None:
+        pass
+
+    async def disconnect(self) -> None:
+        self.connected = False
+        self.closed.set()
+
+
+class FakeBroker:
+    """`ports.Broker`: a `FakeConnection` per controller, kept by CN."""
+
+    def __init__(self, clock: FakeClock, *, queue_size: int = 1000, auto_ack: bool = True) -> None:
+        self.clock = clock
+        self.queue_size = queue_size
+        self.auto_ack = auto_ack
+        self.connections: dict[str, FakeConnection] = {}
+
+    def connection(
+        self, cn: str, *, on_command: CommandHandler, on_ack: AckHandler
+    ) -> FakeConnection:
+        connection = FakeConnection(
+            cn,
+            self.clock,
+            on_command,
+            on_ack,
+            queue_size=self.queue_size,
+            auto_ack=self.auto_ack,
+        )
+        self.connections[cn] = connection
+        return connection
+
+    def ack_all(self) -> None:
+        for connection in self.connections.values():
+            connection.ack_all()
+
+    def sent(self) -> list[tuple[float, Message]]:
+        return sorted(
+            (s for c in self.connections.values() for s in c.sent), key=lambda s: s[1].seq
+        )
+
+
+class FakeEnrolment:
+    """`ports.EnrolmentEndpoint`: every MAC with a code is enrolled, others fail; with
+    ``block`` it never answers (until cancelled)."""
+
+    def __init__(self, *, block: bool = False) -> None:
+        self.block = block
+        self.asked: list[str] = []
+
+    async def enrol(self, macs: Sequence[str], codes: Mapping[str, str]) -> EnrolmentReport:
+        self.asked += macs
+        if self.block:
+            await asyncio.Event().wait()
+        report = EnrolmentReport()
+        for mac in macs:
+            if mac in codes:
+                report.enrolled.append(mac)
+            else:
+                report.failed[mac] = "no_claim_code"
+        return report
+
+
+FLEET_MACS = ["aabbccddee01", "aabbccddee02", "aabbccddee03"]
+
+
+def sample(metrics: SimulatorMetrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def open_fleet(
+    clock: FakeClock,
+    broker: FakeBroker,
+    *,
+    macs: Sequence[str] = FLEET_MACS,
+    ledger: Ledger | None = None,
+    metrics: SimulatorMetrics | None = None,
+) -> RunningFleet:
+    fleet = RunningFleet(metrics=metrics or SimulatorMetrics(), ledger=ledger)
+    fleet.open(
+        [demo_controller(mac) for mac in macs],
+        broker=broker,
+        clock=clock,
+        seed=1,
+        start_time=None,
+        publish_interval=30.0,
+        event_interval=300.0,
+    )
+    return fleet
+
+
+def test_the_load_rate_paces_the_stream_on_the_clock() -> None:
+    clock = FakeClock()
+    broker = FakeBroker(clock)
+
+    async def scenario() -> tuple[RunningFleet, LoadRun]:
+        fleet = open_fleet(clock, broker)
+        load = LoadRun(clock=clock, rate=200.0, count=100, event_share=0.2)
+        assert await load.run(fleet, asyncio.Event()) == 0
+        return fleet, load
+
+    fleet, load = asyncio.run(scenario())
+    sent = broker.sent()
+    assert [m.seq for _, m in sent] == list(range(1, 101))
+    start = sent[0][0]
+    for k, (at, _) in enumerate(sent):
+        # Message k goes out at k / rate, or at the next look at the clock (every 10 ms).
+        assert k / 200.0 - 1e-9 <= at - start <= k / 200.0 + 0.01 + 1e-9, k
+    # Round robin over the fleet in MAC order: message k comes from controller k mod n.
+    assert [m.mac for _, m in sent[:6]] == FLEET_MACS * 2
+    assert load.stats["load_sent"] == 100
+    assert 0.49 <= load.stats["load_seconds"] <= 0.51
+    assert sum(fleet.acked.values()) == 100
+    assert fleet.dropped == 0
+
+
+def test_a_load_run_ends_after_its_duration() -> None:
+    clock = FakeClock()
+    broker = FakeBroker(clock)
+
+    async def scenario() -> LoadRun:
+        load = LoadRun(clock=clock, rate=50.0, duration=2.0)
+        assert await load.run(open_fleet(clock, broker), asyncio.Event()) == 0
+        return load
+
+    load = asyncio.run(scenario())
+    assert 99 <= load.stats["load_sent"] <= 101  # 2 s at 50 messages/s
+    assert load.stats["load_seconds"] == pytest.approx(2.0, abs=0.011)
+
+
+def test_a_full_queue_makes_a_load_run_wait_and_drops_nothing() -> None:
+    clock = FakeClock()
+    broker = FakeBroker(clock, queue_size=2, auto_ack=False)
+    clock.on_sleep = broker.ack_all  # the broker acknowledges while the generator waits
+
+    async def scenario() -> RunningFleet:
+        fleet = open_fleet(clock, broker)
+        assert await LoadRun(clock=clock, count=40).run(fleet, asyncio.Event()) == 0
+        broker.ack_all()
+        return fleet
+
+    fleet = asyncio.run(scenario())
+    assert len(broker.sent()) == 40
+    assert (fleet.dropped, sum(fleet.acked.values())) == (0, 40)
+    assert clock.slept  # backpressure: it waited for acknowledgements ...
+    assert set(clock.slept) == {0.002}  # ... and only for them (no rate: no pacing)
+
+
+def test_a_full_queue_drops_and_counts_a_controllers_own_message() -> None:
+    clock = FakeClock()
+    broker = FakeBroker(clock, queue_size=1, auto_ack=False)
+    metrics = SimulatorMetrics()
+
+    async def scenario() -> RunningFleet:
+        fleet = open_fleet(clock, broker, macs=[MAC], metrics=metrics)
+        controller = fleet.controllers["f2-" + MAC]
+        for sensor in controller.sensors[:2]:
+            controller.outlet.publish(controller.sensor_message(sensor))
+        return fleet
+
+    fleet = asyncio.run(scenario())
+    assert fleet.dropped == 1
+    assert sample(metrics, "simulator_messages_dropped_total", kind="sensor") == 1
+
+
+def test_commands_are_answered_through_the_connection_counted_and_recorded(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    broker = FakeBroker(clock, auto_ack=False)
+    metrics = SimulatorMetrics()
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+
+    async def scenario() -> RunningFleet:
+        fleet = open_fleet(clock, broker, macs=[MAC], metrics=metrics, ledger=ledger)
+        ledger.header([fleet.controllers["f2-" + MAC].spec], mode="normal")
+        connection = broker.connections["f2-" + MAC]
+        connection.deliver(cmnd("strike-1"), b'{"power-flag":2,"period":5}')
+        connection.deliver(cmnd("reader-1") + "/success", b"1")
+        connection.deliver(cmnd("siren-1", "J2", "alarm-mode"), b"2")
+        clock.advance(5.0)  # the strike reverts
+        connection.ack_all()
+        return fleet
+
+    fleet = asyncio.run(scenario())
+    ledger.close()
+    sent = [m for _, m in broker.sent()]
+    assert [(m.topic, json.loads(m.payload)["status"]) for m in sent] == [
+        (f"stat/f2-{MAC}/access-control-mode/J1/strike-1", True),
+        (f"stat/f2-{MAC}/access-control-mode/J1/strike-1", False),
+    ]
+    assert [m.seq for m in sent] == [1, 2]
+    assert dict(fleet.acked) == {"strike": 2}
+    assert sample(metrics, "simulator_commands_total", kind="strike", result="answered") == 1
+    assert sample(metrics, "simulator_commands_total", kind="reader", result="signalled") == 1
+    assert sample(metrics, "simulator_commands_total", kind="siren", result="invalid") == 1
+    assert sample(metrics, "simulator_reader_signals_total", signal="success") == 1
+    assert sample(metrics, "simulator_messages_published_total", kind="strike") == 2
+    assert sample(metrics, "simulator_readings_total") == 2
+    lines = read_ledger(tmp_path / "ledger.jsonl")
+    assert [line["result"] for line in lines if line["type"] == "command"] == [
+        "answered",
+        "signalled",
+        "invalid",
+    ]
+    assert [line["state"] for line in lines if line["type"] == "publish"] == [
+        {"status": True},
+        {"status": False},
+    ]
+
+
+def test_a_refused_message_is_counted_and_not_in_the_ledger(tmp_path: Path) -> None:
+    clock = FakeClock()
+    broker = FakeBroker(clock, auto_ack=False)
+    metrics = SimulatorMetrics()
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+
+    async def scenario() -> RunningFleet:
+        fleet = open_fleet(clock, broker, macs=[MAC], metrics=metrics, ledger=ledger)
+        ledger.header([], mode="normal")
+        broker.connections["f2-" + MAC].deliver(cmnd("strike-1"), b'{"power-flag":1}')
+        broker.connections["f2-" + MAC].ack_all(ok=False)
+        return fleet
+
+    fleet = asyncio.run(scenario())
+    ledger.close()
+    assert (fleet.refused, sum(fleet.acked.values())) == (1, 0)
+    assert sample(metrics, "simulator_messages_refused_total", kind="strike") == 1
+    assert [line["type"] for line in read_ledger(tmp_path / "ledger.jsonl")] == [
+        "header",
+        "command",
+    ]
+
+
+def test_each_metrics_instance_has_its_own_registry_with_every_series() -> None:
+    first, second = SimulatorMetrics(), SimulatorMetrics()
+    first.published.labels("sensor").inc()
+    assert sample(first, "simulator_messages_published_total", kind="sensor") == 1
+    assert sample(second, "simulator_messages_published_total", kind="sensor") == 0
+    names = {family.name for family in second.registry.collect()}
+    assert {
+        "simulator_controllers",
+        "simulator_controllers_connected",
+        "simulator_enrolments",
+        "simulator_connects",
+        "simulator_disconnects",
+        "simulator_messages_published",
+        "simulator_messages_refused",
+        "simulator_messages_dropped",
+        "simulator_messages_outstanding",
+        "simulator_readings",
+        "simulator_commands",
+        "simulator_reader_signals",
+        "process_resident_memory_bytes",
+        "python_info",
+    } <= names
+    for kind in ComponentKind:  # labelled series exist at 0 before anything happens
+        assert (
+            second.registry.get_sample_value(
+                "simulator_messages_dropped_total", {"kind": kind.value}
+            )
+            == 0
+        )
+    assert second.registry.get_sample_value("simulator_enrolments_total", {"result": "reused"}) == 0
+
+
+def test_the_fleet_is_chosen_by_claim_code_or_certificate_then_count_then_shard(
+    tmp_path: Path,
+) -> None:
+    macs = [f"aabbccddee{n:02x}" for n in range(1, 9)]
+    registered = [ControllerSpec(mac) for mac in macs]
+    state = StateDir(tmp_path).create()
+    state.files("f2-" + macs[7]).cert.write_text("a certificate")
+    codes = {mac: "CODE" for mac in macs[:6]}
+    chosen = choose_fleet(registered, codes, state)
+    assert [c.mac for c in chosen] == [*macs[:6], macs[7]]  # the 7th has neither
+    assert choose_fleet(registered, codes, None) == registered  # plain MQTT: every one
+    assert [c.mac for c in choose_fleet(registered, codes, state, controllers=4)] == macs[:4]
+    shard = choose_fleet(registered, codes, state, shard=(2, 3))
+    assert [c.mac for c in shard] == [macs[1], macs[4]]
+
+
+def make_service(
+    tmp_path: Path,
+    clock: FakeClock,
+    broker: FakeBroker,
+    enrolment: FakeEnrolment | None,
+    **options: Any,
+) -> SimulatorService:
+    run = Options(state_dir=tmp_path / "state", certgen_url="http://certgen", seed=1, **options)
+    load = None
+    if run.load:
+        load = LoadRun(clock=clock, count=run.count, event_share=run.event_share)
+    return SimulatorService(
+        [demo_controller(mac) for mac in FLEET_MACS],
+        {mac: "CODE" for mac in FLEET_MACS[:2]},
+        options=run,
+        settings=SimulatorSettings(),
+        enrolment=enrolment,
+        broker=broker,
+        clock=clock,
+        metrics=SimulatorMetrics(),
+        ledger=None if run.ledger is None else Ledger(run.ledger),
+        load=load,
+    )
+
+
+def test_a_load_run_enrols_connects_publishes_and_sums_up(tmp_path: Path) -> None:
+    clock = FakeClock()
+    broker = FakeBroker(clock)
+    ledger = tmp_path / "run.jsonl"
+    enrolment = FakeEnrolment()
+    service = make_service(tmp_path, clock, broker, enrolment, load=True, count=30, ledger=ledger)
+    assert asyncio.run(service.run()) == 0
+    assert enrolment.asked == FLEET_MACS
+    assert sorted(broker.connections) == ["f2-" + mac for mac in FLEET_MACS[:2]]  # one failed
+    assert all(not c.connected for c in broker.connections.values())  # disconnected at the end
+    header, *published, summary = read_ledger(ledger)
+    assert (header["mode"], header["controllers"]) == ("load", FLEET_MACS[:2])
+    assert len(published) == 30
+    assert (summary["messages"], summary["unacknowledged"], summary["load_sent"]) == (30, 0, 30)
+    ok, details = service.health()
+    assert not ok
+    assert details == {
+        "phase": "stopping",
+        "controllers": 3,
+        "running": 2,
+        "connected": 0,
+        "messages": 30,
+    }
+
+
+def test_a_load_run_whose_messages_are_not_acknowledged_fails(tmp_path: Path) -> None:
+    clock = FakeClock()
+    broker = FakeBroker(clock, auto_ack=False)
+    service = make_service(tmp_path, clock, broker, FakeEnrolment(), load=True, count=5)
+    assert asyncio.run(service.run()) == 1
+    assert clock.now - 1000.0 >= 120  # it waited for the acknowledgements first
+
+
+def test_normal_mode_publishes_on_its_own_until_stopped(tmp_path: Path) -> None:
+    clock = FakeClock()
+    broker = FakeBroker(clock)
+    service = make_service(tmp_path, clock, broker, None, ledger=tmp_path / "normal.jsonl")
+
+    async def scenario() -> int:
+        enough = asyncio.Event()
+
+        def count() -> None:  # fake time moves on with the service's housekeeping
+            if service.fleet is not None and sum(service.fleet.acked.values()) >= 45:
+                enough.set()
+
+        clock.on_sleep = count
+        running = asyncio.create_task(service.run())
+        await enough.wait()
+        ok, details = service.health()
+        assert ok
+        assert details["phase"] == "running"
+        assert (details["controllers"], details["running"], details["connected"]) == (3, 3, 3)
+        assert details["messages"] >= 45
+        service.stop()
+        return await running
+
+    assert asyncio.run(scenario()) == 0
+    lines = read_ledger(tmp_path / "normal.jsonl")
+    assert lines[0]["mode"] == "normal"
+    assert len(lines[0]["controllers"]) == 3  # no enrolment: plain MQTT
+    assert lines[-1]["type"] == "summary"
+    assert lines[-1]["acknowledged"] >= 45
+    sent = [m for _, m in broker.sent()]
+    assert {m.kind for m in sent} >= {ComponentKind.SENSOR}
+    assert len({m.topic for m in sent if m.kind is ComponentKind.SENSOR}) == 15  # every sensor
+
+
+def test_enrol_only_exits_1_when_a_controller_failed_and_writes_no_ledger(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    broker = FakeBroker(clock)
+    service = make_service(
+        tmp_path, clock, broker, FakeEnrolment(), enrol_only=True, ledger=tmp_path / "l.jsonl"
+    )
+    assert asyncio.run(service.run()) == 1  # the third controller has no claim code
+    assert broker.connections == {}
+    assert not (tmp_path / "l.jsonl").exists()
+
+
+def test_a_stop_during_enrolment_ends_the_run_at_once(tmp_path: Path) -> None:
+    clock = FakeClock()
+    service = make_service(tmp_path, clock, FakeBroker(clock), FakeEnrolment(block=True))
+
+    async def scenario() -> int:
+        asyncio.get_running_loop().call_soon(service.stop)
+        return await service.run()
+
+    assert asyncio.run(scenario()) == 0
+    assert service.phase == "enrolling"

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from f2pipe_shared.deadletters import Reason, Stage
 from f2pipe_shared.records import Event, ProcessedBatch, Reading, encode_processed_batch
-from f2pipe_sink.batcher import Batch, take
+from f2pipe_sink.batch import Batch, take
 from f2pipe_sink.metrics import BulkHistogram
 from f2pipe_sink.rows import (
     COPY_HEADER,

@@ -1,27 +1,62 @@
-"""The sink's flow with stand-ins for Kafka, PostgreSQL and the dead-letter producer:
-when it writes, what it commits, how it holds a batch through an outage and a rebalance."""
+"""The sink's flow with stand-ins for Kafka, PostgreSQL, the dead-letter producer and the clock:
+when it writes, what it commits, how it holds a batch through an outage and a rebalance; how
+the writer isolates a refused row, and how a dead letter Kafka refuses goes again.
+
+The fakes satisfy the protocols of `f2pipe_sink.ports`; time is a FakeClock that moves only
+when a test advances it, an empty poll waits out its timeout, or the sink sleeps."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import NamedTuple
 
 import pytest
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
-from f2pipe_shared.deadletters import DeadLetter, Reason
-from f2pipe_shared.records import ProcessedBatch, Reading, encode_processed_batch
-from f2pipe_shared.settings import KafkaSettings
-from f2pipe_sink.batcher import Record
-from f2pipe_sink.dlq import DeadLetterError
+from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
+from f2pipe_shared.records import Event, ProcessedBatch, Reading, encode_processed_batch
+from f2pipe_shared.settings import (
+    CommonSettings,
+    KafkaSettings,
+    ObservabilitySettings,
+    PostgresSettings,
+    TimescaleSettings,
+)
+from f2pipe_sink.batch import Record, take
+from f2pipe_sink.dlq import DeadLetterError, DeadLetterSender
+from f2pipe_sink.main import build
 from f2pipe_sink.metrics import SinkMetrics
-from f2pipe_sink.service import Sink
-from f2pipe_sink.settings import SinkSettings
-from f2pipe_sink.writer import DatabaseUnavailable, Rejection, WriteResult
+from f2pipe_sink.ports import DeliveryCallback, RebalanceCallback
+from f2pipe_sink.rows import READING_ROW_BYTES
+from f2pipe_sink.service import FIRST_RETRY_SECONDS, SinkService
+from f2pipe_sink.settings import Settings, SinkSettings
+from f2pipe_sink.writer import (
+    DatabaseUnavailable,
+    Refused,
+    Rejection,
+    WriteResult,
+    isolate_refused,
+)
 
 TOPIC = "processed"
 T0 = 1_795_000_000_000_000
+START = 1000.0  # the fake clock's first reading
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = START
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float, /) -> None:
+        self.advance(seconds)
+
+    def advance(self, seconds: float) -> None:
+        self.now += max(seconds, 0.0)
 
 
 class FakeMessage:
@@ -45,16 +80,24 @@ class FakeMessage:
 
 
 class FakeConsumer:
-    def __init__(self) -> None:
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
         self.queue: list[FakeMessage] = []
         self.paused: set[int] = set()
         self.commits: list[dict[int, int]] = []
-        self.callbacks: dict[str, Any] = {}
+        self.callbacks: dict[str, RebalanceCallback] = {}
         self.next_offset: dict[int, int] = {}
         self.closed = False
 
-    def subscribe(self, topics: list[str], **callbacks: Any) -> None:
-        self.callbacks = callbacks
+    def subscribe(
+        self,
+        topics: list[str],
+        *,
+        on_assign: RebalanceCallback,
+        on_revoke: RebalanceCallback,
+        on_lost: RebalanceCallback,
+    ) -> None:
+        self.callbacks = {"on_assign": on_assign, "on_revoke": on_revoke, "on_lost": on_lost}
 
     def assign(self, partitions: list[int]) -> None:
         self.callbacks["on_assign"](self, [TopicPartition(TOPIC, p) for p in partitions])
@@ -76,22 +119,22 @@ class FakeConsumer:
         self.queue = [m for m in self.queue if m not in taken]
         return taken
 
-    def consume(self, n: int, timeout: float) -> list[FakeMessage]:
-        return self._take(n)
+    def consume(self, num_messages: int, timeout: float, /) -> list[FakeMessage]:
+        return self._take(num_messages)
 
-    def poll(self, timeout: float) -> FakeMessage | None:
+    def poll(self, timeout: float, /) -> FakeMessage | None:
         taken = self._take(1)
         if not taken:
-            time.sleep(min(timeout, 0.001))
+            self.clock.advance(timeout)  # nothing arrives: the poll waits out its timeout
         return taken[0] if taken else None
 
-    def pause(self, partitions: list[TopicPartition]) -> None:
+    def pause(self, partitions: list[TopicPartition], /) -> None:
         self.paused |= {tp.partition for tp in partitions}
 
-    def resume(self, partitions: list[TopicPartition]) -> None:
+    def resume(self, partitions: list[TopicPartition], /) -> None:
         self.paused -= {tp.partition for tp in partitions}
 
-    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> list[TopicPartition]:
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> list[TopicPartition]:
         assert asynchronous is False
         self.commits.append({tp.partition: tp.offset for tp in offsets})
         return offsets
@@ -103,10 +146,12 @@ class FakeConsumer:
 class FakeWriter:
     def __init__(self) -> None:
         self.down = False
+        self.attempts = 0
         self.written: list[list[Record]] = []
         self.reject: set[int] = set()  # offsets of records the "database" refuses
 
-    def write(self, records: Sequence[Record]) -> WriteResult:
+    def write(self, records: Sequence[Record], /) -> WriteResult:
+        self.attempts += 1
         if self.down:
             raise DatabaseUnavailable("57P01: terminating connection")
         self.written.append(list(records))
@@ -131,7 +176,7 @@ class FakeDeadLetters:
         self.sent: list[DeadLetter] = []
         self.down = False
 
-    def send(self, letters: Sequence[DeadLetter]) -> None:
+    def send(self, letters: Sequence[DeadLetter], /) -> None:
         if self.down and letters:
             raise DeadLetterError("no broker")
         self.sent += letters
@@ -140,44 +185,58 @@ class FakeDeadLetters:
         pass
 
 
-@pytest.fixture
-def parts() -> tuple[Sink, FakeConsumer, FakeWriter, FakeDeadLetters]:
-    consumer, writer, dlq = FakeConsumer(), FakeWriter(), FakeDeadLetters()
-    sink = Sink(
-        KafkaSettings(kafka_processed_topic=TOPIC),
+class Parts(NamedTuple):
+    sink: SinkService
+    consumer: FakeConsumer
+    writer: FakeWriter
+    dlq: FakeDeadLetters
+    clock: FakeClock
+
+
+def make_parts(retry_max_seconds: float = 0.01) -> Parts:
+    clock = FakeClock()
+    consumer, writer, dlq = FakeConsumer(clock), FakeWriter(), FakeDeadLetters()
+    sink = SinkService(
         SinkSettings(
             batch_size=100,
             flush_interval=60,
-            sink_retry_max_seconds=0.01,
+            sink_retry_max_seconds=retry_max_seconds,
             sink_shutdown_timeout=0.05,
         ),
-        "host=unused",
-        SinkMetrics(),
-        consumer=cast(Any, consumer),
-        writer=cast(Any, writer),
-        dlq=cast(Any, dlq),
+        TOPIC,
+        consumer=consumer,
+        writer=writer,
+        dead_letters=dlq,
+        metrics=SinkMetrics(),
+        clock=clock,
     )
     sink.consumer.subscribe(
         [TOPIC], on_assign=sink._on_assign, on_revoke=sink._on_revoke, on_lost=sink._on_lost
     )
     consumer.assign([0, 1])
-    return sink, consumer, writer, dlq
+    return Parts(sink, consumer, writer, dlq, clock)
 
 
-def held(sink: Sink) -> bool:
+@pytest.fixture
+def parts() -> Parts:
+    return make_parts()
+
+
+def held(sink: SinkService) -> bool:
     """Read through a call: mypy would otherwise keep an earlier assert's narrowing."""
     return sink.held
 
 
-def steps(sink: Sink, n: int = 5) -> None:
+def steps(sink: SinkService, n: int = 5) -> None:
     for _ in range(n):
         sink._step()
 
 
-def test_writes_at_batch_size_and_commits_each_partition_offset_plus_one(
-    parts: tuple[Sink, FakeConsumer, FakeWriter, FakeDeadLetters],
-) -> None:
-    sink, consumer, writer, _ = parts
+# -- the service's flow ------------------------------------------------------------------------
+
+
+def test_writes_at_batch_size_and_commits_each_partition_offset_plus_one(parts: Parts) -> None:
+    sink, consumer, writer, _, _ = parts
     for partition in (0, 1, 0):
         consumer.send(partition, 30)
     steps(sink)
@@ -190,23 +249,40 @@ def test_writes_at_batch_size_and_commits_each_partition_offset_plus_one(
     assert sink.batch.rows == 0
 
 
-def test_writes_when_the_flush_interval_passed(
-    parts: tuple[Sink, FakeConsumer, FakeWriter, FakeDeadLetters],
-) -> None:
-    sink, consumer, writer, _ = parts
+def test_writes_when_the_flush_interval_passed(parts: Parts) -> None:
+    sink, consumer, writer, _, clock = parts
     sink.flush_interval = 0.02
     consumer.send(0, 5)
     steps(sink, 1)
     assert writer.written == []
-    time.sleep(0.03)
+    clock.advance(0.03)
     steps(sink, 1)
     assert consumer.commits == [{0: 1}]
 
 
-def test_outage_pauses_holds_commits_nothing_then_resumes(
-    parts: tuple[Sink, FakeConsumer, FakeWriter, FakeDeadLetters],
-) -> None:
-    sink, consumer, writer, _ = parts
+def test_flushes_by_size_at_once_and_by_interval_from_the_batch_s_first_record() -> None:
+    sink, consumer, writer, _, clock = make_parts()
+    sink.flush_interval = 1.0
+    consumer.send(0, 60)
+    consumer.send(1, 60)
+    consumer.send(0, 10)
+    steps(sink, 1)
+    # BATCH_SIZE reached by the second record of one drain: written then, without waiting.
+    assert [[r.offset for r in w] for w in writer.written] == [[0, 0]]
+    assert consumer.commits == [{0: 1, 1: 1}]
+    assert clock.now == START
+    # The third record started the next batch; its interval counts from it.
+    assert (sink.batch.rows, sink.batch.started) == (10, START)
+    steps(sink, 1)  # an idle poll waits at most IDLE_POLL_SECONDS (0.5): not yet due
+    assert len(writer.written) == 1
+    steps(sink, 1)  # waits exactly until the batch's deadline, then writes it
+    assert clock.now - START == pytest.approx(1.0)
+    assert [[r.offset for r in w] for w in writer.written] == [[0, 0], [1]]
+    assert consumer.commits == [{0: 1, 1: 1}, {0: 2}]
+
+
+def test_outage_pauses_holds_commits_nothing_then_resumes(parts: Parts) -> None:
+    sink, consumer, writer, _, clock = parts
     writer.down = True
     for _ in range(4):
         consumer.send(0, 30)
@@ -219,14 +295,14 @@ def test_outage_pauses_holds_commits_nothing_then_resumes(
         False,
         {"assigned_partitions": 2, "database": "down", "paused": True, "held_rows": 150},
     )
-    time.sleep(0.05)
+    clock.advance(0.05)
     steps(sink, 3)  # retries fail too
     registry = sink.metrics.registry
     assert (registry.get_sample_value("f2pipe_sink_write_retries_total") or 0) >= 1
     assert registry.get_sample_value("f2pipe_sink_db_outages_total") == 1
 
     writer.down = False
-    time.sleep(0.05)
+    clock.advance(0.05)
     steps(sink, 3)
     assert not held(sink)
     assert consumer.paused == set()
@@ -235,10 +311,65 @@ def test_outage_pauses_holds_commits_nothing_then_resumes(
     assert sink.health()[0] is True
 
 
-def test_revoked_partitions_drop_their_held_records_uncommitted(
-    parts: tuple[Sink, FakeConsumer, FakeWriter, FakeDeadLetters],
-) -> None:
-    sink, consumer, writer, _ = parts
+def test_outage_retries_with_doubling_jittered_backoff_then_resumes_and_resets_it() -> None:
+    sink, consumer, writer, _, clock = make_parts(retry_max_seconds=1.0)
+    sink.flush_interval = 0.1
+    writer.down = True
+    consumer.send(0, 10)
+    steps(sink, 2)  # the interval passes, the write fails
+    assert held(sink)
+    assert writer.attempts == 1
+    waits = []
+    for _ in range(5):
+        wait, attempts, failed_at = sink.retry_at - clock.now, writer.attempts, clock.now
+        while writer.attempts == attempts:
+            sink._step()
+        assert clock.now - failed_at == pytest.approx(wait)  # not one retry early
+        waits.append(wait)
+    # 0.2 s, doubling, at most SINK_RETRY_MAX_SECONDS, each ±20 %.
+    for wait, backoff in zip(waits, (0.2, 0.4, 0.8, 1.0, 1.0), strict=True):
+        assert 0.8 * backoff <= wait <= 1.2 * backoff
+    registry = sink.metrics.registry
+    assert registry.get_sample_value("f2pipe_sink_write_retries_total") == 5
+    assert registry.get_sample_value("f2pipe_sink_db_outages_total") == 1
+    assert registry.get_sample_value("f2pipe_sink_paused") == 1
+
+    # Paused: records of held partitions stay in Kafka; a partition assigned now is paused too.
+    consumer.send(1, 10)
+    consumer.assign([2])
+    steps(sink, 1)
+    assert consumer.paused == {0, 1, 2}
+    assert [m.partition() for m in consumer.queue] == [1]
+
+    writer.down = False
+    while held(sink):
+        sink._step()
+    assert consumer.paused == set()
+    assert sink.backoff == FIRST_RETRY_SECONDS
+    assert registry.get_sample_value("f2pipe_sink_paused") == 0
+    assert registry.get_sample_value("f2pipe_sink_db_up") == 1
+    assert consumer.commits == [{0: 1}]
+    steps(sink, 1)
+    assert consumer.queue == []  # resumed: partition 1's record is consumed
+
+
+def test_a_write_that_fails_at_batch_size_waits_its_backoff_before_the_first_retry() -> None:
+    sink, consumer, writer, _, clock = make_parts(retry_max_seconds=1.0)
+    writer.down = True
+    consumer.send(0, 100)  # the batch size: written during the poll, and refused
+    steps(sink, 1)
+    assert held(sink)
+    assert writer.attempts == 1  # not retried at once in the same step
+    wait, failed_at = sink.retry_at - clock.now, clock.now
+    assert 0.8 * FIRST_RETRY_SECONDS <= wait <= 1.2 * FIRST_RETRY_SECONDS
+    while writer.attempts == 1:
+        sink._step()
+    assert clock.now - failed_at == pytest.approx(wait)
+    assert sink.metrics.registry.get_sample_value("f2pipe_sink_write_retries_total") == 1
+
+
+def test_revoked_partitions_drop_their_held_records_uncommitted(parts: Parts) -> None:
+    sink, consumer, writer, _, _ = parts
     writer.down = True
     consumer.send(0, 60)
     consumer.send(1, 60)
@@ -255,10 +386,8 @@ def test_revoked_partitions_drop_their_held_records_uncommitted(
     assert sink.assignment == set()
 
 
-def test_revocation_writes_and_commits_what_it_can(
-    parts: tuple[Sink, FakeConsumer, FakeWriter, FakeDeadLetters],
-) -> None:
-    sink, consumer, _, _ = parts
+def test_revocation_writes_and_commits_what_it_can(parts: Parts) -> None:
+    sink, consumer, _, _, _ = parts
     consumer.send(0, 10)
     consumer.send(1, 10)
     steps(sink, 2)
@@ -267,10 +396,8 @@ def test_revocation_writes_and_commits_what_it_can(
     assert sink.batch.records == []
 
 
-def test_dead_letters_go_out_before_the_commit(
-    parts: tuple[Sink, FakeConsumer, FakeWriter, FakeDeadLetters],
-) -> None:
-    sink, consumer, writer, dlq = parts
+def test_dead_letters_go_out_before_the_commit(parts: Parts) -> None:
+    sink, consumer, writer, dlq, clock = parts
     consumer.queue.append(FakeMessage(0, 0, b"not a batch"))
     consumer.next_offset[0] = 1
     refused = consumer.send(0, 50)
@@ -281,7 +408,7 @@ def test_dead_letters_go_out_before_the_commit(
     assert held(sink)  # letters unconfirmed: nothing committed
     assert consumer.commits == []
     dlq.down = False
-    time.sleep(0.05)
+    clock.advance(0.05)
     steps(sink, 2)
     assert [(d.reason, d.source_offset) for d in dlq.sent] == [
         (Reason.bad_batch, 0),
@@ -290,10 +417,8 @@ def test_dead_letters_go_out_before_the_commit(
     assert consumer.commits == [{0: 3}]
 
 
-def test_shutdown_writes_what_it_holds(
-    parts: tuple[Sink, FakeConsumer, FakeWriter, FakeDeadLetters],
-) -> None:
-    sink, consumer, _, _ = parts
+def test_shutdown_writes_what_it_holds(parts: Parts) -> None:
+    sink, consumer, _, _, _ = parts
     consumer.send(0, 10)
     steps(sink, 1)
     sink.stop()
@@ -302,10 +427,8 @@ def test_shutdown_writes_what_it_holds(
     assert consumer.closed
 
 
-def test_shutdown_gives_up_after_its_timeout_without_committing(
-    parts: tuple[Sink, FakeConsumer, FakeWriter, FakeDeadLetters],
-) -> None:
-    sink, consumer, writer, _ = parts
+def test_shutdown_gives_up_after_its_timeout_without_committing(parts: Parts) -> None:
+    sink, consumer, writer, _, clock = parts
     writer.down = True
     consumer.send(0, 10)
     steps(sink, 1)
@@ -313,5 +436,169 @@ def test_shutdown_gives_up_after_its_timeout_without_committing(
     started = time.monotonic()
     assert sink.run() == 1
     assert time.monotonic() - started < 2
+    assert clock.now - START == pytest.approx(0.05, abs=0.02)  # SINK_SHUTDOWN_TIMEOUT
     assert consumer.commits == []
     assert consumer.closed
+
+
+def test_build_uses_the_adapters_given_and_metrics_of_its_own() -> None:
+    settings = Settings(
+        common=CommonSettings(),
+        observability=ObservabilitySettings(),
+        kafka=KafkaSettings(kafka_processed_topic=TOPIC),
+        postgres=PostgresSettings(),
+        timescale=TimescaleSettings(),
+        sink=SinkSettings(batch_size=7),
+    )
+    consumer, writer, dlq = FakeConsumer(FakeClock()), FakeWriter(), FakeDeadLetters()
+    one = build(settings, consumer=consumer, writer=writer, dead_letters=dlq)
+    other = build(settings, consumer=consumer, writer=writer, dead_letters=dlq)
+    assert (one.consumer, one.writer, one.dead_letters) == (consumer, writer, dlq)
+    assert (one.topic, one.batch_size) == (TOPIC, 7)
+    assert one.metrics.registry is not other.metrics.registry
+
+
+# -- the writer's isolation of refused rows ----------------------------------------------------
+
+
+def record(offset: int, readings: list[Reading], events: list[Event] | None = None) -> Record:
+    value = encode_processed_batch(ProcessedBatch(0, offset, readings, events or []))
+    rec, dead = take(TOPIC, 0, offset, value)
+    assert dead is None
+    return rec
+
+
+class FakeDatabase:
+    """One transaction at a time: all of its rows, or Refused if it holds a refused one."""
+
+    def __init__(self, refused_rows: set[bytes]) -> None:
+        self.refused_rows = refused_rows
+        self.rows: list[bytes] = []
+        self.transactions = 0
+
+    def transaction(self, readings: Sequence[bytes], events: Sequence[bytes]) -> None:
+        data = b"".join(readings)
+        size = READING_ROW_BYTES
+        rows = [data[i : i + size] for i in range(0, len(data), size)] + list(events)
+        if self.refused_rows & set(rows):
+            raise Refused(Reason.constraint_violation, "check_violation")
+        self.rows += rows
+        self.transactions += 1
+
+
+def test_bisection_isolates_each_refused_row_and_writes_every_other_one() -> None:
+    records = [
+        record(o, [Reading(T0 + o * 100 + i, 7, 1, float(i)) for i in range(5)]) for o in range(4)
+    ]
+    records.append(
+        record(4, [Reading(T0 + 900, 7, 1, 1.0)], [Event(T0, 7, "ok", {}), Event(T0, 7, "x", {})])
+    )
+    bad_reading = records[2].readings[3 * READING_ROW_BYTES : 4 * READING_ROW_BYTES]
+    bad_event = records[4].events[1]
+    database = FakeDatabase({bad_reading, bad_event})
+    with pytest.raises(Refused):
+        database.transaction([r.readings for r in records], [e for r in records for e in r.events])
+
+    rejected = isolate_refused(records, database.transaction)
+
+    assert [(r.record.offset, r.reason) for r in rejected] == [
+        (2, Reason.constraint_violation),
+        (4, Reason.constraint_violation),
+    ]
+    assert rejected[0].detail == (
+        "1 of 5 rows refused by the database: reading row 3: check_violation"
+    )
+    assert rejected[1].detail == "1 of 3 rows refused by the database: event row 1: check_violation"
+    every_row = [
+        r.readings[i : i + READING_ROW_BYTES]
+        for r in records
+        for i in range(0, len(r.readings), READING_ROW_BYTES)
+    ] + [e for r in records for e in r.events]
+    assert sorted(database.rows) == sorted(set(every_row) - {bad_reading, bad_event})  # once each
+    assert database.transactions > 1
+
+
+def test_bisection_blames_nothing_when_the_parts_are_accepted() -> None:
+    records = [record(o, [Reading(T0 + o, 7, 1, 1.0)]) for o in range(2)]
+    database = FakeDatabase(set())
+    assert isolate_refused(records, database.transaction) == []
+    assert len(database.rows) == 2
+
+
+# -- dead letters Kafka refuses ----------------------------------------------------------------
+
+
+class FakeProducer:
+    """Delivers on flush; refuses a record over `max_bytes` (value and headers, as Kafka
+    counts), or fails every one with `error`."""
+
+    def __init__(self, max_bytes: int = 2000, error: KafkaError | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.error = error
+        self.pending: list[
+            tuple[bytes, list[tuple[str, str | bytes | None]], DeliveryCallback]
+        ] = []
+        self.produced = 0
+        self.delivered: list[DeadLetter] = []
+
+    def produce(
+        self,
+        topic: str,
+        /,
+        *,
+        value: bytes | None,
+        key: bytes | None,
+        headers: list[tuple[str, str | bytes | None]],
+        on_delivery: DeliveryCallback,
+    ) -> None:
+        assert topic == "dlq"
+        self.produced += 1
+        self.pending.append((value or b"", headers, on_delivery))
+
+    def poll(self, timeout: float, /) -> int:
+        return 0
+
+    def flush(self, timeout: float, /) -> int:
+        pending, self.pending = self.pending, []
+        for value, headers, on_delivery in pending:
+            if self.error is not None:
+                on_delivery(self.error, None)
+            elif len(value) + sum(len(k) + len(v or b"") for k, v in headers) > self.max_bytes:
+                on_delivery(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), None)
+            else:
+                raw = [(k, v.encode() if isinstance(v, str) else v) for k, v in headers]
+                self.delivered.append(DeadLetter.from_kafka(value, raw))
+                on_delivery(None, None)
+        return 0
+
+
+def letter(original: bytes, offset: int) -> DeadLetter:
+    return DeadLetter(stage=Stage.sink, reason=Reason.bad_batch, detail="not a batch",
+                      original=original, source_topic=TOPIC, source_partition=0,
+                      source_offset=offset)  # fmt: skip
+
+
+def test_a_dead_letter_kafka_refuses_is_retried_without_its_bytes() -> None:
+    producer = FakeProducer(max_bytes=2000)
+    big = b"r" * 5000  # whole in a letter, but over the producer's record limit
+    DeadLetterSender(producer, "dlq").send([letter(b"small", 1), letter(big, 2)])
+    assert producer.produced == 3  # both, then the refused one again
+    small, stripped = producer.delivered
+    assert (small.original, small.source_offset) == (b"small", 1)
+    assert (stripped.original, stripped.source_offset) == (b"", 2)
+    assert stripped.original_size == 5000
+    assert stripped.original_sha256 == hashlib.sha256(big).hexdigest()
+
+
+def test_a_dead_letter_refused_even_without_its_bytes_is_an_error() -> None:
+    producer = FakeProducer(max_bytes=10)  # not even the headers fit
+    with pytest.raises(DeadLetterError, match=r"1 failed: .*too large"):
+        DeadLetterSender(producer, "dlq").send([letter(b"r" * 50, 1)])
+    assert producer.produced == 2
+
+
+def test_a_dead_letter_kafka_fails_to_deliver_is_not_stripped_but_an_error() -> None:
+    producer = FakeProducer(error=KafkaError(KafkaError._MSG_TIMED_OUT))
+    with pytest.raises(DeadLetterError, match="1 failed"):
+        DeadLetterSender(producer, "dlq").send([letter(b"r" * 50, 1)])
+    assert producer.produced == 1  # a retry could succeed: the batch is held, not stripped

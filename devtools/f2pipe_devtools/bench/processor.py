@@ -39,10 +39,11 @@ from f2pipe_devtools.bench.report import Measurement, Report
 from f2pipe_devtools.env import kafka_env, postgres_env, redis_env, service_env
 from f2pipe_devtools.servers import KafkaBroker, PostgresServer, RedisServer, free_port
 from f2pipe_devtools.testkit.samples import Slot, load_fleet, make_sample
-from f2pipe_processor.batch import BatchProcessor
+from f2pipe_processor.core import BatchProcessor
 from f2pipe_processor.decoder import TimestampWindow, decode_messages, parse_messages
+from f2pipe_processor.metrics import ProcessorMetrics
 from f2pipe_processor.output import KafkaOutput, output_records
-from f2pipe_processor.registry import Registry, Template
+from f2pipe_processor.registry import CompiledTemplate, Registry
 from f2pipe_processor.resolver import RedisCache, Resolver
 from f2pipe_shared.decoding import frame_data, parse_hex_frame
 from f2pipe_shared.kafka import ensure_topics, pipeline_topics
@@ -120,9 +121,10 @@ class InProcess:
         self.raws = [decode_raw_batch(b) for b in batches]
         self.messages = sum(len(m) for m in self.raws)
         self.registry = Registry(conninfo)
-        self.cache = RedisCache(redis_url, "bench:", 3600, 5.0)
-        self.resolver = Resolver(self.registry, self.cache)
-        self.processor = BatchProcessor(self.resolver, "raw", 600, YEAR_S)
+        self.metrics = ProcessorMetrics()
+        self.cache = RedisCache(redis_url, "bench:", 3600, 5.0, metrics=self.metrics)
+        self.resolver = Resolver(self.registry, self.cache, metrics=self.metrics)
+        self.processor = BatchProcessor(self.resolver, "raw", 600, YEAR_S, metrics=self.metrics)
         self.fleet: list[Slot] = []
 
     async def run(self, report: Report, repeats: int, min_seconds: float) -> None:
@@ -165,7 +167,7 @@ class InProcess:
         """The floor of the work: json.loads and the shared frame decoder in a loop."""
         table = {}
         for slot in self.fleet:
-            template = Template.from_row(slot.template.row) if slot.template else None
+            template = CompiledTemplate.compile(slot.template) if slot.template else None
             if template and template.decode and template.frame_format:
                 table[slot.topic()] = (template.decode, template.frame_format, template.verify_crc)
         messages = [m for raw in self.raws for m in raw]
@@ -192,7 +194,7 @@ class InProcess:
         settings = KafkaSettings(kafka_bootstrap_servers=self.bootstrap)
         topic = f"bench-processed-{uuid.uuid4().hex[:6]}"
         ensure_topics(settings, {topic: PARTITIONS, topic + "-dlq": PARTITIONS})
-        output = KafkaOutput(settings)
+        output = KafkaOutput(settings, self.metrics)
 
         async def parse() -> None:
             for m in self.raws:
@@ -234,7 +236,8 @@ class InProcess:
         window = TimestampWindow.around(int(time.time() * 1e6), 600, YEAR_S)
         distinct = [parse_messages(m, window).topics for m in self.raws]
         keys = sum(len(t) for t in distinct)
-        no_redis = Resolver(Registry(self.conninfo), None)
+        postgres_only = Registry(self.conninfo)
+        no_redis = Resolver(postgres_only, None, metrics=self.metrics)
 
         async def via_redis() -> None:
             for topics in distinct:
@@ -253,7 +256,7 @@ class InProcess:
         await self.add("lookup misses via Redis", "keys/s", via_redis, keys, note)
         note = "one query per batch (Redis down, or cold)"
         await self.add("lookup misses via PostgreSQL", "keys/s", via_postgres, keys, note)
-        await no_redis.registry.close()
+        await postgres_only.close()
 
     async def seed_style(self) -> None:
         """The alternative the issue names: one Redis round trip per message."""

@@ -42,7 +42,7 @@ from f2pipe.migrate import apply_migrations
 from f2pipe_devtools.bench.report import Measurement, Report, rate
 from f2pipe_devtools.servers import KafkaBroker, PostgresServer
 from f2pipe_shared.records import ProcessedBatch, Reading, encode_processed_batch
-from f2pipe_sink.batcher import Record, take
+from f2pipe_sink.batch import Record, take
 from f2pipe_sink.metrics import SinkMetrics
 from f2pipe_sink.rows import copy_payload
 from f2pipe_sink.writer import Writer
@@ -261,12 +261,14 @@ def _measure_writes(report: Report, conninfo: str, n_rows: int, repeats: int) ->
 def _measure_end_to_end(
     report: Report, directory: Path, conninfo: str, n_rows: int, repeats: int
 ) -> None:
+    from dataclasses import replace
+
     from confluent_kafka import Producer
 
     from f2pipe_shared.kafka import ensure_topics
     from f2pipe_shared.settings import KafkaSettings
-    from f2pipe_sink.service import Sink
-    from f2pipe_sink.settings import SinkSettings
+    from f2pipe_sink.main import build
+    from f2pipe_sink.settings import Settings, SinkSettings
 
     n_records = n_rows // RECORD_ROWS
     results = []
@@ -291,13 +293,11 @@ def _measure_end_to_end(
             for i, value in enumerate(values):
                 producer.produce(kafka.kafka_processed_topic, value, partition=i % 3)
             producer.flush(30)
-            metrics = SinkMetrics()
-            sink = Sink(
-                kafka,
-                SinkSettings(sink_group_id=f"bench-{suffix}"),
-                conninfo,
-                metrics,
+            settings = replace(
+                Settings.load(), kafka=kafka, sink=SinkSettings(sink_group_id=f"bench-{suffix}")
             )
+            sink = build(settings, writer=Writer(conninfo))
+            metrics = sink.metrics
             thread = threading.Thread(target=sink.run, daemon=True)
             thread.start()
             give_up = time.monotonic() + 60

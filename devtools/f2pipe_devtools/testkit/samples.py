@@ -16,7 +16,6 @@ from typing import Any, NamedTuple
 
 import psycopg
 
-from f2pipe_processor.registry import DatapointRow, TemplateRow
 from f2pipe_shared.decoding import (
     ENCODING_SIZES,
     DecodingSpec,
@@ -26,33 +25,13 @@ from f2pipe_shared.decoding import (
     format_hex_frame,
 )
 from f2pipe_shared.records import Event, RawMessage, Reading
+from f2pipe_shared.registry import Template, fetch_fleet
 from f2pipe_shared.timestamps import format_device_timestamp, from_epoch_us
-
-_FLEET_SQL = """
-SELECT l.controller_mac, l.connector, l.mode, l.component, l.device_id, l.template_id
-FROM registry.device_locations AS l
-WHERE l.pin_id IS NOT NULL
-ORDER BY l.controller_mac, l.connector, l.component
-"""
-
-_TEMPLATES_SQL = """
-SELECT t.id, t.key, t.frame_format, t.verify_crc, t.modbus_address,
-       dp.id, dp.key, dp."offset", dp.length, dp.encoding, dp.byte_order, dp.decimals, dp.field
-FROM registry.device_templates AS t
-LEFT JOIN registry.datapoints AS dp ON dp.template_id = t.id
-ORDER BY t.id, dp.sort_order, dp.id
-"""
 
 _FIELDS = {
     "door-sensors": ("door-sensor-1", "door-sensor-2"),
     "exit-buttons": ("exit-button-1", "exit-button-2"),
 }
-
-
-@dataclass(frozen=True)
-class SampleTemplate:
-    row: TemplateRow
-    modbus_address: int | None
 
 
 @dataclass(frozen=True)
@@ -64,7 +43,7 @@ class Slot:
     mode: str
     component: str
     device_id: int
-    template: SampleTemplate | None
+    template: Template | None
 
     @property
     def stem(self) -> str:
@@ -84,20 +63,12 @@ class Sample(NamedTuple):
 def load_fleet(conninfo: str) -> list[Slot]:
     """Every device on a pin of the registry at ``conninfo``, with its template."""
     with psycopg.connect(conninfo) as conn:
-        templates: dict[int, tuple[list[Any], int | None]] = {}
-        for tid, key, fmt, crc, address, *point in conn.execute(_TEMPLATES_SQL).fetchall():
-            row, _ = templates.setdefault(tid, ([tid, key, fmt, crc, []], address))
-            if point[0] is not None:
-                row[4].append(tuple(point))
-        slots = []
-        for mac, connector, mode, component, device_id, template_id in conn.execute(
-            _FLEET_SQL
-        ).fetchall():
-            found = templates.get(template_id) if template_id is not None else None
-            template = None
-            if found is not None:
-                template = SampleTemplate(tuple(found[0]), found[1])
-            slots.append(Slot(mac, connector, mode, component, device_id, template))
+        fleet = fetch_fleet(conn)
+    slots = []
+    for loc in fleet.locations:
+        template = None if loc.template_id is None else fleet.templates.get(loc.template_id)
+        where = (loc.controller_mac, loc.connector, loc.mode, loc.component)
+        slots.append(Slot(*where, loc.device_id, template))
     return slots
 
 
@@ -105,28 +76,23 @@ def make_sample(slot: Slot, ts_us: int, rng: random.Random) -> Sample:
     """One message from ``slot``'s device, and the readings and events it must become."""
     stamp = format_device_timestamp(from_epoch_us(ts_us))
     stem = slot.stem
-    points: list[DatapointRow] = list(slot.template.row[4]) if slot.template else []
+    template = slot.template
     readings: list[Reading] = []
     events: list[Event] = []
     body: dict[str, Any] = {"timestamp": stamp}
     if stem == "sensor":
-        assert slot.template is not None, f"sensor {slot.device_id} without template"
+        assert template is not None, f"sensor {slot.device_id} without template"
         data = bytearray()
-        for dp_id, _key, offset, length, encoding, byte_order, decimals, _field in points:
-            spec = DecodingSpec(
-                offset=offset,
-                length=length,
-                encoding=encoding,
-                byte_order=byte_order,
-                decimals=decimals,
-            )
+        for point in template.frame_points:
+            spec = point.spec
+            assert spec is not None
             value = _sample_value(spec, rng)
             encoded = encode_value(spec, value)
             end = spec.offset + len(encoded)
             data.extend(b"\x00" * max(0, end - len(data)))
             data[spec.offset : end] = encoded
-            readings.append(Reading(ts_us, slot.device_id, dp_id, value))
-        frame = build_modbus_response(slot.template.modbus_address or 1, bytes(data))
+            readings.append(Reading(ts_us, slot.device_id, point.id, value))
+        frame = build_modbus_response(template.modbus_address, bytes(data))
         body["data"] = format_hex_frame(frame)
     elif stem == "reader":
         body["data"] = f"{rng.getrandbits(56):014X}"
@@ -136,9 +102,10 @@ def make_sample(slot: Slot, ts_us: int, rng: random.Random) -> Sample:
             body[name] = rng.random() < 0.5
         fields = {k: v for k, v in body.items() if k != "timestamp"}
         events.append(Event(ts_us, slot.device_id, "state", fields))
-        for dp_id, _key, *_spec, field in points:
-            if field in fields:
-                readings.append(Reading(ts_us, slot.device_id, dp_id, float(fields[field])))
+        for point in template.field_points if template is not None else ():
+            if point.field in fields:
+                value = float(fields[point.field])
+                readings.append(Reading(ts_us, slot.device_id, point.id, value))
     payload = json.dumps(body, separators=(",", ":")).encode()
     return Sample(RawMessage(slot.topic(), payload, ts_us), readings, events)
 

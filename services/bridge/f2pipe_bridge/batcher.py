@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
-from f2pipe_bridge.mqtt import Inbound
+from f2pipe_bridge.ports import Clock, Inbound
 
 # Kafka's default message.max.bytes is 1 MB; stay well under it after framing overhead.
 MAX_BATCH_BYTES = 900_000
@@ -14,15 +13,16 @@ MAX_BATCH_BYTES = 900_000
 @dataclass
 class Batch:
     partition: int
-    opened_at: float = field(default_factory=time.monotonic)
+    opened_at: float = 0.0  # the batcher's clock (monotonic) when its first message came
     messages: list[Inbound] = field(default_factory=list)
     size: int = 0
 
 
 class Batcher:
-    def __init__(self, max_messages: int, linger_s: float) -> None:
+    def __init__(self, max_messages: int, linger_s: float, clock: Clock) -> None:
         self.max_messages = max_messages
         self.linger_s = linger_s
+        self.clock = clock
         self.open: dict[int, Batch] = {}
 
     def add(self, partition: int, message: Inbound) -> Batch | None:
@@ -34,16 +34,16 @@ class Batcher:
             closed = self.open.pop(partition)
             batch = None
         if batch is None:
-            batch = self.open[partition] = Batch(partition)
+            batch = self.open[partition] = Batch(partition, self.clock.monotonic())
         batch.messages.append(message)
         batch.size += cost
         if closed is None and len(batch.messages) >= self.max_messages:
             closed = self.open.pop(partition)
         return closed
 
-    def due(self, now: float | None = None) -> list[Batch]:
+    def due(self) -> list[Batch]:
         """Batches whose linger time has passed."""
-        now = time.monotonic() if now is None else now
+        now = self.clock.monotonic()
         ready = [p for p, b in self.open.items() if now - b.opened_at >= self.linger_s]
         return [self.open.pop(p) for p in ready]
 

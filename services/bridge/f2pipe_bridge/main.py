@@ -1,20 +1,87 @@
-"""`f2pipe bridge`: every setting comes from the environment (docs/configuration.md)."""
+"""`f2pipe bridge`: every setting comes from the environment (docs/configuration.md).
+
+`build` is the one place that constructs the real adapters (paho's side, confluent-kafka's
+producer); `main` wires the process around the service: settings, logging, topics,
+`/metrics` + `/healthz`, SIGTERM.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import time
 from collections.abc import Sequence
 
-from f2pipe_bridge.service import main as run
+from confluent_kafka import KafkaException, Producer
+
+from f2pipe_bridge.metrics import BridgeMetrics
+from f2pipe_bridge.mqtt import MqttSide, subscriptions
+from f2pipe_bridge.ports import MessageSource, RecordProducer
+from f2pipe_bridge.service import BridgeService
+from f2pipe_bridge.settings import Settings
+from f2pipe_shared.kafka import ensure_topics, pipeline_topics, producer_config
+from f2pipe_shared.logs import configure_logging
+from f2pipe_shared.observability import ObservabilityServer, on_shutdown_signal
+from f2pipe_shared.settings import KafkaSettings
+
+log = logging.getLogger("f2pipe.bridge")
 
 
 def parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         prog="f2pipe bridge",
-        description="MQTT stat/# and tele/# -> Kafka raw-iot-data, acknowledged after Kafka confirmed",
+        description=(
+            "MQTT stat/# and tele/# -> Kafka raw-iot-data, acknowledged after Kafka confirmed"
+        ),
     )
+
+
+def build(
+    settings: Settings,
+    producer: RecordProducer | None = None,
+    mqtt: MessageSource | None = None,
+) -> BridgeService:
+    """The bridge with its metrics; the real producer and MQTT side unless given."""
+    metrics = BridgeMetrics()
+    if producer is None:
+        producer = Producer(producer_config(settings.kafka))
+    if mqtt is None:
+        mqtt = MqttSide(settings.mqtt, settings.bridge, metrics)
+    return BridgeService(settings.kafka, settings.bridge, mqtt, producer, metrics)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser().parse_args(argv)
-    return run()
+    settings = Settings.load()
+    configure_logging("bridge", settings.common.log_level, settings.common.log_format)
+    wait_for_topics(settings.kafka)
+    service = build(settings)
+    server = ObservabilityServer(
+        settings.observability.metrics_host,
+        settings.metrics_port,
+        service.health,
+        service.metrics.registry,
+    ).start()
+    on_shutdown_signal(service.stop)
+    log.info(
+        "bridge started",
+        extra={"metrics_port": server.port, "topics": subscriptions(settings.bridge)},
+    )
+    try:
+        service.run()
+    finally:
+        server.stop()
+    return 0
+
+
+def wait_for_topics(kafka: KafkaSettings) -> None:
+    """Create the pipeline's topics, waiting for Kafka if it is not up yet."""
+    delay = 1.0
+    while True:
+        try:
+            ensure_topics(kafka, pipeline_topics(kafka), timeout=10)
+            return
+        except KafkaException as exc:
+            log.warning("Kafka not reachable yet", extra={"error": str(exc), "retry_in_s": delay})
+            time.sleep(delay)
+            delay = min(delay * 2, 30)

@@ -8,7 +8,7 @@ packet ids, so an old id must never be acknowledged on a new connection.
 At most BRIDGE_MAX_IN_FLIGHT messages are held unsettled: the MQTT 5 Receive Maximum asks the
 broker for that, and `window` enforces it, because Mosquitto 2.0.11 releases its whole queue
 once acknowledgements arrive while a backlog waits (measured: 2,097 in flight for a Receive
-Maximum of 500). When the window is full, paho's network thread waits in `_on_message`, so it
+Maximum of 500). When the window is full, paho's network thread waits in `on_message`, so it
 stops reading: TCP pushes back and the broker keeps the rest.
 """
 
@@ -19,14 +19,15 @@ import queue
 import ssl
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from f2pipe_bridge import metrics
+from f2pipe_bridge.metrics import BridgeMetrics
+from f2pipe_bridge.ports import Clock, Inbound, MqttClient
 from f2pipe_bridge.settings import BridgeSettings
 from f2pipe_shared.settings import MqttSettings
 
@@ -35,28 +36,38 @@ log = logging.getLogger(__name__)
 SUBSCRIPTIONS = ("stat/#", "tele/#")
 
 
-class Inbound(NamedTuple):
-    topic: str
-    payload: bytes
-    received_at_us: int
-    mid: int
-    qos: int
-    epoch: int
+def subscriptions(bridge: BridgeSettings) -> list[str]:
+    """The topic filters the bridge subscribes to (shared ones with BRIDGE_SHARED_GROUP)."""
+    group = bridge.bridge_shared_group
+    return [f"$share/{group}/{t}" if group else t for t in SUBSCRIPTIONS]
 
 
 class MqttSide:
-    def __init__(self, mqtt_settings: MqttSettings, bridge: BridgeSettings) -> None:
+    """The MessageSource of production. `client` is for tests; without it, a paho client
+    configured from the settings and wired to this side's callbacks."""
+
+    def __init__(
+        self,
+        mqtt_settings: MqttSettings,
+        bridge: BridgeSettings,
+        metrics: BridgeMetrics,
+        *,
+        client: MqttClient | None = None,
+        clock: Clock = time,
+    ) -> None:
         self.settings = mqtt_settings
         self.bridge = bridge
+        self.metrics = metrics
+        self.clock = clock
         self.inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
         self.epoch = 0
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.accepting = True
         self.window = threading.BoundedSemaphore(bridge.bridge_max_in_flight)
-        self.client = self._make_client()
+        self.client: MqttClient = self._paho_client() if client is None else client
 
-    def _make_client(self) -> mqtt.Client:
+    def _paho_client(self) -> mqtt.Client:
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=self.bridge.bridge_client_id,
@@ -71,11 +82,13 @@ class MqttSide:
                 tls_version=ssl.PROTOCOL_TLS_CLIENT,
             )
         client.reconnect_delay_set(min_delay=1, max_delay=30)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
+        client.on_connect = self.on_connect
+        client.on_disconnect = self.on_disconnect
+        client.on_message = self.on_message
+        client.on_subscribe = self.on_subscribe
         return client
+
+    # --- what the service calls ---------------------------------------------------------
 
     def connect(self) -> None:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -92,13 +105,28 @@ class MqttSide:
         )
         self.client.loop_start()
 
-    def topics(self) -> list[str]:
-        group = self.bridge.bridge_shared_group
-        return [f"$share/{group}/{t}" if group else t for t in SUBSCRIPTIONS]
+    def settle(self, message: Inbound) -> bool:
+        """Kafka has it: free its place in the window, and acknowledge it if the connection
+        that delivered it is still the current one."""
+        self.window.release()
+        if message.epoch != self.epoch or message.qos == 0:
+            if message.qos:
+                self.metrics.not_acked.inc()
+            return False
+        self.client.ack(message.mid, message.qos)
+        self.metrics.acked.inc()
+        return True
 
-    def _on_connect(
-        self, client: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, props: Any
-    ) -> None:
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def topics(self) -> list[str]:
+        return subscriptions(self.bridge)
+
+    # --- paho's callbacks, on its network thread ----------------------------------------
+
+    def on_connect(self, client: MqttClient, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
         if reason.is_failure:
             log.error("MQTT connection refused", extra={"reason": str(reason)})
             return
@@ -106,12 +134,12 @@ class MqttSide:
         # Subscribing again is harmless with a resumed session and needed with a new one.
         client.subscribe([(t, 1) for t in self.topics()])
         self.connected.set()
-        metrics.CONNECTED.set(1)
-        metrics.CONNECTS.inc()
+        self.metrics.connected.set(1)
+        self.metrics.connects.inc()
         log.info("MQTT connected", extra={"epoch": self.epoch, "topics": self.topics()})
 
-    def _on_subscribe(
-        self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any
+    def on_subscribe(
+        self, _c: MqttClient, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any
     ) -> None:
         refused = [str(r) for r in reasons if r.is_failure]
         if refused:
@@ -120,16 +148,14 @@ class MqttSide:
             return
         self.subscribed.set()
 
-    def _on_disconnect(
-        self, _c: mqtt.Client, _u: Any, _f: Any, reason: ReasonCode, _p: Any
-    ) -> None:
+    def on_disconnect(self, _c: MqttClient, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
         self.epoch += 1
         self.connected.clear()
         self.subscribed.clear()
-        metrics.CONNECTED.set(0)
+        self.metrics.connected.set(0)
         log.warning("MQTT disconnected", extra={"reason": str(reason)})
 
-    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+    def on_message(self, _c: MqttClient, _u: Any, msg: mqtt.MQTTMessage) -> None:
         while not self.window.acquire(timeout=0.5):
             if not self.accepting:
                 return
@@ -137,24 +163,7 @@ class MqttSide:
             # Shutting down: never acknowledged, so the broker keeps it for later.
             self.window.release()
             return
-        metrics.RECEIVED.inc()
+        self.metrics.received.inc()
         payload = msg.payload if type(msg.payload) is bytes else bytes(msg.payload)
-        self.inbox.put(
-            Inbound(msg.topic, payload, time.time_ns() // 1000, msg.mid, msg.qos, self.epoch)
-        )
-
-    def settle(self, message: Inbound) -> bool:
-        """Kafka has it: free its place in the window, and acknowledge it if the connection
-        that delivered it is still the current one."""
-        self.window.release()
-        if message.epoch != self.epoch or message.qos == 0:
-            if message.qos:
-                metrics.NOT_ACKED.inc()
-            return False
-        self.client.ack(message.mid, message.qos)
-        metrics.ACKED.inc()
-        return True
-
-    def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        received_at_us = self.clock.time_ns() // 1000
+        self.inbox.put(Inbound(msg.topic, payload, received_at_us, msg.mid, msg.qos, self.epoch))

@@ -1,18 +1,31 @@
-"""What the bridge's loop talks to, as small protocols: paho's side and confluent-kafka's
-producer in production (`mqtt.MqttSide`, `confluent_kafka.Producer`), fakes in unit tests."""
+"""What the bridge talks to, as small protocols, and the message that crosses them.
+
+Production: `mqtt.MqttSide` is the MessageSource, around paho's `Client` (MqttClient);
+`confluent_kafka.Producer` is the RecordProducer; the `time` module is the Clock. Unit tests
+pass fakes.
+"""
 
 from __future__ import annotations
 
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import KafkaError, Message
 
-from f2pipe_bridge.mqtt import Inbound
-
 DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+
+class Inbound(NamedTuple):
+    """One MQTT message as received, stamped with the connection (`epoch`) it came on."""
+
+    topic: str
+    payload: bytes
+    received_at_us: int
+    mid: int
+    qos: int
+    epoch: int
 
 
 class MessageSource(Protocol):
@@ -48,3 +61,35 @@ class RecordProducer(Protocol):
     def flush(self, timeout: float = ...) -> int: ...
 
     def list_topics(self, topic: str | None = ..., timeout: float = ...) -> Any: ...
+
+
+class MqttClient(Protocol):
+    """The part of paho's `Client` the MQTT side uses once it is configured."""
+
+    def connect_async(
+        self,
+        host: str,
+        port: int = ...,
+        keepalive: int = ...,
+        *,
+        clean_start: bool = ...,
+        properties: Any = ...,
+    ) -> None: ...
+
+    def loop_start(self) -> object: ...
+
+    def subscribe(self, topic: list[tuple[str, int]]) -> object: ...
+
+    def ack(self, mid: int, qos: int) -> object: ...
+
+    def disconnect(self) -> object: ...
+
+    def loop_stop(self) -> object: ...
+
+
+class Clock(Protocol):
+    """Time as the bridge reads it: batch ages and retries (monotonic), receive stamps (wall)."""
+
+    def monotonic(self) -> float: ...
+
+    def time_ns(self) -> int: ...

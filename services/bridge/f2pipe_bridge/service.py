@@ -1,58 +1,162 @@
-"""`f2pipe bridge`: MQTT (stat/#, tele/#) -> Kafka raw-iot-data, losing nothing.
+"""The bridge: MQTT (stat/#, tele/#) -> per-partition batches -> Kafka raw-iot-data, each MQTT
+message acknowledged only once Kafka confirmed the record that holds it.
 
-Flow: paho (persistent MQTT 5 session, manual acknowledgements) -> per-partition batches
-(`batcher.py`) -> idempotent confluent-kafka producer -> acknowledgement to the broker after
-Kafka confirmed (`bridge.py`). Bad topics and oversize payloads go to the dead-letter topic.
+One thread runs `run`: it takes what paho put in the inbox (`mqtt.py`), batches it
+(`batcher.py`), produces and serves Kafka's delivery callbacks (`outbox.py`, which settles
+each confirmed message), so none of that state needs a lock. Bad topics and oversize
+payloads go to the dead-letter topic.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
+from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from f2pipe_bridge.batcher import Batcher
+from f2pipe_bridge.metrics import BridgeMetrics
+from f2pipe_bridge.outbox import Outbox
+from f2pipe_bridge.ports import Clock, Inbound, MessageSource, RecordProducer
+from f2pipe_bridge.settings import BridgeSettings
+from f2pipe_shared.deadletters import Reason
+from f2pipe_shared.records import partition_for_device
+from f2pipe_shared.settings import KafkaSettings
+from f2pipe_shared.topics import TopicError, parse_topic
 
-from f2pipe_bridge.bridge import Bridge
-from f2pipe_bridge.mqtt import MqttSide
-from f2pipe_bridge.settings import Settings
-from f2pipe_shared import settings as s
-from f2pipe_shared.kafka import ensure_topics, pipeline_topics, producer_config
-from f2pipe_shared.logs import configure_logging
-from f2pipe_shared.observability import ObservabilityServer, on_shutdown_signal
+log = logging.getLogger(__name__)
 
-log = logging.getLogger("f2pipe.bridge")
-
-
-
-def main() -> int:
-    settings = Settings.load()
-    configure_logging("bridge", settings.common.log_level, settings.common.log_format)
-
-    kafka = settings.kafka
-    wait_for_topics(kafka)
-    producer = Producer(producer_config(kafka))
-    mqtt_side = MqttSide(settings.mqtt, settings.bridge)
-    bridge = Bridge(kafka, settings.bridge, mqtt_side, producer)
-    server = ObservabilityServer(
-        settings.observability.metrics_host, settings.metrics_port, bridge.health
-    ).start()
-    on_shutdown_signal(bridge.stop)
-    log.info("bridge started", extra={"metrics_port": server.port, "topics": mqtt_side.topics()})
-    try:
-        bridge.run()
-    finally:
-        server.stop()
-    return 0
+DRAIN_AT_ONCE = 5_000
+UNCONFIRMED_HEALTHY_S = 60
 
 
-def wait_for_topics(kafka: s.KafkaSettings) -> None:
-    """Create the pipeline's topics, waiting for Kafka if it is not up yet."""
-    delay = 1.0
-    while True:
+class BridgeService:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        settings: BridgeSettings,
+        mqtt: MessageSource,
+        producer: RecordProducer,
+        metrics: BridgeMetrics,
+        *,
+        clock: Clock = time,
+    ) -> None:
+        self.settings = settings
+        self.mqtt = mqtt
+        self.metrics = metrics
+        self.clock = clock
+        self.partitions = _partition_count(producer, kafka.kafka_raw_topic)
+        self.batcher = Batcher(
+            settings.bridge_batch_max_messages, settings.bridge_batch_linger_ms / 1000, clock
+        )
+        self.outbox = Outbox(kafka, producer, metrics, clock, settle=self._settle)
+        self.stopping = threading.Event()
+        self.in_flight = 0  # received and not yet settled
+
+    def run(self) -> None:
+        """Connect, pump until stopped, then hand over what is held and disconnect."""
+        self.mqtt.connect()
+        while not self.stopping.is_set():
+            self.pump(timeout=0.1)
+        self.shutdown()
+
+    def pump(self, timeout: float) -> None:
+        """Take what arrived, send the batches that are due, serve Kafka callbacks."""
+        self._receive(self._wait(timeout), limit=DRAIN_AT_ONCE)
+        for batch in self.batcher.due() + self.batcher.full():
+            self.outbox.send(batch)
+        self.outbox.resend_due()
+        self.outbox.poll()
+        self.metrics.in_flight.set(self.in_flight)
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        """Stop taking messages, send what we hold, acknowledge what Kafka confirms."""
+        self.mqtt.accepting = False
+        self._receive(wait=0.0, limit=None)
+        remaining = self.outbox.flush(self.batcher.drain(), timeout)
+        if remaining:
+            log.warning(
+                "Kafka did not confirm everything before shutdown; the broker keeps those",
+                extra={"records": remaining},
+            )
+        self.mqtt.stop()
+        log.info("bridge stopped", extra={"unacknowledged": self.in_flight})
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        oldest = self.outbox.oldest_unconfirmed()
+        waiting = 0.0 if oldest is None else self.clock.monotonic() - oldest
+        connected = self.mqtt.connected.is_set()
+        ok = connected and waiting < UNCONFIRMED_HEALTHY_S
+        return ok, {
+            "mqtt_connected": connected,
+            "in_flight": self.in_flight,
+            "oldest_unconfirmed_s": round(waiting, 3),
+        }
+
+    # --- one message ----------------------------------------------------------------------
+
+    def handle(self, message: Inbound) -> None:
+        self.in_flight += 1
         try:
-            ensure_topics(kafka, pipeline_topics(kafka), timeout=10)
+            self._route(message)
+        except Exception as exc:  # a bug must not let one message stop every device
+            log.exception("could not handle a message", extra={"topic": message.topic[:200]})
+            detail = f"bridge error: {type(exc).__name__}"
+            self.outbox.dead_letter(message, Reason.invalid_record, detail)
+
+    def _route(self, message: Inbound) -> None:
+        """Into its partition's batch, or to the dead letters when it cannot be read."""
+        limit = self.settings.bridge_max_payload_bytes
+        if len(message.payload) > limit:
+            detail = (
+                f"payload of {len(message.payload)} bytes exceeds BRIDGE_MAX_PAYLOAD_BYTES={limit}"
+            )
+            self.outbox.dead_letter(message, Reason.oversize, detail)
             return
-        except KafkaException as exc:
-            log.warning("Kafka not reachable yet", extra={"error": str(exc), "retry_in_s": delay})
-            time.sleep(delay)
-            delay = min(delay * 2, 30)
+        try:
+            topic = parse_topic(message.topic)
+        except TopicError as exc:
+            self.outbox.dead_letter(message, Reason.bad_topic, str(exc))
+            return
+        closed = self.batcher.add(partition_for_device(topic.device, self.partitions), message)
+        if closed is not None:
+            self.outbox.send(closed)
+
+    def _settle(self, message: Inbound) -> None:
+        """Kafka confirmed the message (or its dead letter): the MQTT side acknowledges it."""
+        self.in_flight -= 1
+        self.mqtt.settle(message)
+
+    # --- the inbox ------------------------------------------------------------------------
+
+    def _wait(self, timeout: float) -> float:
+        """How long to wait for a message: `timeout`, or less when a batch is due sooner."""
+        deadline = self.batcher.next_deadline()
+        if deadline is None:
+            return timeout
+        return max(0.0, min(timeout, deadline - self.clock.monotonic()))
+
+    def _receive(self, wait: float, limit: int | None) -> None:
+        """Handle what is in the inbox: wait up to `wait` for a first message, then take up
+        to `limit` more (all, for None) without waiting."""
+        inbox = self.mqtt.inbox
+        try:
+            self.handle(inbox.get(timeout=wait))
+            taken = 0
+            while limit is None or taken < limit:
+                self.handle(inbox.get_nowait())
+                taken += 1
+        except queue.Empty:
+            pass
+
+
+def _partition_count(producer: RecordProducer, topic: str) -> int:
+    metadata = producer.list_topics(topic, timeout=30)
+    count = len(metadata.topics[topic].partitions)
+    if count == 0:
+        raise RuntimeError(f"topic {topic} has no partitions (does it exist?)")
+    return count

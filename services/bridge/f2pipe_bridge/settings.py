@@ -53,7 +53,6 @@ class BridgeSettings(F2Settings):
     bridge_key_file: str = Field("issued/bridge.key", description="its private key (mode 0600)")
 
 
-
 @dataclass(frozen=True)
 class Settings(ServiceSettings):
     common: CommonSettings

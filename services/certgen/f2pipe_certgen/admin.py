@@ -7,7 +7,7 @@ rather than open: a development instance reachable from elsewhere should not rev
 say-so.
 
 A revocation commits in the registry first, then rewrites the CRL from every revoked
-certificate there (store.publish_crl); the broker picks the CRL up as docs/security.md says.
+certificate there (crl.publish); the broker picks the CRL up as docs/security.md says.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
@@ -24,11 +23,13 @@ from fastapi import APIRouter, Depends, Path, Query, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from f2pipe_certgen import problems, store
+from f2pipe_certgen import crl, problems
 from f2pipe_certgen.ca import CertificateAuthority
-from f2pipe_certgen.metrics import Metrics
+from f2pipe_certgen.deps import CaDep, DbDep, MetricsDep, SettingsDep
+from f2pipe_certgen.metrics import CertgenMetrics
+from f2pipe_certgen.ports import CertificateRow, CertificateStore, Kind, RevocationReason, Status
 from f2pipe_certgen.problems import ProblemError
-from f2pipe_certgen.store import CertificateRow, Kind, RevocationReason, Status, Store
+from f2pipe_shared.settings import CaSettings
 from f2pipe_shared.topics import device_cn, mac_from_cn, normalize_mac
 
 log = logging.getLogger(__name__)
@@ -109,8 +110,8 @@ class ServiceCertificateResponse(BaseModel):
 @dataclass(frozen=True)
 class Admin:
     ca: CertificateAuthority
-    registry: Store
-    metrics: Metrics
+    db: CertificateStore
+    metrics: CertgenMetrics
     service_days: int
 
     async def page(
@@ -123,17 +124,17 @@ class Admin:
         offset: int,
     ) -> CertificatePage:
         cn = None if mac is None else device_cn(_mac(mac))
-        async with self.registry.connection() as conn:
-            rows, total = await store.list_certificates(
-                conn, cn=cn, status=status, kind=kind, limit=limit, offset=offset
+        async with self.db.transaction() as tx:
+            rows, total = await tx.list_certificates(
+                cn=cn, status=status, kind=kind, limit=limit, offset=offset
             )
         items = [CertificateRecord.of(row) for row in rows]
         return CertificatePage(items=items, total=total, limit=limit, offset=offset)
 
     async def revoke_serial(self, serial: str, reason: RevocationReason) -> CertificateRecord:
         serial = format(int(serial, 16), "x")  # the registry's spelling: no leading zeros
-        async with self.registry.connection() as conn:
-            row, revoked = await store.revoke_serial(conn, serial, reason)
+        async with self.db.transaction() as tx:
+            row, revoked = await tx.revoke_serial(serial, reason)
         if row is None:
             raise ProblemError(
                 "unknown_serial",
@@ -153,11 +154,11 @@ class Admin:
     async def revoke_device(self, raw_mac: str, reason: RevocationReason) -> DeviceRevocation:
         mac = _mac(raw_mac)
         cn = device_cn(mac)
-        async with self.registry.connection() as conn:
+        async with self.db.transaction() as tx:
             # Same lock as enrolment: a revocation cannot interleave with a re-enrolment.
-            await store.lock_mac(conn, mac)
-            controller = await store.find_controller(conn, mac)
-            rows = await store.revoke_valid_of_cn(conn, cn, reason)
+            await tx.lock_mac(mac)
+            controller = await tx.find_controller(mac)
+            rows = await tx.revoke_valid_of_cn(cn, reason)
         if controller is None and not rows:
             raise ProblemError(
                 "unknown_mac",
@@ -176,8 +177,8 @@ class Admin:
         cert, key_pem = await asyncio.to_thread(
             self.ca.issue_key_and_certificate, cn, days=days, kind="service"
         )
-        async with self.registry.connection() as conn:
-            await store.record_certificate(conn, cert, None)
+        async with self.db.transaction() as tx:
+            await tx.record_certificate(cert, None)
         self.metrics.service_certificates.inc()
         log.info("service certificate issued", extra={"cn": cn, "serial": cert.serial})
         return ServiceCertificateResponse(
@@ -196,94 +197,105 @@ class Admin:
                 "certificate revoked",
                 extra={"serial": row.serial, "cn": row.cn, "reason": reason},
             )
-        await store.publish_crl(self.registry, self.ca)
+        await crl.publish(self.db, self.ca)
 
 
-def require_token(token: SecretStr | None) -> Callable[..., Awaitable[None]]:
+def admin_token(settings: CaSettings) -> SecretStr | None:
+    """CERTGEN_ADMIN_TOKEN, with an empty value meaning unset."""
+    token = settings.certgen_admin_token
+    return token if token is not None and token.get_secret_value() else None
+
+
+async def require_token(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    settings: SettingsDep,
+) -> None:
     """The dependency that guards every admin route."""
-    expected = None if token is None else token.get_secret_value().encode()
-
-    async def check(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> None:
-        if expected is None:
-            raise ProblemError(
-                "admin_disabled",
-                "CERTGEN_ADMIN_TOKEN is not set on this certgen, so its admin API is off.",
-            )
-        if credentials is None:
-            raise ProblemError(
-                "missing_token",
-                "Send 'Authorization: Bearer <CERTGEN_ADMIN_TOKEN>'.",
-                headers={"WWW-Authenticate": 'Bearer realm="certgen"'},
-            )
-        if not hmac.compare_digest(credentials.credentials.encode(), expected):
-            raise ProblemError(
-                "wrong_token",
-                "The bearer token is not this certgen's CERTGEN_ADMIN_TOKEN.",
-                headers={"WWW-Authenticate": 'Bearer realm="certgen", error="invalid_token"'},
-            )
-
-    return check
+    token = admin_token(settings.ca)
+    if token is None:
+        raise ProblemError(
+            "admin_disabled",
+            "CERTGEN_ADMIN_TOKEN is not set on this certgen, so its admin API is off.",
+        )
+    if credentials is None:
+        raise ProblemError(
+            "missing_token",
+            "Send 'Authorization: Bearer <CERTGEN_ADMIN_TOKEN>'.",
+            headers={"WWW-Authenticate": 'Bearer realm="certgen"'},
+        )
+    if not hmac.compare_digest(credentials.credentials.encode(), token.get_secret_value().encode()):
+        raise ProblemError(
+            "wrong_token",
+            "The bearer token is not this certgen's CERTGEN_ADMIN_TOKEN.",
+            headers={"WWW-Authenticate": 'Bearer realm="certgen", error="invalid_token"'},
+        )
 
 
-def router(admin: Admin, token: SecretStr | None) -> APIRouter:
-    api = APIRouter(prefix="/v1", tags=["admin"], dependencies=[Depends(require_token(token))])
+def get_admin(ca: CaDep, db: DbDep, metrics: MetricsDep, settings: SettingsDep) -> Admin:
+    return Admin(ca=ca, db=db, metrics=metrics, service_days=settings.ca.device_expiry)
 
-    @api.get(
-        "/certificates",
-        response_model=CertificatePage,
-        summary="List issued certificates, newest first",
-        responses=problems.responses(*_AUTH_REASONS, "invalid_mac", "invalid_request"),
-    )
-    async def list_certificates(
-        mac: Annotated[str | None, Query(description="only this controller's")] = None,
-        status: Annotated[Status | None, Query()] = None,
-        kind: Annotated[Kind | None, Query()] = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
-    ) -> CertificatePage:
-        return await admin.page(mac=mac, status=status, kind=kind, limit=limit, offset=offset)
 
-    @api.post(
-        "/certificates/{serial}/revoke",
-        response_model=CertificateRecord,
-        summary="Revoke one certificate by serial",
-        responses=problems.responses(
-            *_AUTH_REASONS, "unknown_serial", "already_revoked", "invalid_request"
-        ),
-    )
-    async def revoke_certificate(
-        serial: Annotated[str, Path(pattern=r"^[0-9a-fA-F]{1,40}$", description="hex serial")],
-        body: RevokeRequest,
-    ) -> CertificateRecord:
-        return await admin.revoke_serial(serial, body.reason)
+AdminDep = Annotated[Admin, Depends(get_admin)]
 
-    @api.post(
-        "/devices/{mac}/revoke",
-        response_model=DeviceRevocation,
-        summary="Revoke every valid certificate of a controller",
-        responses=problems.responses(
-            *_AUTH_REASONS, "unknown_mac", "invalid_mac", "invalid_request"
-        ),
-    )
-    async def revoke_device(mac: str, body: RevokeRequest) -> DeviceRevocation:
-        return await admin.revoke_device(mac, body.reason)
+router = APIRouter(prefix="/v1", tags=["admin"], dependencies=[Depends(require_token)])
 
-    @api.post(
-        "/service-certificates",
-        status_code=201,
-        response_model=ServiceCertificateResponse,
-        summary="Issue a service client certificate (CN svc-<name>) with a new key",
-        responses=problems.responses(*_AUTH_REASONS, "invalid_request"),
-    )
-    async def issue_service_certificate(
-        body: ServiceCertificateRequest, response: Response
-    ) -> ServiceCertificateResponse:
-        response.headers["Cache-Control"] = "no-store"  # it carries a private key
-        return await admin.issue_service(body)
 
-    return api
+@router.get(
+    "/certificates",
+    response_model=CertificatePage,
+    summary="List issued certificates, newest first",
+    responses=problems.responses(*_AUTH_REASONS, "invalid_mac", "invalid_request"),
+)
+async def list_certificates(
+    *,
+    mac: Annotated[str | None, Query(description="only this controller's")] = None,
+    status: Annotated[Status | None, Query()] = None,
+    kind: Annotated[Kind | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    admin: AdminDep,
+) -> CertificatePage:
+    return await admin.page(mac=mac, status=status, kind=kind, limit=limit, offset=offset)
+
+
+@router.post(
+    "/certificates/{serial}/revoke",
+    response_model=CertificateRecord,
+    summary="Revoke one certificate by serial",
+    responses=problems.responses(
+        *_AUTH_REASONS, "unknown_serial", "already_revoked", "invalid_request"
+    ),
+)
+async def revoke_certificate(
+    serial: Annotated[str, Path(pattern=r"^[0-9a-fA-F]{1,40}$", description="hex serial")],
+    body: RevokeRequest,
+    admin: AdminDep,
+) -> CertificateRecord:
+    return await admin.revoke_serial(serial, body.reason)
+
+
+@router.post(
+    "/devices/{mac}/revoke",
+    response_model=DeviceRevocation,
+    summary="Revoke every valid certificate of a controller",
+    responses=problems.responses(*_AUTH_REASONS, "unknown_mac", "invalid_mac", "invalid_request"),
+)
+async def revoke_device(mac: str, body: RevokeRequest, admin: AdminDep) -> DeviceRevocation:
+    return await admin.revoke_device(mac, body.reason)
+
+
+@router.post(
+    "/service-certificates",
+    status_code=201,
+    response_model=ServiceCertificateResponse,
+    summary="Issue a service client certificate (CN svc-<name>) with a new key",
+    responses=problems.responses(*_AUTH_REASONS, "invalid_request"),
+)
+async def issue_service_certificate(
+    body: ServiceCertificateRequest, response: Response, admin: AdminDep
+) -> ServiceCertificateResponse:
+    response.headers["Cache-Control"] = "no-store"  # it carries a private key
+    return await admin.issue_service(body)
 
 
 def _mac(raw: str) -> str:

@@ -1,12 +1,11 @@
-"""The certgen HTTP API: `create_app()` wires the CA, the registry and the routes together.
+"""The certgen HTTP API: `create_app()` puts the parts `main.build()` made where the handlers'
+dependencies (deps.py) find them, and includes the routes.
 
 Routes: enrolment (enrolment.py), admin (admin.py), and the public ones here: the CA
 certificate, the CRL, health and metrics. Errors are problem details (problems.py).
 
-While it runs, the app rewrites the CRL from the registry at start-up and then every
-`crl_refresh` seconds: a CRL past its nextUpdate makes the broker refuse *every* client, so it
-must be renewed even when nobody revokes anything, and the rewrite also repairs a CRL that
-missed a revocation (a crash between commit and write, another replica's write).
+While it runs, the app opens the registry's pool and rewrites the CRL from the registry at
+start-up and then every `crl_refresh` seconds (crl.py).
 """
 
 from __future__ import annotations
@@ -18,23 +17,23 @@ from contextlib import asynccontextmanager
 from importlib.metadata import version
 from typing import Any, Literal
 
-from fastapi import FastAPI, Response
+from fastapi import APIRouter, FastAPI, Response
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel
 
-from f2pipe_certgen import admin, enrolment, problems, store
+from f2pipe_certgen import admin, deps, enrolment, problems
 from f2pipe_certgen.ca import CaError, CertificateAuthority
-from f2pipe_certgen.lockout import LockoutPolicy
-from f2pipe_certgen.metrics import Metrics
+from f2pipe_certgen.crl import REFRESH_SECONDS, keep_fresh
+from f2pipe_certgen.deps import CaDep, DbDep, MetricsDep
+from f2pipe_certgen.lockout import LockoutPolicy, Lockouts
+from f2pipe_certgen.metrics import CertgenMetrics
+from f2pipe_certgen.ports import CertificateStore, Clock
 from f2pipe_certgen.problems import ProblemError
-from f2pipe_certgen.store import Store
-from f2pipe_shared.settings import CaSettings
+from f2pipe_certgen.settings import Settings
 
 log = logging.getLogger(__name__)
 
 PEM_MEDIA_TYPE = "application/x-pem-file"
-CRL_REFRESH_SECONDS = 3600.0
-CRL_RETRY_SECONDS = 30.0
 HEALTH_TIMEOUT_SECONDS = 2.0
 
 DESCRIPTION = """\
@@ -52,32 +51,25 @@ class Health(BaseModel):
     ca: Literal["ok"]
 
 
-def admin_token(settings: CaSettings) -> SecretStr | None:
-    """CERTGEN_ADMIN_TOKEN, with an empty value meaning unset."""
-    token = settings.certgen_admin_token
-    return token if token is not None and token.get_secret_value() else None
-
-
 def create_app(
     ca: CertificateAuthority,
-    settings: CaSettings,
-    conninfo: str,
     *,
-    lockout: LockoutPolicy | None = None,
-    crl_refresh: float = CRL_REFRESH_SECONDS,
+    settings: Settings,
+    db: CertificateStore,
+    metrics: CertgenMetrics,
+    lockout: LockoutPolicy,
+    clock: Clock,
+    crl_refresh: float = REFRESH_SECONDS,
 ) -> FastAPI:
-    registry = Store(conninfo)
-    metrics = Metrics()
-
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await registry.open()
-        refresher = asyncio.create_task(_keep_crl_fresh(registry, ca, crl_refresh))
+        await db.open()
+        refresher = asyncio.create_task(keep_fresh(db, ca, crl_refresh))
         try:
             yield
         finally:
             refresher.cancel()
-            await registry.close()
+            await db.close()
 
     app = FastAPI(
         title="f2pipe certgen",
@@ -85,90 +77,85 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    deps.attach(
+        app,
+        deps.Parts(
+            settings=settings, ca=ca, db=db, metrics=metrics, lockouts=Lockouts(lockout, clock)
+        ),
+    )
 
     def count_invalid_enrolment(path: str, reason: str) -> None:
         if path == enrolment.PATH:
             metrics.enrolment_failures.labels(reason=reason).inc()
 
     problems.install_handlers(app, on_invalid=count_invalid_enrolment)
-    enrol = enrolment.Enrolment(
-        ca=ca,
-        registry=registry,
-        metrics=metrics,
-        lockout=lockout or LockoutPolicy(),
-        device_days=settings.device_expiry,
-    )
-    app.include_router(enrolment.router(enrol))
-    administration = admin.Admin(
-        ca=ca, registry=registry, metrics=metrics, service_days=settings.device_expiry
-    )
-    app.include_router(admin.router(administration, admin_token(settings)))
-    _add_public_routes(app, ca, registry, metrics)
+    app.include_router(enrolment.router)
+    app.include_router(admin.router)
+    app.include_router(public)
     _document_problems(app)
     return app
 
 
-def _add_public_routes(
-    app: FastAPI, ca: CertificateAuthority, registry: Store, metrics: Metrics
-) -> None:
-    pem: dict[int | str, dict[str, Any]] = {
-        200: {"content": {PEM_MEDIA_TYPE: {"schema": {"type": "string"}}}}
-    }
+PEM: dict[int | str, dict[str, Any]] = {
+    200: {"content": {PEM_MEDIA_TYPE: {"schema": {"type": "string"}}}}
+}
 
-    @app.get(
-        "/v1/ca.pem",
-        response_class=Response,
-        responses=pem,
-        tags=["public"],
-        summary="The CA certificate (PEM): the trust anchor for the broker and clients",
-    )
-    async def ca_certificate() -> Response:
-        return Response(ca.certificate_pem, media_type=PEM_MEDIA_TYPE)
+public = APIRouter(tags=["public"])
 
-    @app.get(
-        "/v1/crl.pem",
-        response_class=Response,
-        responses={**pem, **problems.responses("unavailable")},
-        tags=["public"],
-        summary="The certificate revocation list (PEM)",
-    )
-    async def crl() -> Response:
-        try:
-            text = await asyncio.to_thread(ca.crl_pem)
-        except (CaError, OSError) as exc:
-            log.error("CRL unreadable", extra={"error": str(exc)})
-            raise ProblemError("unavailable", "The CRL cannot be read; retry later.") from exc
-        return Response(text, media_type=PEM_MEDIA_TYPE)
 
-    @app.get(
-        "/healthz",
-        response_model=Health,
-        responses=problems.responses("unavailable"),
-        tags=["public"],
-        summary="200 when the registry database answers and the CA is loaded, else 503",
-    )
-    async def healthz() -> Health:
-        try:
-            async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
-                await registry.ping()
-        except Exception as exc:
-            raise ProblemError("unavailable", f"registry database: {type(exc).__name__}") from exc
-        try:
-            if not ca.certificate_pem or not await asyncio.to_thread(ca.crl_pem):
-                raise CaError("empty CA certificate or CRL")
-        except (CaError, OSError) as exc:
-            raise ProblemError("unavailable", f"CA: {exc}") from exc
-        return Health(status="ok", database="ok", ca="ok")
+@public.get(
+    "/v1/ca.pem",
+    response_class=Response,
+    responses=PEM,
+    summary="The CA certificate (PEM): the trust anchor for the broker and clients",
+)
+async def ca_certificate(ca: CaDep) -> Response:
+    return Response(ca.certificate_pem, media_type=PEM_MEDIA_TYPE)
 
-    @app.get(
-        "/metrics",
-        response_class=Response,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
-        tags=["public"],
-        summary="Prometheus metrics",
-    )
-    async def prometheus_metrics() -> Response:
-        return Response(metrics.render(), media_type=metrics.content_type)
+
+@public.get(
+    "/v1/crl.pem",
+    response_class=Response,
+    responses={**PEM, **problems.responses("unavailable")},
+    summary="The certificate revocation list (PEM)",
+)
+async def crl(ca: CaDep) -> Response:
+    try:
+        text = await asyncio.to_thread(ca.crl_pem)
+    except (CaError, OSError) as exc:
+        log.error("CRL unreadable", extra={"error": str(exc)})
+        raise ProblemError("unavailable", "The CRL cannot be read; retry later.") from exc
+    return Response(text, media_type=PEM_MEDIA_TYPE)
+
+
+@public.get(
+    "/healthz",
+    response_model=Health,
+    responses=problems.responses("unavailable"),
+    summary="200 when the registry database answers and the CA is loaded, else 503",
+)
+async def healthz(ca: CaDep, db: DbDep) -> Health:
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_SECONDS):
+            await db.ping()
+    except Exception as exc:
+        raise ProblemError("unavailable", f"registry database: {type(exc).__name__}") from exc
+    try:
+        if not ca.certificate_pem or not await asyncio.to_thread(ca.crl_pem):
+            raise CaError("empty CA certificate or CRL")
+    except (CaError, OSError) as exc:
+        raise ProblemError("unavailable", f"CA: {exc}") from exc
+    return Health(status="ok", database="ok", ca="ok")
+
+
+@public.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    summary="Prometheus metrics",
+)
+async def prometheus_metrics(metrics: MetricsDep) -> Response:
+    return Response(metrics.render(), media_type=metrics.content_type)
 
 
 def _document_problems(app: FastAPI) -> None:
@@ -187,15 +174,3 @@ def _document_problems(app: FastAPI) -> None:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-async def _keep_crl_fresh(registry: Store, ca: CertificateAuthority, interval: float) -> None:
-    while True:
-        try:
-            revoked = await store.publish_crl(registry, ca)
-        except Exception as exc:  # keep trying: the next attempt may find the database back
-            log.warning("CRL not rewritten; retrying", extra={"error": repr(exc)})
-            await asyncio.sleep(min(interval, CRL_RETRY_SECONDS))
-            continue
-        log.info("CRL rewritten", extra={"revoked": revoked})
-        await asyncio.sleep(interval)

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from f2pipe_certgen import files, keys
+from f2pipe_certgen.ports import SYSTEM_CLOCK, Clock
 from f2pipe_shared.settings import CaSettings
 from f2pipe_shared.topics import mac_from_cn
 
@@ -112,10 +113,18 @@ def service_cn(name: str) -> str:
 
 
 class CertificateAuthority:
-    def __init__(self, ca_dir: Path, key: keys.PrivateKey, certificate: x509.Certificate) -> None:
+    def __init__(
+        self,
+        ca_dir: Path,
+        key: keys.PrivateKey,
+        certificate: x509.Certificate,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.ca_dir = ca_dir
         self._key = key
         self._cert = certificate
+        self._clock = clock  # validity periods and CRL updates start at its now()
         self._crl_lock = threading.Lock()
 
     # --- creating and loading ---------------------------------------------------------------
@@ -128,6 +137,7 @@ class CertificateAuthority:
         key_algorithm: Literal["ec", "rsa"] = "ec",
         broker_sans: Sequence[str] = (),
         service_identities: Sequence[str] = SERVICE_IDENTITIES,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> tuple[CertificateAuthority, list[IssuedCertificate]]:
         """Create whatever is missing (CA, broker, services, CRL); return what was issued now.
 
@@ -142,9 +152,9 @@ class CertificateAuthority:
         issued_dir.mkdir(parents=True, exist_ok=True)
 
         if os.path.lexists(ca_dir / CA_KEY) or os.path.lexists(ca_dir / CA_CERT):
-            ca = cls.load(ca_dir)
+            ca = cls.load(ca_dir, clock=clock)
         else:
-            ca = cls._create(ca_dir, settings, key_algorithm)
+            ca = cls._create(ca_dir, settings, key_algorithm, clock)
 
         issued: list[IssuedCertificate] = []
         pairs: list[tuple[str, str, Kind, list[x509.GeneralName]]] = [
@@ -169,11 +179,11 @@ class CertificateAuthority:
 
     @classmethod
     def _create(
-        cls, ca_dir: Path, settings: CaSettings, algorithm: Literal["ec", "rsa"]
+        cls, ca_dir: Path, settings: CaSettings, algorithm: Literal["ec", "rsa"], clock: Clock
     ) -> CertificateAuthority:
         key = keys.generate(algorithm)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, settings.ca_cn)])
-        now = _now()
+        now = _whole_seconds(clock.now())
         public = key.public_key()
         cert = (
             x509.CertificateBuilder()
@@ -212,10 +222,10 @@ class CertificateAuthority:
             # Another process bootstrapped between our check and our write: theirs stands.
             raise CaError(f"{exc.filename} appeared while creating the CA; start again") from None
         log.info("created CA", extra={"cn": settings.ca_cn, "algorithm": keys.describe(public)})
-        return cls(ca_dir, key, cert)
+        return cls(ca_dir, key, cert, clock=clock)
 
     @classmethod
-    def load(cls, ca_dir: Path) -> CertificateAuthority:
+    def load(cls, ca_dir: Path, *, clock: Clock = SYSTEM_CLOCK) -> CertificateAuthority:
         key_path, cert_path = ca_dir / CA_KEY, ca_dir / CA_CERT
         key_pem, cert_pem = _read_ca_file(key_path, cert_path), _read_ca_file(cert_path, key_path)
         try:
@@ -237,7 +247,7 @@ class CertificateAuthority:
             is_ca = False
         if not is_ca:
             raise CaError(f"{cert_path} is not a CA certificate (basicConstraints CA:FALSE)")
-        if cert.not_valid_after_utc <= _now():
+        if cert.not_valid_after_utc <= _whole_seconds(clock.now()):
             raise CaError(
                 f"{cert_path} expired on {cert.not_valid_after_utc:%Y-%m-%d}: rotate the CA "
                 "(docs/security.md)"
@@ -245,7 +255,7 @@ class CertificateAuthority:
         mode = key_path.stat().st_mode & 0o777
         if mode & 0o077:
             log.warning("CA key is readable by others: chmod 600 it", extra={"file": str(key_path)})
-        return cls(ca_dir, key, cert)
+        return cls(ca_dir, key, cert, clock=clock)
 
     def _has_pair(self, directory: Path, name: str) -> bool:
         """True when `name`.crt and .key exist and were issued by this CA."""
@@ -341,7 +351,7 @@ class CertificateAuthority:
     ) -> x509.Certificate:
         if days < 1:
             raise ValueError(f"certificate lifetime must be at least 1 day, not {days}")
-        now = _now()
+        now = self._now()
         # A certificate outliving its CA could never be verified past the CA's end anyway.
         not_after = min(now + timedelta(days=days), self._cert.not_valid_after_utc)
         is_rsa = isinstance(public, rsa.RSAPublicKey)
@@ -382,6 +392,9 @@ class CertificateAuthority:
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         return builder.sign(self._key, hashes.SHA256())
 
+    def _now(self) -> datetime:
+        return _whole_seconds(self._clock.now())
+
     def _authority_key_identifier(self) -> x509.AuthorityKeyIdentifier:
         try:
             ski = self._cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
@@ -409,7 +422,7 @@ class CertificateAuthority:
             entries.setdefault(serial, _revoked_certificate(serial, entry))
         path = self.ca_dir / CRL
         with self._crl_lock:
-            now = _now()
+            now = self._now()
             current = self._current_crl(path)
             if current is not None and _same_entries(current, entries.values()):
                 assert current.next_update_utc is not None  # _current_crl checked it
@@ -465,10 +478,10 @@ class CertificateAuthority:
         return next_update
 
 
-def _now() -> datetime:
+def _whole_seconds(now: datetime) -> datetime:
     # X.509 times have whole seconds; dropping the rest keeps IssuedCertificate equal to the
     # certificate it describes.
-    return datetime.now(UTC).replace(microsecond=0)
+    return now.astimezone(UTC).replace(microsecond=0)
 
 
 def _pem(cert: x509.Certificate) -> bytes:

@@ -1,8 +1,8 @@
 """`POST /v1/enroll`: a controller proves it is ours and gets its client certificate.
 
-1. authenticate (one transaction, holding the MAC's advisory lock): the MAC is registered,
-   not locked out, and the claim code matches its stored hash; a wrong code is counted and
-   may lock the MAC (lockout.py);
+1. authenticate (one transaction, holding the MAC's lock): the MAC is registered, not
+   locked out, and the claim code matches its stored hash; a wrong code is counted and may
+   lock the MAC (lockout.py);
 2. issue: sign the device's CSR (CN must be f2-<mac>, key acceptable) or, without a CSR,
    generate the key pair and return it once;
 3. record (second transaction): the new certificate, and the MAC's earlier valid device
@@ -12,7 +12,9 @@ Re-enrolment supersedes: a device has one valid certificate, so a reset or stole
 old key stops working at the broker once its CRL is reloaded. The claim code stays usable for
 re-enrolment (e.g. after a factory reset); the lockout bounds guessing.
 
-Nothing here logs or stores the claim code or a private key.
+The registry is a `ports.CertificateStore` and the lockout's time an injected clock, so the
+decisions here are unit-tested with fakes. Nothing here logs or stores the claim code or a
+private key.
 """
 
 from __future__ import annotations
@@ -20,15 +22,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 
-from f2pipe_certgen import lockout, problems, store
+from f2pipe_certgen import crl, problems
 from f2pipe_certgen.ca import CertificateAuthority, CsrError, IssuedCertificate
-from f2pipe_certgen.lockout import LockoutPolicy
-from f2pipe_certgen.metrics import Metrics
+from f2pipe_certgen.deps import CaDep, DbDep, LockoutsDep, MetricsDep, SettingsDep
+from f2pipe_certgen.lockout import Lockout, Lockouts
+from f2pipe_certgen.metrics import CertgenMetrics
+from f2pipe_certgen.ports import CertificateStore, Controller, StoreTransaction
 from f2pipe_certgen.problems import ProblemError
-from f2pipe_certgen.store import Controller, Store
 from f2pipe_shared.certificates import EnrollRequest, EnrollResponse
 from f2pipe_shared.claimcodes import verify_claim_code
 from f2pipe_shared.topics import device_cn
@@ -41,9 +45,9 @@ PATH = "/v1/enroll"
 @dataclass(frozen=True)
 class Enrolment:
     ca: CertificateAuthority
-    registry: Store
-    metrics: Metrics
-    lockout: LockoutPolicy
+    db: CertificateStore
+    metrics: CertgenMetrics
+    lockouts: Lockouts
     device_days: int
 
     async def enrol(self, request: EnrollRequest) -> EnrollResponse:
@@ -52,7 +56,7 @@ class Enrolment:
         superseded = await self.record(cert, controller)
         if superseded:
             self.metrics.revocations.labels(reason="superseded").inc(superseded)
-            await store.publish_crl(self.registry, self.ca)
+            await crl.publish(self.db, self.ca)
         flow = "csr" if key_pem is None else "generated"
         self.metrics.enrolments.labels(flow=flow).inc()
         log.info(
@@ -76,25 +80,25 @@ class Enrolment:
         )
 
     async def authenticate(self, mac: str, claim_code: str) -> Controller:
-        async with self.registry.connection() as conn:
-            await store.lock_mac(conn, mac)
-            outcome = await self._check_claim(conn, mac, claim_code)
+        async with self.db.transaction() as tx:
+            await tx.lock_mac(mac)
+            outcome = await self._check_claim(tx, mac, claim_code)
         # Raised only now, after the block committed: a wrong code's record must persist.
         if isinstance(outcome, ProblemError):
             raise outcome
         return outcome
 
     async def _check_claim(
-        self, conn: store.Connection, mac: str, claim_code: str
+        self, tx: StoreTransaction, mac: str, claim_code: str
     ) -> Controller | ProblemError:
-        controller = await store.find_controller(conn, mac)
+        controller = await tx.find_controller(mac)
         if controller is None:
             return ProblemError(
                 "unknown_mac",
                 f"No controller with MAC {mac} is registered; check the MAC (eth0) or ask the "
                 "operator to register the controller.",
             )
-        locked = await lockout.current(conn, mac)
+        locked = await self.lockouts.current(tx, mac)
         if locked is not None:
             return _locked_out(locked)
         if controller.claim_code_hash is None:
@@ -104,9 +108,9 @@ class Enrolment:
             )
         # scrypt takes ~30 ms of CPU: off the event loop.
         if await asyncio.to_thread(verify_claim_code, claim_code, controller.claim_code_hash):
-            await lockout.clear(conn, mac)
+            await self.lockouts.clear(tx, mac)
             return controller
-        locked = await lockout.record_failure(conn, mac, self.lockout)
+        locked = await self.lockouts.record_failure(tx, mac)
         detail = "The claim code does not match this controller's; check it (case and dashes "
         detail += "do not matter)."
         if locked is not None:
@@ -130,15 +134,15 @@ class Enrolment:
 
     async def record(self, cert: IssuedCertificate, controller: Controller) -> int:
         """Record the certificate, superseding the device's others; return how many."""
-        async with self.registry.connection() as conn:
+        async with self.db.transaction() as tx:
             # Two enrolments of one MAC at once: the later one supersedes the earlier.
-            await store.lock_mac(conn, controller.mac)
-            superseded = await store.revoke_valid_of_cn(conn, cert.cn, "superseded")
-            await store.record_certificate(conn, cert, controller.id)
+            await tx.lock_mac(controller.mac)
+            superseded = await tx.revoke_valid_of_cn(cert.cn, "superseded")
+            await tx.record_certificate(cert, controller.id)
         return len(superseded)
 
 
-def _locked_out(locked: lockout.Lockout) -> ProblemError:
+def _locked_out(locked: Lockout) -> ProblemError:
     return ProblemError(
         "locked_out",
         f"Too many wrong claim codes for this MAC; enrolment is refused, even with the right "
@@ -148,40 +152,50 @@ def _locked_out(locked: lockout.Lockout) -> ProblemError:
     )
 
 
-def router(enrolment: Enrolment) -> APIRouter:
-    api = APIRouter(tags=["enrolment"])
-
-    @api.post(
-        PATH,
-        response_model=EnrollResponse,
-        summary="Enrol a controller: get its client certificate",
-        description=(
-            "Send the controller's MAC, its claim code and a PEM CSR whose subject is "
-            "`CN=f2-<mac>` (EC P-256/P-384 or RSA >= 2048). Without `csr_pem`, certgen "
-            "generates the key pair and returns `private_key_pem` once; it keeps no copy. "
-            "Enrolling again revokes the controller's previous certificate (`superseded`)."
-        ),
-        responses=problems.responses(
-            "invalid_json",
-            "invalid_request",
-            "invalid_mac",
-            "bad_csr",
-            "wrong_cn",
-            "weak_key",
-            "unknown_mac",
-            "wrong_claim_code",
-            "locked_out",
-            "unavailable",
-        ),
+def get_enrolment(
+    ca: CaDep, db: DbDep, metrics: MetricsDep, lockouts: LockoutsDep, settings: SettingsDep
+) -> Enrolment:
+    return Enrolment(
+        ca=ca, db=db, metrics=metrics, lockouts=lockouts, device_days=settings.ca.device_expiry
     )
-    async def enroll(body: EnrollRequest, response: Response) -> EnrollResponse:
-        # The answer may hold a private key: no cache anywhere may keep it.
-        response.headers["Cache-Control"] = "no-store"
-        try:
-            return await enrolment.enrol(body)
-        except ProblemError as exc:
-            enrolment.metrics.enrolment_failures.labels(reason=exc.reason).inc()
-            exc.context.update(mac=body.mac, cn=device_cn(body.mac))
-            raise
 
-    return api
+
+EnrolmentDep = Annotated[Enrolment, Depends(get_enrolment)]
+
+router = APIRouter(tags=["enrolment"])
+
+
+@router.post(
+    PATH,
+    response_model=EnrollResponse,
+    summary="Enrol a controller: get its client certificate",
+    description=(
+        "Send the controller's MAC, its claim code and a PEM CSR whose subject is "
+        "`CN=f2-<mac>` (EC P-256/P-384 or RSA >= 2048). Without `csr_pem`, certgen "
+        "generates the key pair and returns `private_key_pem` once; it keeps no copy. "
+        "Enrolling again revokes the controller's previous certificate (`superseded`)."
+    ),
+    responses=problems.responses(
+        "invalid_json",
+        "invalid_request",
+        "invalid_mac",
+        "bad_csr",
+        "wrong_cn",
+        "weak_key",
+        "unknown_mac",
+        "wrong_claim_code",
+        "locked_out",
+        "unavailable",
+    ),
+)
+async def enroll(
+    body: EnrollRequest, response: Response, enrolment: EnrolmentDep
+) -> EnrollResponse:
+    # The answer may hold a private key: no cache anywhere may keep it.
+    response.headers["Cache-Control"] = "no-store"
+    try:
+        return await enrolment.enrol(body)
+    except ProblemError as exc:
+        enrolment.metrics.enrolment_failures.labels(reason=exc.reason).inc()
+        exc.context.update(mac=body.mac, cn=device_cn(body.mac))
+        raise

@@ -1,11 +1,39 @@
-"""`f2pipe certgen [--host H] [--port P] [--bootstrap-only]`."""
+"""`f2pipe certgen [--host H] [--port P] [--bootstrap-only]`.
+
+1. settings (CA_*, BROKER_*, DEVICE_EXPIRY, CERTGEN_*, POSTGRES_*, F2PIPE_ENV, LOG_*);
+2. refuse to serve without CERTGEN_ADMIN_TOKEN unless F2PIPE_ENV=development (exit 2);
+3. `build()` the service, bootstrap the CA (service.py), and serve until SIGTERM (exit 0).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import sys
 from collections.abc import Sequence
+from types import FrameType
 
-from f2pipe_certgen.service import run
+from fastapi import FastAPI
+
+from f2pipe_certgen.admin import admin_token
+from f2pipe_certgen.app import create_app
+from f2pipe_certgen.ca import CertificateAuthority, IssuedCertificate
+from f2pipe_certgen.lockout import LockoutPolicy
+from f2pipe_certgen.metrics import CertgenMetrics
+from f2pipe_certgen.ports import SYSTEM_CLOCK, Clock
+from f2pipe_certgen.service import CertgenService, StartupError
+from f2pipe_certgen.settings import Settings
+from f2pipe_certgen.store import PostgresStore
+from f2pipe_shared.logs import configure_logging
+from f2pipe_shared.settings import Environment
+
+log = logging.getLogger(__name__)
+
+# Listening on every interface is what a container needs; --host narrows it.
+DEFAULT_HOST = "0.0.0.0"  # noqa: S104
+# A shorter token is accepted but warned about: it should be a long random secret.
+MIN_TOKEN_LENGTH = 24
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,6 +51,76 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def build(
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> CertgenService:
+    """The one place certgen's parts are made: the registry, the CA (when the service
+    bootstraps it), the metrics, the lockout policy and the app."""
+    ca_settings = settings.ca
+    registry = PostgresStore(settings.postgres.conninfo)
+    metrics = CertgenMetrics()
+    lockout = LockoutPolicy.of(ca_settings)
+
+    def open_ca() -> tuple[CertificateAuthority, list[IssuedCertificate]]:
+        return CertificateAuthority.bootstrap(
+            ca_settings,
+            key_algorithm=ca_settings.ca_key_algorithm,
+            broker_sans=ca_settings.broker_san_list,
+            clock=clock,
+        )
+
+    def make_app(ca: CertificateAuthority) -> FastAPI:
+        return create_app(
+            ca, settings=settings, db=registry, metrics=metrics, lockout=lockout, clock=clock
+        )
+
+    return CertgenService(
+        registry=registry,
+        open_ca=open_ca,
+        ca_dir=ca_settings.ca_dir,
+        make_app=make_app,
+        host=host or DEFAULT_HOST,
+        port=port or ca_settings.certgen_api_port,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return run(host=args.host, port=args.port, bootstrap_only=args.bootstrap_only)
+    settings = Settings.load()
+    configure_logging("certgen", settings.common.log_level, settings.common.log_format)
+    try:
+        if not args.bootstrap_only:  # it serves nothing, so it needs no token
+            check_admin_token(settings)
+        service = build(settings, host=args.host, port=args.port)
+        ca = service.bootstrap()
+    except StartupError as exc:
+        print(f"f2pipe certgen: {exc}", file=sys.stderr)
+        return exc.status
+    if args.bootstrap_only:
+        return 0
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal under the handler
+    # that was installed before it: this no-op one turns that into a normal exit (status 0).
+    signal.signal(signal.SIGTERM, _stopped)
+    service.serve(ca)
+    return 0
+
+
+def check_admin_token(settings: Settings) -> None:
+    token = admin_token(settings.ca)
+    if token is None and settings.common.f2pipe_env is not Environment.development:
+        raise StartupError(
+            "CERTGEN_ADMIN_TOKEN is not set; it is required unless F2PIPE_ENV=development",
+            status=2,
+        )
+    if token is None:
+        log.warning("CERTGEN_ADMIN_TOKEN is not set: the admin API is off (development)")
+    elif len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+        log.warning("CERTGEN_ADMIN_TOKEN is short; use a long random one (openssl rand -hex 32)")
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    del signum, frame

@@ -1,7 +1,8 @@
 """Prometheus metrics: enrolments, refusals by reason, revocations.
 
-Each app has its own registry, so two apps in one process (tests) never share counters, and
-/metrics shows certgen's series plus the process and Python ones.
+`CertgenMetrics` owns its registry and is made once, in `main.build()`: two certgens in one
+process (tests) never share counters, and /metrics shows certgen's series plus the process
+and Python ones.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ ENROLMENT_FAILURE_REASONS = (
 )
 
 
-class Metrics:
+class CertgenMetrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:

@@ -1,47 +1,33 @@
-"""certgen's queries on the registry: controllers, issued certificates, revocations.
+"""The registry in PostgreSQL: certgen's `CertificateStore` (ports.py) and its start-up access.
 
-Functions take a connection so a caller can put several in one transaction (a connection from
-`Store.connection()` commits when its block ends without an exception, and rolls back
-otherwise). Revocation reasons: the API and the CA speak cryptography's `ReasonFlags` names
+`PostgresStore.transaction()` lends a pooled connection as a `PostgresTransaction`: it
+commits when its block ends without an exception and rolls back otherwise. `startup()` is the
+synchronous connection start-up uses before the event loop runs: it checks the registry is
+migrated, then records what the CA's bootstrap created.
+
+Revocation reasons: the API and the CA speak cryptography's `ReasonFlags` names
 (`key_compromise`), the table stores its values (`keyCompromise`) as docs/data_model.md says.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from datetime import datetime
-from typing import Literal
 
 import psycopg
 from cryptography import x509
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
-from f2pipe_certgen.ca import (
-    REVOCATION_REASONS,
-    CertificateAuthority,
-    IssuedCertificate,
-    RevokedEntry,
-)
+from f2pipe_certgen.ca import REVOCATION_REASONS, IssuedCertificate, RevokedEntry
+from f2pipe_certgen.ports import CertificateRow, Controller, Kind, RevocationReason, Status
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
-# What an operator may give as a reason: the CA's REVOCATION_REASONS without certificate_hold,
-# which is meant to be lifted again, and certgen has no way to lift it.
-RevocationReason = Literal[
-    "unspecified",
-    "key_compromise",
-    "ca_compromise",
-    "affiliation_changed",
-    "superseded",
-    "cessation_of_operation",
-    "privilege_withdrawn",
-]
-Status = Literal["valid", "revoked"]
-Kind = Literal["device", "service", "broker"]
+APPLICATION_NAME = "f2pipe-certgen"
+# The last migration certgen's queries need.
+REQUIRED_TABLE = "registry.enrolment_lockouts"
 
 # Advisory lock keys: one class for per-MAC enrolment locks ('f2' in ASCII), one key for CRL
 # writers ('f2crl'), so replicas sharing the CA directory write the CRL one at a time.
@@ -52,39 +38,15 @@ _COLUMNS = """serial, cn, kind, device_id, not_before, not_after, status, revoke
     revocation_reason, fingerprint_sha256, created_at"""
 
 
-@dataclass(frozen=True)
-class Controller:
-    id: int
-    mac: str
-    claim_code_hash: str | None
+class RegistryNotMigratedError(RuntimeError):
+    """The registry database lacks the tables certgen needs."""
 
 
-@dataclass(frozen=True)
-class CertificateRow:
-    serial: str
-    cn: str
-    kind: str
-    device_id: int | None
-    not_before: datetime
-    not_after: datetime
-    status: str
-    revoked_at: datetime | None
-    revocation_reason: str | None  # ReasonFlags name, as the API shows it
-    fingerprint_sha256: str
-    created_at: datetime
-
-    @classmethod
-    def from_row(cls, row: Sequence[object]) -> CertificateRow:
-        values = list(row)
-        if values[8] is not None:
-            values[8] = x509.ReasonFlags(values[8]).name
-        return cls(*values)  # type: ignore[arg-type]
-
-
-class Store:
-    """The connection pool; opened and closed by the app's lifespan."""
+class PostgresStore:
+    """The connection pool: opened and closed by the app's lifespan."""
 
     def __init__(self, conninfo: str, *, max_size: int = 8, timeout: float = 5.0) -> None:
+        self.conninfo = conninfo
         self.pool = AsyncConnectionPool(
             conninfo,
             min_size=1,
@@ -92,7 +54,7 @@ class Store:
             timeout=timeout,
             open=False,
             name="certgen",
-            kwargs={"application_name": "f2pipe-certgen"},
+            kwargs={"application_name": APPLICATION_NAME},
         )
 
     async def open(self) -> None:
@@ -102,118 +64,195 @@ class Store:
     async def close(self) -> None:
         await self.pool.close()
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Connection]:
-        async with self.pool.connection() as conn:
-            yield conn
-
     async def ping(self) -> None:
-        async with self.connection() as conn:
+        async with self.pool.connection() as conn:
             await conn.execute("SELECT 1")
 
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresTransaction]:
+        async with self.pool.connection() as conn:
+            yield PostgresTransaction(conn)
 
-async def lock_mac(conn: Connection, mac: str) -> None:
-    """Serialise enrolments of one MAC until the transaction ends (across replicas too)."""
-    await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_MAC_LOCK_CLASS, mac))
-
-
-async def find_controller(conn: Connection, mac: str) -> Controller | None:
-    cur = await conn.execute(
-        "SELECT id, mac, claim_code_hash FROM registry.devices WHERE mac = %s", (mac,)
-    )
-    row = await cur.fetchone()
-    return None if row is None else Controller(*row)
-
-
-async def record_certificate(
-    conn: Connection, cert: IssuedCertificate, device_id: int | None
-) -> None:
-    await conn.execute(_INSERT, _insert_params(cert, device_id))
-
-
-async def revoke_valid_of_cn(
-    conn: Connection, cn: str, reason: RevocationReason
-) -> list[CertificateRow]:
-    """Revoke every valid device certificate with this CN (a device's, by its f2-<mac>).
-
-    By CN rather than device id: the CN is what the broker authenticates, and it still names
-    the certificates of a device that was deleted from the registry.
-    """
-    cur = await conn.execute(
-        f"""
-        UPDATE registry.certificates
-        SET status = 'revoked', revoked_at = now(), revocation_reason = %s
-        WHERE cn = %s AND kind = 'device' AND status = 'valid'
-        RETURNING {_COLUMNS}
-        """,  # noqa: S608 - _COLUMNS is a constant
-        (x509.ReasonFlags[reason].value, cn),
-    )
-    return [CertificateRow.from_row(row) for row in await cur.fetchall()]
+    @contextmanager
+    def startup(self) -> Iterator[StartupRegistry]:
+        """A connection to a migrated registry (RegistryNotMigratedError otherwise), for the
+        CA's bootstrap; psycopg.OperationalError when the database cannot be reached."""
+        with psycopg.connect(
+            self.conninfo, application_name=APPLICATION_NAME, connect_timeout=10
+        ) as conn:
+            row = conn.execute("SELECT to_regclass(%s)", (REQUIRED_TABLE,)).fetchone()
+            if row is None or row[0] is None:
+                raise RegistryNotMigratedError(
+                    "the registry database is not migrated for certgen "
+                    f"({REQUIRED_TABLE} is missing): run `f2pipe migrate` first"
+                )
+            yield StartupRegistry(conn)
 
 
-async def revoke_serial(
-    conn: Connection, serial: str, reason: RevocationReason
-) -> tuple[CertificateRow | None, bool]:
-    """(the certificate, whether this call revoked it); (None, False) for an unknown serial."""
-    cur = await conn.execute(
-        f"SELECT {_COLUMNS} FROM registry.certificates WHERE serial = %s FOR UPDATE",  # noqa: S608
-        (serial,),
-    )
-    row = await cur.fetchone()
-    if row is None or row[6] == "revoked":
-        return (None if row is None else CertificateRow.from_row(row)), False
-    cur = await conn.execute(
-        f"""
-        UPDATE registry.certificates
-        SET status = 'revoked', revoked_at = now(), revocation_reason = %s
-        WHERE serial = %s
-        RETURNING {_COLUMNS}
-        """,  # noqa: S608
-        (x509.ReasonFlags[reason].value, serial),
-    )
-    updated = await cur.fetchone()
-    assert updated is not None
-    return CertificateRow.from_row(updated), True
+class StartupRegistry:
+    def __init__(self, conn: psycopg.Connection[TupleRow]) -> None:
+        self._conn = conn
+
+    def record_issued(self, certs: Iterable[IssuedCertificate]) -> None:
+        """Record certificates the CA's bootstrap just created (broker, services): no device."""
+        with self._conn.transaction():
+            for cert in certs:
+                self._conn.execute(_INSERT, _insert_params(cert, None))
 
 
-async def list_certificates(
-    conn: Connection,
-    *,
-    cn: str | None,
-    status: Status | None,
-    kind: Kind | None,
-    limit: int,
-    offset: int,
-) -> tuple[list[CertificateRow], int]:
-    """A page of certificates, newest first, and how many match in all."""
-    where = """
-        WHERE (%(cn)s::text IS NULL OR cn = %(cn)s)
-          AND (%(status)s::text IS NULL OR status = %(status)s)
-          AND (%(kind)s::text IS NULL OR kind = %(kind)s)
-    """
-    params = {"cn": cn, "status": status, "kind": kind, "limit": limit, "offset": offset}
-    cur = await conn.execute(
-        f"SELECT {_COLUMNS} FROM registry.certificates {where}"  # noqa: S608 - constants
-        " ORDER BY created_at DESC, serial LIMIT %(limit)s OFFSET %(offset)s",
-        params,
-    )
-    rows = [CertificateRow.from_row(row) for row in await cur.fetchall()]
-    cur = await conn.execute(f"SELECT count(*) FROM registry.certificates {where}", params)  # noqa: S608
-    total = await cur.fetchone()
-    return rows, total[0] if total else 0
+class PostgresTransaction:
+    """One pooled connection's transaction: `ports.StoreTransaction` in SQL."""
 
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
 
-async def revoked_entries(conn: Connection) -> list[RevokedEntry]:
-    cur = await conn.execute(
+    # --- controllers and certificates -------------------------------------------------------
+
+    async def lock_mac(self, mac: str) -> None:
+        await self._conn.execute(
+            "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_MAC_LOCK_CLASS, mac)
+        )
+
+    async def find_controller(self, mac: str) -> Controller | None:
+        cur = await self._conn.execute(
+            "SELECT id, mac, claim_code_hash FROM registry.devices WHERE mac = %s", (mac,)
+        )
+        row = await cur.fetchone()
+        return None if row is None else Controller(*row)
+
+    async def record_certificate(self, cert: IssuedCertificate, device_id: int | None) -> None:
+        await self._conn.execute(_INSERT, _insert_params(cert, device_id))
+
+    async def revoke_valid_of_cn(self, cn: str, reason: RevocationReason) -> list[CertificateRow]:
+        # By CN rather than device id: the CN is what the broker authenticates, and it still
+        # names the certificates of a device that was deleted from the registry.
+        cur = await self._conn.execute(
+            f"""
+            UPDATE registry.certificates
+            SET status = 'revoked', revoked_at = now(), revocation_reason = %s
+            WHERE cn = %s AND kind = 'device' AND status = 'valid'
+            RETURNING {_COLUMNS}
+            """,  # noqa: S608 - _COLUMNS is a constant
+            (x509.ReasonFlags[reason].value, cn),
+        )
+        return [_certificate(row) for row in await cur.fetchall()]
+
+    async def revoke_serial(
+        self, serial: str, reason: RevocationReason
+    ) -> tuple[CertificateRow | None, bool]:
+        cur = await self._conn.execute(
+            f"SELECT {_COLUMNS} FROM registry.certificates WHERE serial = %s FOR UPDATE",  # noqa: S608
+            (serial,),
+        )
+        row = await cur.fetchone()
+        if row is None or row[6] == "revoked":
+            return (None if row is None else _certificate(row)), False
+        cur = await self._conn.execute(
+            f"""
+            UPDATE registry.certificates
+            SET status = 'revoked', revoked_at = now(), revocation_reason = %s
+            WHERE serial = %s
+            RETURNING {_COLUMNS}
+            """,  # noqa: S608
+            (x509.ReasonFlags[reason].value, serial),
+        )
+        updated = await cur.fetchone()
+        assert updated is not None
+        return _certificate(updated), True
+
+    async def list_certificates(
+        self,
+        *,
+        cn: str | None,
+        status: Status | None,
+        kind: Kind | None,
+        limit: int,
+        offset: int,
+    ) -> tuple[list[CertificateRow], int]:
+        where = """
+            WHERE (%(cn)s::text IS NULL OR cn = %(cn)s)
+              AND (%(status)s::text IS NULL OR status = %(status)s)
+              AND (%(kind)s::text IS NULL OR kind = %(kind)s)
         """
-        SELECT serial, revoked_at, coalesce(revocation_reason, 'unspecified')
-        FROM registry.certificates WHERE status = 'revoked' ORDER BY revoked_at, serial
-        """
-    )
-    return [
-        RevokedEntry(serial=serial, revoked_at=at, reason=_crl_reason(reason))
-        for serial, at, reason in await cur.fetchall()
-    ]
+        params = {"cn": cn, "status": status, "kind": kind, "limit": limit, "offset": offset}
+        cur = await self._conn.execute(
+            f"SELECT {_COLUMNS} FROM registry.certificates {where}"  # noqa: S608 - constants
+            " ORDER BY created_at DESC, serial LIMIT %(limit)s OFFSET %(offset)s",
+            params,
+        )
+        rows = [_certificate(row) for row in await cur.fetchall()]
+        cur = await self._conn.execute(
+            f"SELECT count(*) FROM registry.certificates {where}",  # noqa: S608
+            params,
+        )
+        total = await cur.fetchone()
+        return rows, total[0] if total else 0
+
+    async def lock_crl(self) -> None:
+        await self._conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CRL_LOCK_KEY,))
+
+    async def revoked_entries(self) -> list[RevokedEntry]:
+        cur = await self._conn.execute(
+            """
+            SELECT serial, revoked_at, coalesce(revocation_reason, 'unspecified')
+            FROM registry.certificates WHERE status = 'revoked' ORDER BY revoked_at, serial
+            """
+        )
+        return [
+            RevokedEntry(serial=serial, revoked_at=at, reason=_crl_reason(reason))
+            for serial, at, reason in await cur.fetchall()
+        ]
+
+    # --- lockout state (migration 0008) -----------------------------------------------------
+
+    async def locked_until(self, mac: str) -> datetime | None:
+        cur = await self._conn.execute(
+            "SELECT locked_until FROM registry.enrolment_lockouts WHERE mac = %s", (mac,)
+        )
+        row = await cur.fetchone()
+        return None if row is None else row[0]
+
+    async def add_failure(self, mac: str, *, at: datetime, window_start: datetime) -> int:
+        await self._conn.execute(
+            "DELETE FROM registry.claim_failures WHERE mac = %s AND failed_at <= %s",
+            (mac, window_start),
+        )
+        await self._conn.execute(
+            "INSERT INTO registry.claim_failures (mac, failed_at) VALUES (%s, %s)", (mac, at)
+        )
+        cur = await self._conn.execute(
+            "SELECT count(*) FROM registry.claim_failures WHERE mac = %s", (mac,)
+        )
+        row = await cur.fetchone()
+        return row[0] if row else 0
+
+    async def lock_out(self, mac: str, *, at: datetime, until: datetime, failures: int) -> None:
+        await self._conn.execute("DELETE FROM registry.claim_failures WHERE mac = %s", (mac,))
+        await self._conn.execute(
+            """
+            INSERT INTO registry.enrolment_lockouts (mac, locked_at, locked_until, failures)
+            VALUES (%s, %s, %s, %s)
+            ON CONFLICT (mac) DO UPDATE SET
+                locked_at = EXCLUDED.locked_at,
+                locked_until = EXCLUDED.locked_until,
+                failures = EXCLUDED.failures
+            """,
+            (mac, at, until, failures),
+        )
+
+    async def clear_failures(self, mac: str, *, now: datetime) -> None:
+        await self._conn.execute("DELETE FROM registry.claim_failures WHERE mac = %s", (mac,))
+        await self._conn.execute(
+            "DELETE FROM registry.enrolment_lockouts WHERE mac = %s AND locked_until <= %s",
+            (mac, now),
+        )
+
+
+def _certificate(row: Sequence[object]) -> CertificateRow:
+    values = list(row)
+    if values[8] is not None:
+        values[8] = x509.ReasonFlags(values[8]).name
+    return CertificateRow(*values)  # type: ignore[arg-type]
 
 
 def _crl_reason(stored: str) -> str:
@@ -221,29 +260,6 @@ def _crl_reason(stored: str) -> str:
     # stop the CRL from being written: the serial is listed, as 'unspecified'.
     name = x509.ReasonFlags(stored).name
     return name if name in REVOCATION_REASONS else "unspecified"
-
-
-async def publish_crl(store: Store, ca: CertificateAuthority) -> int:
-    """Rewrite the CRL from every revoked certificate in the registry; return how many.
-
-    Always the whole list from the database, never an increment: a CRL written by another
-    replica, or lost in a crash between a revocation and its CRL write, is made right by the
-    next write.
-    """
-    async with store.connection() as conn:
-        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_CRL_LOCK_KEY,))
-        entries = await revoked_entries(conn)
-        await asyncio.to_thread(ca.write_crl, entries)
-    return len(entries)
-
-
-def record_issued_sync(
-    conn: psycopg.Connection[TupleRow], certs: Iterable[IssuedCertificate]
-) -> None:
-    """Record certificates the CA's bootstrap just created (broker, services): no device."""
-    with conn.transaction():
-        for cert in certs:
-            conn.execute(_INSERT, _insert_params(cert, None))
 
 
 _INSERT = """

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, cast
 
-from f2pipe_processor.registry import Location, Resolved, Template, Unresolved
+from f2pipe_processor.registry import CompiledTemplate, Location, Resolved, Unresolved
 from f2pipe_shared.deadletters import Reason
 from f2pipe_shared.decoding import FrameError, frame_data, parse_hex_frame
 from f2pipe_shared.payloads import DeviceMessage, PayloadError, ReaderScan, parse_payload
@@ -106,7 +106,7 @@ def parse_messages(messages: Sequence[RawMessage], window: TimestampWindow) -> P
 
 
 def decode_messages(
-    parsed: Sequence[Parsed], locations: dict[str, Resolved], templates: dict[int, Template]
+    parsed: Sequence[Parsed], locations: dict[str, Resolved], templates: dict[int, CompiledTemplate]
 ) -> Decoded:
     out = Decoded()
     readings, events, rejected, latest = out.readings, out.events, out.rejected, out.latest
@@ -165,7 +165,11 @@ def _event(item: Parsed, device: int) -> Event:
 
 
 def _state_readings(
-    item: Parsed, device: int, template: Template, readings: list[Reading], latest: LatestValues
+    item: Parsed,
+    device: int,
+    template: CompiledTemplate,
+    readings: list[Reading],
+    latest: LatestValues,
 ) -> None:
     newest = latest.setdefault(device, {})
     for dp, attribute in template.field_points:
@@ -193,7 +197,9 @@ def _format_us(us: int) -> str:
     return format_device_timestamp(from_epoch_us(us))
 
 
-def _no_frame_template(item: Parsed, location: Location, template: Template | None) -> Rejected:
+def _no_frame_template(
+    item: Parsed, location: Location, template: CompiledTemplate | None
+) -> Rejected:
     what = "no template" if template is None else f"template {template.key!r} decodes no frame"
     return Rejected(
         item.position,

@@ -1,11 +1,36 @@
-"""`f2pipe processor`: every setting comes from the environment (docs/configuration.md)."""
+"""`f2pipe processor`: every setting comes from the environment (docs/configuration.md).
+
+``build`` is the one place that constructs the processor's real adapters (registry database,
+Redis, Kafka output, registry listener, the Faust app) and hands them to ``ProcessorService``;
+``main`` loads the settings, creates the topics, builds, and runs Faust's worker until
+SIGTERM/SIGINT.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from f2pipe_processor.service import main as run
+from confluent_kafka.admin import AdminClient
+
+from f2pipe_processor import faust_adapter
+from f2pipe_processor.acks import Holes, InFlight
+from f2pipe_processor.core import BatchProcessor
+from f2pipe_processor.invalidation import RegistryListener
+from f2pipe_processor.latest import LatestTable
+from f2pipe_processor.metrics import ProcessorMetrics
+from f2pipe_processor.output import KafkaOutput
+from f2pipe_processor.registry import Registry
+from f2pipe_processor.resolver import RedisCache, Resolver
+from f2pipe_processor.service import ProcessorService
+from f2pipe_processor.settings import Settings
+from f2pipe_shared.kafka import ensure_topics, pipeline_topics
+from f2pipe_shared.logs import configure_logging
+
+log = logging.getLogger(__name__)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -15,6 +40,90 @@ def parser() -> argparse.ArgumentParser:
     )
 
 
+@dataclass(frozen=True)
+class Processor:
+    """What ``build`` made: the service, the Faust app driving it, and what main closes."""
+
+    service: ProcessorService
+    app: faust_adapter.ProcessorApp
+    output: KafkaOutput
+    metrics: ProcessorMetrics
+    partitions: int
+
+
+def build(settings: Settings, partitions: int | None = None) -> Processor:
+    """The processor for ``partitions`` raw partitions (default: the raw topic's, from Kafka)."""
+    if partitions is None:
+        partitions = raw_partitions(settings)
+    kafka, config = settings.kafka, settings.processor
+    retry_max = config.processor_postgres_retry_max_seconds
+    metrics = ProcessorMetrics()
+    registry = Registry(settings.postgres.conninfo, retry_max_seconds=retry_max, metrics=metrics)
+    cache = RedisCache(
+        settings.redis.url,
+        prefix=config.processor_redis_prefix,
+        ttl_seconds=config.processor_cache_ttl_seconds,
+        retry_seconds=config.processor_redis_retry_seconds,
+        metrics=metrics,
+    )
+    resolver = Resolver(registry, cache, config.processor_local_cache_size, metrics=metrics)
+    core = BatchProcessor(
+        resolver,
+        source_topic=kafka.kafka_raw_topic,
+        max_future_seconds=config.processor_max_future_seconds,
+        max_age_seconds=config.max_age(settings.telemetry.telemetry_retention).total_seconds(),
+        metrics=metrics,
+        clock=time.time,
+    )
+    output = KafkaOutput(kafka, metrics)
+    app = faust_adapter.create_app(settings, partitions)
+    table = faust_adapter.latest_table(app, partitions)
+    service = ProcessorService(
+        kafka=kafka,
+        core=core,
+        output=output,
+        latest=LatestTable(faust_adapter.FaustTableBackend(app, table)),
+        inflight=InFlight(config.processor_max_inflight, metrics),
+        holes=Holes(frozenset({kafka.kafka_raw_topic}), metrics),
+        listener=RegistryListener(settings.postgres.conninfo, resolver, retry_max),
+        resolver=resolver,
+        registry=registry,
+        cache=cache,
+        metrics=metrics,
+        clock=time.time,
+    )
+    faust_adapter.serve(app, service, table=table, metrics=metrics, settings=settings)
+    return Processor(service, app, output, metrics, partitions)
+
+
+def raw_partitions(settings: Settings) -> int:
+    """Partitions of the raw topic as it exists (it may predate KAFKA_RAW_PARTITIONS)."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka.kafka_bootstrap_servers})
+    topic = settings.kafka.kafka_raw_topic
+    metadata = admin.list_topics(topic=topic, timeout=30)
+    return len(metadata.topics[topic].partitions)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser().parse_args(argv)
-    return run()
+    settings = Settings.load()
+    common = settings.common
+    configure_logging("processor", common.log_level, common.log_format)
+    ensure_topics(settings.kafka, pipeline_topics(settings.kafka))
+    processor = build(settings)
+    log.info(
+        "processor starting",
+        extra={
+            "app_id": settings.processor.processor_app_id,
+            "raw_topic": settings.kafka.kafka_raw_topic,
+            "partitions": processor.partitions,
+            "port": settings.port,
+        },
+    )
+    try:
+        return faust_adapter.run_worker(processor.app, common)
+    finally:
+        left = processor.output.close()
+        if left:
+            log.warning("output left unacknowledged at exit: reprocessed on restart",
+                        extra={"records": left})  # fmt: skip

@@ -22,8 +22,8 @@ from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from f2pipe_processor import metrics
-from f2pipe_processor.batch import BatchResult
+from f2pipe_processor.core import BatchResult
+from f2pipe_processor.metrics import ProcessorMetrics
 from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
 from f2pipe_shared.kafka import kafka_error, producer_config, record_refused
 from f2pipe_shared.records import encode_processed_batch
@@ -84,7 +84,12 @@ def output_records(
 
 
 class KafkaOutput:
-    def __init__(self, settings: KafkaSettings, **overrides: Any) -> None:
+    """The `ports.OutputProducer` of production: librdkafka, awaited from asyncio."""
+
+    def __init__(
+        self, settings: KafkaSettings, metrics: ProcessorMetrics, **overrides: Any
+    ) -> None:
+        self._metrics = metrics
         # One record per batch already: a long linger would only add latency.
         self._config = producer_config(settings, **{"linger.ms": 2, **overrides})
         self._producer = Producer(self._config)
@@ -130,7 +135,7 @@ class KafkaOutput:
                 pending = refused  # the fallbacks go out now; nothing to wait for
                 continue
             self.failures += len(failed)
-            metrics.PRODUCE_RETRIES.inc(len(failed))
+            self._metrics.produce_retries.inc(len(failed))
             log.warning(
                 "output not acknowledged by Kafka; sending again",
                 extra={"records": len(failed), "errors": sorted(map(str, errors))[:3],
@@ -142,8 +147,7 @@ class KafkaOutput:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
-    @staticmethod
-    def _replace(record: OutRecord, error: BaseException) -> OutRecord:
+    def _replace(self, record: OutRecord, error: BaseException) -> OutRecord:
         """The record to send again: its fallback when Kafka refused the record itself."""
         err = kafka_error(error) if isinstance(error, KafkaException) else None
         if record.fallback is None or not record_refused(err):
@@ -152,7 +156,7 @@ class KafkaOutput:
             "Kafka refused a record; sending what happened instead",
             extra={"topic": record.topic, "bytes": len(record.value), "error": str(err)},
         )
-        metrics.REFUSED.inc()
+        self._metrics.refused.inc()
         return record.fallback()
 
     async def _produce(self, record: OutRecord) -> asyncio.Future[None]:

@@ -1,11 +1,14 @@
-"""What the processor knows about the registry, and the PostgreSQL queries that fetch it.
+"""What the processor knows about the registry: topic -> device, template -> decoder.
 
 A topic ``…/f2-<mac>/<mode>/J<k>/<component>`` resolves to a ``Location`` (the device on that
 pin and its template) or to an ``Unresolved`` (why not: the dead-letter reason). A template
-becomes a ``Template`` whose frame datapoints are compiled once into one decoding function.
+(``f2pipe_shared.registry.Template``) becomes a ``CompiledTemplate`` whose frame datapoints
+are compiled once into one decoding function.
 
-Rows travel between the layers (PostgreSQL -> Redis -> memory) as plain tuples and lists, so
-Redis stores them as msgpack without a schema of its own.
+The queries and the read model are ``f2pipe_shared.registry``; ``Registry`` runs them with the
+processor's connection, timeout and retries. Rows travel between the layers
+(PostgreSQL -> Redis -> memory) as plain tuples and lists (``TemplateRow``, ``pack_resolved``),
+so Redis stores them as msgpack without a schema of its own.
 """
 
 from __future__ import annotations
@@ -14,19 +17,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 import psycopg
 from psycopg.rows import TupleRow
 
-from f2pipe_processor import metrics
+from f2pipe_processor.metrics import ProcessorMetrics
+from f2pipe_shared import registry
 from f2pipe_shared.deadletters import Reason
-from f2pipe_shared.decoding import DecodingSpec, FrameFormat, TemplateDecoder, compile_template
+from f2pipe_shared.decoding import FrameFormat, TemplateDecoder, compile_template
+from f2pipe_shared.registry import Datapoint, PinLookup, Template
 from f2pipe_shared.topics import Topic
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Connection: TypeAlias = psycopg.AsyncConnection[TupleRow]
 
 
 class Location(NamedTuple):
@@ -49,11 +57,12 @@ class Unresolved(NamedTuple):
 
 Resolved: TypeAlias = Location | Unresolved
 
-# (id, key, offset, length, encoding, byte_order, decimals, field): the datapoints columns.
+# The msgpack form of a template's decoding part, as Redis keeps it:
+# (id, key, frame_format, verify_crc, datapoints), each datapoint
+# (id, key, offset, length, encoding, byte_order, decimals, field).
 DatapointRow: TypeAlias = tuple[
     int, str, int | None, int | None, str | None, str, int | None, str | None
 ]
-# (id, key, frame_format, verify_crc, datapoints)
 TemplateRow: TypeAlias = tuple[int, str, str | None, bool, list[DatapointRow]]
 
 
@@ -69,9 +78,52 @@ def unpack_resolved(item: list[Any]) -> Resolved:
     return Unresolved(Reason(item[1]), item[2], item[3], item[4])
 
 
+def pack_template(template: Template) -> TemplateRow:
+    """What of ``template`` decoding needs, as plain values (the Redis form)."""
+    points: list[DatapointRow] = []
+    for dp in template.datapoints:
+        spec = dp.spec
+        if spec is None:
+            points.append((dp.id, dp.key, None, None, None, "big", None, dp.field))
+        else:
+            points.append(
+                (dp.id, dp.key, spec.offset, spec.length, spec.encoding.value,
+                 spec.byte_order.value, spec.decimals, dp.field)
+            )  # fmt: skip
+    frame_format = None if template.frame_format is None else template.frame_format.value
+    return (template.id, template.key, frame_format, template.verify_crc, points)
+
+
+def unpack_template(row: TemplateRow | list[Any]) -> Template:
+    """The template of a ``TemplateRow`` (a tuple, or the lists msgpack gives back).
+
+    Decoding fields only: units, chart and Modbus hints are not in the row and take defaults.
+    """
+    template_id, key, frame_format, verify_crc, points = row
+    return Template(
+        id=template_id,
+        key=key,
+        frame_format=FrameFormat(frame_format) if frame_format else None,
+        verify_crc=bool(verify_crc),
+        datapoints=tuple(
+            Datapoint.from_columns(
+                dp_id,
+                dp_key,
+                offset=offset,
+                length=length,
+                encoding=encoding,
+                byte_order=byte_order,
+                decimals=decimals,
+                field=field,
+            )
+            for dp_id, dp_key, offset, length, encoding, byte_order, decimals, field in points
+        ),
+    )
+
+
 @dataclass(frozen=True, slots=True)
-class Template:
-    """How to turn a message of one kind of device into readings."""
+class CompiledTemplate:
+    """A template ready for the hot loop: how to turn a message of one device into readings."""
 
     id: int
     key: str
@@ -85,71 +137,32 @@ class Template:
     keys: dict[int, str]  # datapoint id -> key, for /latest
 
     @classmethod
-    def from_row(cls, row: TemplateRow | list[Any]) -> Template:
-        template_id, key, frame_format, verify_crc, points = row
-        frame_ids: list[int] = []
-        specs: list[DecodingSpec] = []
-        fields: list[tuple[int, str]] = []
-        for dp_id, _key, offset, length, encoding, byte_order, decimals, field in points:
-            if field is not None:
-                # Pydantic attribute of the payload model: "door-sensor-1" -> door_sensor_1.
-                fields.append((dp_id, field.replace("-", "_")))
-            else:
-                frame_ids.append(dp_id)
-                specs.append(
-                    DecodingSpec(
-                        offset=offset,
-                        length=length,
-                        encoding=encoding,
-                        byte_order=byte_order,
-                        decimals=decimals,
-                    )
-                )
+    def compile(cls, template: Template) -> CompiledTemplate:
+        specs = [dp.spec for dp in template.frame_points if dp.spec is not None]
         return cls(
-            id=template_id,
-            key=key,
-            frame_format=FrameFormat(frame_format) if frame_format else None,
-            verify_crc=bool(verify_crc),
-            frame_points=tuple(frame_ids),
+            id=template.id,
+            key=template.key,
+            frame_format=template.frame_format,
+            verify_crc=template.verify_crc,
+            frame_points=tuple(dp.id for dp in template.frame_points),
             decode=compile_template(specs) if specs else None,
-            field_points=tuple(fields),
-            keys={p[0]: p[1] for p in points},
+            # Pydantic attribute of the payload model: "door-sensor-1" -> door_sensor_1.
+            field_points=tuple(
+                (dp.id, dp.field.replace("-", "_"))
+                for dp in template.field_points
+                if dp.field is not None
+            ),
+            keys={dp.id: dp.key for dp in template.datapoints},
         )
+
+    @classmethod
+    def from_row(cls, row: TemplateRow | list[Any]) -> CompiledTemplate:
+        return cls.compile(unpack_template(row))
 
 
 def location_field(topic: Topic) -> str:
     """The part of a location key below the controller: ``J3/sensor-2``."""
     return f"{topic.connector}/{topic.component}"
-
-
-_LOCATIONS_SQL = """
-SELECT k.mac, k.connector, k.component, k.mode, ctl.id, c.id, c.mode, p.device_id, d.template_id
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS k (mac, connector, component, mode)
-LEFT JOIN registry.devices AS ctl ON ctl.mac = k.mac
-LEFT JOIN registry.connectors AS c ON c.controller_id = ctl.id AND c.name = k.connector
-LEFT JOIN registry.pins AS p ON p.connector_id = c.id AND p.component = k.component
-LEFT JOIN registry.devices AS d ON d.id = p.device_id
-"""
-
-_TEMPLATES_SQL = """
-SELECT t.id, t.key, t.frame_format, t.verify_crc,
-       dp.id, dp.key, dp."offset", dp.length, dp.encoding, dp.byte_order, dp.decimals, dp.field
-FROM registry.device_templates AS t
-LEFT JOIN registry.datapoints AS dp ON dp.template_id = t.id
-WHERE t.id = ANY(%s)
-ORDER BY t.id, dp.sort_order, dp.id
-"""
-
-# The controllers' MACs behind changed rows: Redis keeps locations per MAC.
-_MACS_SQL = """
-SELECT mac FROM registry.devices WHERE mac IS NOT NULL AND id = ANY(%(controllers)s)
-UNION
-SELECT d.mac FROM registry.connectors AS c JOIN registry.devices AS d ON d.id = c.controller_id
-WHERE c.id = ANY(%(connectors)s)
-UNION
-SELECT controller_mac FROM registry.device_locations
-WHERE controller_mac IS NOT NULL AND device_id = ANY(%(devices)s)
-"""
 
 
 class RegistryUnavailable(Exception):
@@ -164,12 +177,18 @@ class Registry:
     """
 
     def __init__(
-        self, conninfo: str, retry_max_seconds: float = 5.0, query_timeout: float = 15.0
+        self,
+        conninfo: str,
+        retry_max_seconds: float = 5.0,
+        query_timeout: float = 15.0,
+        *,
+        metrics: ProcessorMetrics | None = None,
     ) -> None:
+        self._metrics = metrics if metrics is not None else ProcessorMetrics()
         self._conninfo = conninfo
         self._retry_max = retry_max_seconds
         self._timeout = query_timeout
-        self._conn: psycopg.AsyncConnection[TupleRow] | None = None
+        self._conn: Connection | None = None
         self.down_since: float | None = None  # monotonic time of the first failure
         self.last_error: str | None = None
 
@@ -180,52 +199,32 @@ class Registry:
 
     async def locations(self, topics: Sequence[Topic]) -> dict[str, Resolved]:
         """Topic string -> where it points, for every topic given (one query)."""
-        rows = await self._query(
-            _LOCATIONS_SQL,
-            (
-                [t.mac for t in topics],
-                [t.connector for t in topics],
-                [t.component for t in topics],
-                [t.mode for t in topics],
-            ),
-        )
-        by_key = {(r[0], r[1], r[2]): r for r in rows}
-        return {
-            t.format(): _resolve_row(t, by_key[(t.mac, t.connector, t.component)]) for t in topics
-        }
+        keys = [(t.mac, t.connector, t.component) for t in topics]
+        found = await self._query(lambda conn: registry.lookup_pins_async(conn, keys))
+        return {t.format(): _resolve(t, found[(t.mac, t.connector, t.component)]) for t in topics}
 
     async def templates(self, ids: Iterable[int]) -> dict[int, TemplateRow]:
-        rows = await self._query(_TEMPLATES_SQL, (list(ids),))
-        templates: dict[int, TemplateRow] = {}
-        for template_id, key, frame_format, verify_crc, *point in rows:
-            entry = templates.get(template_id)
-            if entry is None:
-                entry = templates[template_id] = (template_id, key, frame_format, verify_crc, [])
-            if point[0] is not None:  # LEFT JOIN: a template without datapoints
-                entry[4].append(tuple(point))
-        return templates
+        wanted = list(ids)
+        found = await self._query(lambda conn: registry.fetch_templates_async(conn, wanted))
+        return {template_id: pack_template(t) for template_id, t in found.items()}
 
     async def macs_for(
         self, *, controllers: Iterable[int], connectors: Iterable[int], devices: Iterable[int]
     ) -> set[str]:
         """MACs of the controllers behind changed rows; one attempt (RegistryUnavailable)."""
-        params = {
-            "controllers": list(controllers),
-            "connectors": list(connectors),
-            "devices": list(devices),
-        }
+        changed = {"controllers": list(controllers), "connectors": list(connectors),
+                   "devices": list(devices)}  # fmt: skip
         try:
-            rows = await self._execute(_MACS_SQL, params)
+            return await self._execute(lambda conn: registry.controller_macs_async(conn, **changed))
         except (psycopg.Error, OSError, TimeoutError) as exc:
             await self._drop_connection()
             raise RegistryUnavailable(str(exc)) from exc
-        return {row[0] for row in rows}
 
-    async def _query(self, sql: str, params: Any) -> list[TupleRow]:
+    async def _query(self, fetch: Callable[[Connection], Awaitable[T]]) -> T:
         delay = 0.2
         while True:
             try:
-                rows = await self._execute(sql, params)
+                result = await self._execute(fetch)
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 await self._drop_connection()
                 self._on_failure(exc)
@@ -233,15 +232,14 @@ class Registry:
                 delay = min(delay * 2, self._retry_max)
                 continue
             self._on_success()
-            return rows
+            return result
 
-    async def _execute(self, sql: str, params: Any) -> list[TupleRow]:
+    async def _execute(self, fetch: Callable[[Connection], Awaitable[T]]) -> T:
         conn = await self._connection()
         async with asyncio.timeout(self._timeout):
-            cursor = await conn.execute(sql, params)
-            return await cursor.fetchall()
+            return await fetch(conn)
 
-    async def _connection(self) -> psycopg.AsyncConnection[TupleRow]:
+    async def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed:
             async with asyncio.timeout(self._timeout):
                 self._conn = await psycopg.AsyncConnection.connect(
@@ -260,8 +258,8 @@ class Registry:
                 await conn.close()
 
     def _on_failure(self, exc: BaseException) -> None:
-        metrics.POSTGRES_RETRIES.inc()
-        metrics.POSTGRES_UP.set(0)
+        self._metrics.postgres_retries.inc()
+        self._metrics.postgres_up.set(0)
         self.last_error = f"{type(exc).__name__}: {exc}".strip()
         if self.down_since is None:
             self.down_since = time.monotonic()
@@ -272,7 +270,7 @@ class Registry:
             )
 
     def _on_success(self) -> None:
-        metrics.POSTGRES_UP.set(1)
+        self._metrics.postgres_up.set(1)
         if self.down_since is not None:
             log.info(
                 "registry database is back",
@@ -282,8 +280,10 @@ class Registry:
             self.last_error = None
 
 
-def _resolve_row(topic: Topic, row: TupleRow) -> Resolved:
-    _, connector, component, mode, controller_id, connector_id, connector_mode, device, tpl = row
+def _resolve(topic: Topic, found: PinLookup) -> Resolved:
+    connector, component, mode = topic.connector, topic.component, topic.mode
+    controller_id, connector_id = found.controller_id, found.connector_id
+    connector_mode, device = found.connector_mode, found.device_id
     where = f"controller f2-{topic.mac}"
     if controller_id is None:
         return Unresolved(Reason.unknown_mac, f"no controller with MAC {topic.mac}", None, None)
@@ -308,4 +308,4 @@ def _resolve_row(topic: Topic, row: TupleRow) -> Resolved:
             controller_id,
             connector_id,
         )
-    return Location(device, tpl, controller_id, connector_id)
+    return Location(device, found.template_id, controller_id, connector_id)

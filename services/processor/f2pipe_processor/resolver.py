@@ -31,19 +31,19 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from f2pipe_processor import metrics
+from f2pipe_processor.metrics import ProcessorMetrics
+from f2pipe_processor.ports import LookupCache, RegistrySource
 from f2pipe_processor.registry import (
+    CompiledTemplate,
     Location,
-    Registry,
     RegistryUnavailable,
     Resolved,
-    Template,
     TemplateRow,
     location_field,
     pack_resolved,
     unpack_resolved,
 )
-from f2pipe_shared.topics import Topic
+from f2pipe_shared.topics import Topic, parse_topic
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Lookup:
     """What one batch resolved: topic string -> location, template id -> template."""
 
     locations: dict[str, Resolved]
-    templates: dict[int, Template]
+    templates: dict[int, CompiledTemplate]
     # Distinct keys looked up per layer, for the benchmark's cost split and tests.
     stats: dict[str, int] = field(default_factory=dict)
 
@@ -71,7 +71,14 @@ class RedisCache:
     """The shared middle layer. Every method returns None/False instead of raising."""
 
     def __init__(
-        self, url: str, prefix: str, ttl_seconds: int, retry_seconds: float, timeout: float = 1.0
+        self,
+        url: str,
+        prefix: str,
+        ttl_seconds: int,
+        retry_seconds: float,
+        timeout: float = 1.0,
+        *,
+        metrics: ProcessorMetrics,
     ) -> None:
         self._client = aioredis.Redis.from_url(
             url,
@@ -87,7 +94,8 @@ class RedisCache:
         self._down_until = 0.0  # monotonic; 0 = up
         self._dirty = False  # an invalidation could not delete: flush on recovery
         self.last_error: str | None = None
-        metrics.REDIS_UP.set(1)
+        self._metrics = metrics
+        metrics.redis_up.set(1)
 
     @property
     def up(self) -> bool:
@@ -119,7 +127,7 @@ class RedisCache:
         down = time.monotonic() - self._down_until + self._retry
         self._down_until = 0.0
         self.last_error = None
-        metrics.REDIS_UP.set(1)
+        self._metrics.redis_up.set(1)
         log.info("Redis is back: lookups use it again", extra={"down_seconds": round(down, 1)})
         return True
 
@@ -131,7 +139,7 @@ class RedisCache:
             )
         self.last_error = f"{type(exc).__name__}: {exc}"
         self._down_until = time.monotonic() + self._retry
-        metrics.REDIS_UP.set(0)
+        self._metrics.redis_up.set(0)
 
     async def get_locations(self, topics: Collection[Topic]) -> dict[str, Resolved] | None:
         if not await self._available():
@@ -246,13 +254,19 @@ class Resolver:
     """
 
     def __init__(
-        self, registry: Registry, redis: RedisCache | None, local_size: int = 500_000
+        self,
+        registry: RegistrySource,
+        redis: LookupCache | None,
+        local_size: int = 500_000,
+        *,
+        metrics: ProcessorMetrics,
     ) -> None:
         self.registry = registry
         self.redis = redis
+        self.metrics = metrics
         self._local_size = local_size
         self._locations: dict[str, Resolved] = {}
-        self._templates: dict[int, Template] = {}
+        self._templates: dict[int, CompiledTemplate] = {}
         self._lock = asyncio.Lock()
 
     @property
@@ -279,7 +293,7 @@ class Resolver:
             for loc in locations.values()
             if type(loc) is Location and loc.template_id is not None
         }
-        templates: dict[int, Template] = {}
+        templates: dict[int, CompiledTemplate] = {}
         missing_templates: set[int] = set()
         for template_id in wanted:
             template = self._templates.get(template_id)
@@ -290,12 +304,11 @@ class Resolver:
         if missing_templates:
             async with self._lock:
                 await self._fill_templates(missing_templates, templates)
-        metrics.CACHE_LOOKUPS.labels("memory", "hit").inc(
+        lookups = self.metrics.cache_lookups
+        lookups.labels("memory", "hit").inc(
             stats["memory_hits"] + len(wanted) - len(missing_templates)
         )
-        metrics.CACHE_LOOKUPS.labels("memory", "miss").inc(
-            stats["memory_misses"] + len(missing_templates)
-        )
+        lookups.labels("memory", "miss").inc(stats["memory_misses"] + len(missing_templates))
         return Lookup(locations, templates, stats)
 
     async def _fill_locations(
@@ -307,60 +320,62 @@ class Resolver:
             del missing[key]
         if not missing:
             return
+        metrics = self.metrics
         from_redis: dict[str, Resolved] | None = None
         if self.redis is not None:
             started = time.perf_counter()
             from_redis = await self.redis.get_locations(missing.values())
             if from_redis is not None:
-                metrics.LOOKUP_SECONDS.labels("redis").observe(time.perf_counter() - started)
-                metrics.CACHE_LOOKUPS.labels("redis", "hit").inc(len(from_redis))
-                metrics.CACHE_LOOKUPS.labels("redis", "miss").inc(len(missing) - len(from_redis))
+                metrics.lookup_seconds.labels("redis").observe(time.perf_counter() - started)
+                metrics.cache_lookups.labels("redis", "hit").inc(len(from_redis))
+                metrics.cache_lookups.labels("redis", "miss").inc(len(missing) - len(from_redis))
                 stats["redis_hits"] = len(from_redis)
                 self._store_locations(from_redis)
                 out.update(from_redis)
                 for key in from_redis:
                     del missing[key]
             else:
-                metrics.REDIS_FALLBACKS.inc(len(missing))
+                metrics.redis_fallbacks.inc(len(missing))
                 stats["redis_fallbacks"] = len(missing)
         if not missing:
             return
         started = time.perf_counter()
         from_db = await self.registry.locations(list(missing.values()))
-        metrics.LOOKUP_SECONDS.labels("postgres").observe(time.perf_counter() - started)
-        metrics.CACHE_LOOKUPS.labels("postgres", "hit").inc(len(from_db))
+        metrics.lookup_seconds.labels("postgres").observe(time.perf_counter() - started)
+        metrics.cache_lookups.labels("postgres", "hit").inc(len(from_db))
         stats["postgres"] = len(from_db)
         self._store_locations(from_db)
         out.update(from_db)
         if self.redis is not None:
             await self.redis.put_locations({missing[k]: v for k, v in from_db.items()})
 
-    async def _fill_templates(self, missing: set[int], out: dict[int, Template]) -> None:
+    async def _fill_templates(self, missing: set[int], out: dict[int, CompiledTemplate]) -> None:
         for template_id in [t for t in missing if t in self._templates]:
             out[template_id] = self._templates[template_id]
             missing.discard(template_id)
         if not missing:
             return
+        metrics = self.metrics
         rows: dict[int, TemplateRow] = {}
         if self.redis is not None:
             cached = await self.redis.get_templates(missing)
             if cached is not None:
-                metrics.CACHE_LOOKUPS.labels("redis", "hit").inc(len(cached))
-                metrics.CACHE_LOOKUPS.labels("redis", "miss").inc(len(missing) - len(cached))
+                metrics.cache_lookups.labels("redis", "hit").inc(len(cached))
+                metrics.cache_lookups.labels("redis", "miss").inc(len(missing) - len(cached))
                 rows.update(cached)
             else:
-                metrics.REDIS_FALLBACKS.inc(len(missing))
+                metrics.redis_fallbacks.inc(len(missing))
         still = missing - rows.keys()
         if still:
             started = time.perf_counter()
             from_db = await self.registry.templates(still)
-            metrics.LOOKUP_SECONDS.labels("postgres").observe(time.perf_counter() - started)
-            metrics.CACHE_LOOKUPS.labels("postgres", "hit").inc(len(from_db))
+            metrics.lookup_seconds.labels("postgres").observe(time.perf_counter() - started)
+            metrics.cache_lookups.labels("postgres", "hit").inc(len(from_db))
             rows.update(from_db)
             if self.redis is not None:
                 await self.redis.put_templates(from_db)
         for template_id, row in rows.items():
-            template = Template.from_row(row)
+            template = CompiledTemplate.from_row(row)
             self._templates[template_id] = template
             out[template_id] = template
 
@@ -375,7 +390,7 @@ class Resolver:
     async def invalidate(self, change: Change) -> None:
         """Forget what ``change`` may have made wrong, here and in Redis."""
         async with self._lock:
-            metrics.INVALIDATIONS.labels(change.table).inc()
+            self.metrics.invalidations.labels(change.table).inc()
             if change.ids is None:
                 await self._flush_locked()
                 return
@@ -425,7 +440,7 @@ class Resolver:
         # memory and bookkeeping on every insert.
         doomed = []
         for key, value in self._locations.items():
-            mac = key.split("/", 2)[1][3:]
+            mac = parse_topic(key).mac  # every key was parsed on its way in
             if (
                 mac in macs
                 or value.controller_id in controllers
@@ -442,7 +457,7 @@ class Resolver:
             await self._flush_locked()
 
     async def _flush_locked(self) -> None:
-        metrics.CACHE_FLUSHES.inc()
+        self.metrics.cache_flushes.inc()
         self._locations.clear()
         self._templates.clear()
         if self.redis is not None:

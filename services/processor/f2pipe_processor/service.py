@@ -1,70 +1,119 @@
-"""`f2pipe processor`: settings, topics, then the Faust worker until SIGTERM/SIGINT."""
+"""The processor's flow, one raw record at a time. No Faust: faust_adapter.py drives it.
+
+    raw-iot-data record (one batch of MQTT messages)           handle()
+      -> BatchProcessor.process: parse -> batched lookup (memory, Redis, PostgreSQL) -> decode
+      -> output records: one processed-iot-data record + one dead letter per bad message
+      -> latest-value table: one update per device touched
+      -> delivered by librdkafka; the raw record is acked once Kafka acknowledged its output
+         and every earlier record's of its partition (acks.py); only acked offsets commit
+    every PROCESSOR_LATEST_FLUSH_SECONDS                        flush_latest()
+      -> the devices changed since the last flush go to the table's changelog
+    registry_changed notifications                              watch_registry()
+      -> the caches forget what changed (invalidation.py)
+
+A record is acked only once its output is delivered, so a crash, kill or PostgreSQL outage
+leaves its offset uncommitted and the record is processed again. Up to
+PROCESSOR_MAX_INFLIGHT records may await that acknowledgement at once, so a Kafka round trip
+does not stall decoding. Faust's worker owns the event loop and SIGTERM (``drain`` is what it
+waits for on shutdown and rebalance).
+"""
 
 from __future__ import annotations
 
-import logging
+import time
 from typing import Any
 
-import faust
-from confluent_kafka.admin import AdminClient
+from f2pipe_processor.acks import Ack, Holes, InFlight
+from f2pipe_processor.core import BatchProcessor
+from f2pipe_processor.metrics import ProcessorMetrics
+from f2pipe_processor.output import output_records
+from f2pipe_processor.ports import (
+    ChangeFeed,
+    Clock,
+    LatestStore,
+    LookupCache,
+    OutputProducer,
+    RegistryStatus,
+)
+from f2pipe_processor.resolver import Resolver
+from f2pipe_shared.settings import KafkaSettings
 
-from f2pipe_processor.app import create_app
-from f2pipe_processor.settings import Settings
-from f2pipe_shared.kafka import ensure_topics, pipeline_topics
-from f2pipe_shared.logs import configure_logging
-
-log = logging.getLogger(__name__)
-
-
-class _Worker(faust.Worker):
-    """Faust's worker with f2pipe's log lines instead of its colour logger and banner."""
-
-    def __init__(self, app: faust.App, config: Settings, **kwargs: Any) -> None:
-        self._f2pipe_common = config.common
-        super().__init__(app, quiet=True, redirect_stdouts=False, **kwargs)
-        self.spinner = None  # a terminal spinner writes escape codes into log files
-
-    def _setup_logging(self) -> None:
-        common = self._f2pipe_common
-        configure_logging("processor", common.log_level, common.log_format)
-        # Faust and aiokafka explain every rebalance step at INFO: keep them to warnings.
-        for noisy in ("faust", "mode", "aiokafka"):
-            logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+DRAIN_SECONDS = 10.0  # how long shutdown and rebalance wait for outputs in flight
 
 
-def raw_partitions(config: Settings) -> int:
-    """Partitions of the raw topic as it exists (it may predate KAFKA_RAW_PARTITIONS)."""
-    admin = AdminClient({"bootstrap.servers": config.kafka.kafka_bootstrap_servers})
-    topic = config.kafka.kafka_raw_topic
-    metadata = admin.list_topics(topic=topic, timeout=30)
-    return len(metadata.topics[topic].partitions)
+class ProcessorService:
+    def __init__(
+        self,
+        *,
+        kafka: KafkaSettings,
+        core: BatchProcessor,
+        output: OutputProducer,
+        latest: LatestStore,
+        inflight: InFlight,
+        holes: Holes,
+        listener: ChangeFeed,
+        resolver: Resolver,
+        registry: RegistryStatus,
+        cache: LookupCache,
+        metrics: ProcessorMetrics,
+        clock: Clock = time.time,
+    ) -> None:
+        self.raw_topic = kafka.kafka_raw_topic
+        self.processed_topic = kafka.kafka_processed_topic
+        self.dlq_topic = kafka.kafka_deadletter_topic
+        self.core = core
+        self.output = output
+        self.latest = latest
+        self.inflight = inflight
+        self.holes = holes
+        self.listener = listener
+        self.resolver = resolver
+        self.registry = registry
+        self.cache = cache
+        self.metrics = metrics
+        self._clock = clock
+        self.started_at = clock()
 
+    async def handle(self, partition: int, offset: int, value: bytes | None, ack: Ack) -> None:
+        """One raw record: process, output, latest values, deliver; ``ack`` when its turn comes."""
+        result = await self.core.process(partition, offset, value)
+        started = time.perf_counter()
+        records = output_records(result, self.processed_topic, self.dlq_topic, self.raw_topic)
+        self.latest.write(result.latest)
+        self.inflight.add(partition, self.output.deliver(records), ack=ack)
+        self.metrics.stage_seconds.labels("produce").inc(time.perf_counter() - started)
+        await self.inflight.wait_below_limit()
 
-def main() -> int:
-    config = Settings.load()
-    common = config.common
-    configure_logging("processor", common.log_level, common.log_format)
-    ensure_topics(config.kafka, pipeline_topics(config.kafka))
-    partitions = raw_partitions(config)
-    app, runtime = create_app(config, partitions)
-    log.info(
-        "processor starting",
-        extra={
-            "app_id": config.processor.processor_app_id,
-            "raw_topic": config.kafka.kafka_raw_topic,
-            "partitions": partitions,
-            "port": config.port,
-        },
-    )
-    worker = _Worker(app, config, loglevel=common.log_level)
-    code = 0
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0
-    finally:
-        left = runtime.output.close()
-        if left:
-            log.warning("output left unacknowledged at exit: reprocessed on restart",
-                        extra={"records": left})  # fmt: skip
-    return code
+    async def flush_latest(self) -> None:
+        """The latest-value changes since the last flush, to the changelog (not acked)."""
+        records = self.latest.flush()
+        if records:
+            await self.output.deliver(records)
+
+    async def watch_registry(self) -> None:
+        """Apply registry changes to the caches until cancelled."""
+        await self.listener.run()
+
+    async def drain(self) -> None:
+        """Wait (bounded) for the outputs in flight, so their records get acked."""
+        await self.inflight.drain(DRAIN_SECONDS)
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        registry_ok = self.registry.down_since is None
+        holes = self.holes.seen
+        cache = self.cache
+        details: dict[str, Any] = {
+            "registry": "up" if registry_ok else f"down: {self.registry.last_error}",
+            "listener": "listening" if self.listener.connected else "disconnected",
+            "redis": "up" if cache.up else f"down (PostgreSQL answers): {cache.last_error}",
+            "output_failures": self.output.failures,
+            "inflight_records": len(self.inflight),
+            "cached_entries": self.resolver.cached,
+            "uptime_s": round(self._clock() - self.started_at),
+        }
+        if holes:
+            # Records Faust skipped wait uncommitted: a restart processes them.
+            details["skipped_by_faust"] = f"{holes} hole(s): restart this worker"
+        # Redis down degrades, it does not stop processing: still healthy.
+        healthy = registry_ok and self.listener.connected and not holes
+        return healthy and self.output.failures == 0, details

@@ -1,7 +1,7 @@
 """One simulated F2 Smart Controller: its sensors, inputs and outputs, and its commands.
 
-What it publishes is built here, independent of MQTT (a ``Sink`` takes the messages), so
-the behaviour can be tested with a fake clock:
+What it publishes is built here, independent of MQTT (a ``MessageOutlet`` takes the
+messages, ``Timers`` schedule them), so the behaviour can be tested with a fake clock:
 
 - sensors (``sensor-<n>``): a Modbus RTU frame every publish interval, from ``SensorModel``;
 - door sensors, exit buttons, motion sensors: state changes at random, realistic intervals
@@ -22,9 +22,8 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, TypeAlias
+from typing import TypeAlias
 
 from f2pipe_shared.decoding import format_hex_frame
 from f2pipe_shared.payloads import (
@@ -44,56 +43,19 @@ from f2pipe_shared.payloads import (
 )
 from f2pipe_shared.timestamps import format_device_timestamp, from_epoch_us
 from f2pipe_shared.topics import ComponentKind, Topic, TopicError, make_topic, parse_topic
+from f2pipe_simulator.messages import CommandOutcome, Message
+from f2pipe_simulator.ports import Cancellable, MessageOutlet, Timers
 from f2pipe_simulator.registry import Component, ControllerSpec
-from f2pipe_simulator.signals import SensorModel
+from f2pipe_simulator.sensors import SensorModel
+
+# Message and CommandOutcome are what a controller produces: importable from here too.
+__all__ = ["CommandOutcome", "Controller", "Message", "Stamper"]
 
 READER_SIGNALS = {1: "success", 2: "fail_1", 3: "fail_2"}
 
 
 # What a state change publishes: the payload, the state (None for scans), the scanned data.
 Change: TypeAlias = tuple[bytes, dict[str, bool] | None, str | None]
-
-
-class Cancellable(Protocol):
-    def cancel(self) -> None: ...
-
-
-class Timers(Protocol):
-    """What the controller needs of a clock: asyncio's event loop, or a fake in tests."""
-
-    def time(self) -> float: ...
-
-    def call_at(self, when: float, callback: Callable[[], object]) -> Cancellable: ...
-
-
-@dataclass(slots=True)
-class Message:
-    """One message to publish, with what it means (for the ledger)."""
-
-    kind: ComponentKind
-    mac: str
-    component: Component
-    topic: str
-    payload: bytes
-    timestamp: str
-    readings: dict[str, float] = field(default_factory=dict)
-    state: dict[str, bool] | None = None
-    data: str | None = None
-    seq: int = 0
-
-
-class Sink(Protocol):
-    def publish(self, message: Message) -> bool: ...
-
-
-@dataclass(slots=True)
-class CommandOutcome:
-    """What a command did: ``result`` and ``kind`` are metric labels."""
-
-    result: str  # answered, reported, signalled, invalid, wrong_mode, ignored
-    kind: str  # the component kind (strike, siren, reader), "unknown" for a bad topic
-    detail: str = ""
-    answers: int = 0
 
 
 class Stamper:
@@ -246,13 +208,13 @@ class _Sensor:
 
 
 class Controller:
-    """A controller's behaviour; ``sink`` publishes what it says, ``timers`` schedule it."""
+    """A controller's behaviour; ``outlet`` publishes what it says, ``timers`` schedule it."""
 
     def __init__(
         self,
         spec: ControllerSpec,
         *,
-        sink: Sink,
+        outlet: MessageOutlet,
         timers: Timers,
         stamper: Stamper,
         rng: random.Random,
@@ -262,7 +224,7 @@ class Controller:
     ) -> None:
         self.spec = spec
         self.mac = spec.mac
-        self.sink = sink
+        self.outlet = outlet
         self.timers = timers
         self.stamper = stamper
         self.rng = rng
@@ -360,7 +322,7 @@ class Controller:
         def tick() -> None:
             # The next one first (a fixed cadence, no drift), so nothing can break the chain.
             self._schedule_sensor(sensor, max(when + self.publish_interval, self.timers.time()))
-            self.sink.publish(self.sensor_message(sensor))
+            self.outlet.publish(self.sensor_message(sensor))
 
         self._handles[sensor] = self.timers.call_at(when, tick)
 
@@ -374,7 +336,7 @@ class Controller:
     def _fire(self, source: _Source) -> None:
         message = self.source_message(source)  # the change first: the next delay depends on it
         self._schedule_source(source)
-        self.sink.publish(message)
+        self.outlet.publish(message)
         # Someone pressed the exit button: most of the time the door opens a moment later.
         if isinstance(source, _ExitButtons) and any(source.pressed):
             self._maybe_open_door(source.component.connector, 0.7)
@@ -473,7 +435,7 @@ class Controller:
         topic = make_topic("stat", self.mac, command.connector, command.component).format()
         ts = self.stamper.stamp(topic, virtual=False)
         state = {"status": status}
-        self.sink.publish(
+        self.outlet.publish(
             Message(
                 command.component_kind,
                 self.mac,

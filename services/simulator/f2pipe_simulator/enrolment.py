@@ -8,6 +8,9 @@ Enrolment runs a small pool of concurrent requests (``concurrency``) over one HT
 connection pool: certgen spends ~30 ms of scrypt per claim code, so a handful in flight keeps
 its cores busy without queueing hundreds of requests. 429 and 503 are retried after
 Retry-After, network errors with backoff; other refusals fail that controller only.
+
+``CertgenEnrolment`` is the `ports.EnrolmentEndpoint` of production: ``enrol_all`` with a
+state directory, certgen's URL and the limits from the settings.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -89,6 +92,40 @@ class EnrolmentError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+
+
+class CertgenEnrolment:
+    """Enrolment through certgen; keys and certificates in ``state`` (created if missing)."""
+
+    def __init__(
+        self,
+        certgen_url: str,
+        state: StateDir,
+        *,
+        concurrency: int,
+        renew_before: timedelta,
+        on_result: Callable[[str], None] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.certgen_url = certgen_url
+        self.state = state
+        self.concurrency = concurrency
+        self.renew_before = renew_before
+        self.on_result = on_result
+        self.transport = transport
+
+    async def enrol(self, macs: Sequence[str], codes: Mapping[str, str]) -> EnrolmentReport:
+        self.state.create()
+        return await enrol_all(
+            macs,
+            codes,
+            self.state,
+            self.certgen_url,
+            concurrency=self.concurrency,
+            renew_before=self.renew_before,
+            on_result=self.on_result,
+            transport=self.transport,
+        )
 
 
 async def enrol_all(

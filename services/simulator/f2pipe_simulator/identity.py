@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import ssl
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -103,6 +104,14 @@ class StateDir:
         except (ValueError, TypeError, InvalidSignature):
             return False
         return True
+
+    def client_context(self, cn: str, ca_file: Path | None = None) -> ssl.SSLContext:
+        """TLS for controller ``cn``: its key and certificate; the broker's checked against
+        ``ca_file``, by default the CA certgen returned (``ca.crt``)."""
+        context = ssl.create_default_context(cafile=str(ca_file or self.ca_file))
+        files = self.files(cn)
+        context.load_cert_chain(files.cert, files.key)
+        return context
 
 
 def make_csr(cn: str, key: ec.EllipticCurvePrivateKey) -> str:

@@ -14,6 +14,9 @@ One object per line, told apart by ``type``:
 
 Only acknowledged messages are ``publish`` lines: those the broker has, and so everything a
 subscriber with a persistent session (the bridge) must receive.
+
+The file is created by ``header``, when the controllers start: a run that only enrols, or is
+stopped while enrolling, writes none.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any
 
-from f2pipe_simulator.controller import CommandOutcome, Message
-from f2pipe_simulator.registry import ControllerSpec, Template
+from f2pipe_shared.registry import Template
+from f2pipe_simulator.messages import CommandOutcome, Message
+from f2pipe_simulator.registry import ControllerSpec
 
 FORMAT_VERSION = 1
 
@@ -32,13 +36,15 @@ FORMAT_VERSION = 1
 class Ledger:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._out: IO[str] = path.open("w", encoding="utf-8", buffering=1 << 20)
+        self._out: IO[str] | None = None
         self.kinds: Counter[str] = Counter()
         self.readings = 0
         self.commands = 0
 
     def header(self, fleet: list[ControllerSpec], **run: Any) -> None:
+        """Create the file and write the first line: ``run``'s parameters, the templates."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._out = self.path.open("w", encoding="utf-8", buffering=1 << 20)
         templates: dict[int, Template] = {}
         for controller in fleet:
             for component in controller.components:
@@ -114,10 +120,13 @@ class Ledger:
         )
 
     def flush(self) -> None:
-        self._out.flush()
+        if self._out is not None:
+            self._out.flush()
 
     def close(self) -> None:
-        self._out.close()
+        if self._out is not None:
+            self._out.close()
 
     def _write(self, line: dict[str, Any]) -> None:
+        assert self._out is not None, "the header comes first"
         self._out.write(json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n")

@@ -16,6 +16,9 @@ unchanged; tests pin this behaviour for the paho version in use.
 Reconnection: exponential backoff with jitter (``Backoff``), for the first connection and
 after every loss; at most ``gate`` handshakes run at once, so a broker restart is followed by
 a paced reconnection of the whole fleet rather than a thundering herd.
+
+``PahoBroker`` (the `ports.Broker` of production) opens each controller's ``Connection`` with
+what they all share: the broker's address, the handshake gate, the backoff, the metrics.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from f2pipe_simulator import metrics
-from f2pipe_simulator.controller import Message
+from f2pipe_simulator.messages import Message
+from f2pipe_simulator.metrics import SimulatorMetrics
+from f2pipe_simulator.ports import AckHandler, CommandHandler
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +71,7 @@ _jitter = random.Random()
 
 
 @dataclass(frozen=True, slots=True)
-class Endpoint:
+class BrokerAddress:
     host: str
     port: int
     keepalive: int = 30
@@ -97,13 +101,13 @@ class DeviceClient(mqtt.Client):
         self._sock_close()
 
 
-async def open_socket(endpoint: Endpoint, context: ssl.SSLContext | None) -> socket.socket:
+async def open_socket(broker: BrokerAddress, context: ssl.SSLContext | None) -> socket.socket:
     """A connected socket to the broker, TLS handshake done, without blocking the loop."""
     loop = asyncio.get_running_loop()
-    sock = await _connect_tcp(loop, endpoint)
+    sock = await _connect_tcp(loop, broker)
     if context is None:
         return sock
-    tls = context.wrap_socket(sock, server_hostname=endpoint.host, do_handshake_on_connect=False)
+    tls = context.wrap_socket(sock, server_hostname=broker.host, do_handshake_on_connect=False)
     try:
         while True:
             try:
@@ -118,9 +122,9 @@ async def open_socket(endpoint: Endpoint, context: ssl.SSLContext | None) -> soc
         raise
 
 
-async def _connect_tcp(loop: asyncio.AbstractEventLoop, endpoint: Endpoint) -> socket.socket:
+async def _connect_tcp(loop: asyncio.AbstractEventLoop, broker: BrokerAddress) -> socket.socket:
     last: OSError | None = None
-    for family, kind, proto, _, address in await _addresses(loop, endpoint):
+    for family, kind, proto, _, address in await _addresses(loop, broker):
         sock = socket.socket(family, kind, proto)
         try:
             sock.setblocking(False)
@@ -134,26 +138,26 @@ async def _connect_tcp(loop: asyncio.AbstractEventLoop, endpoint: Endpoint) -> s
             sock.close()
             raise
         return sock
-    raise last or OSError(f"{endpoint.host}: no address")
+    raise last or OSError(f"{broker.host}: no address")
 
 
 _RESOLVED: dict[tuple[str, int], list[Any]] = {}
 
 
-async def _addresses(loop: asyncio.AbstractEventLoop, endpoint: Endpoint) -> list[Any]:
-    key = (endpoint.host, endpoint.port)
+async def _addresses(loop: asyncio.AbstractEventLoop, broker: BrokerAddress) -> list[Any]:
+    key = (broker.host, broker.port)
     try:
-        ip = ipaddress.ip_address(endpoint.host)
+        ip = ipaddress.ip_address(broker.host)
     except ValueError:
         # Resolved once per run and again after a failure: a thousand lookups on every
         # broker restart would be a thousand trips through the resolver's thread pool.
         if key not in _RESOLVED:
             _RESOLVED[key] = list(
-                await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
+                await loop.getaddrinfo(broker.host, broker.port, type=socket.SOCK_STREAM)
             )
         return _RESOLVED[key]
     family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-    return [(family, socket.SOCK_STREAM, 0, "", (endpoint.host, endpoint.port))]
+    return [(family, socket.SOCK_STREAM, 0, "", (broker.host, broker.port))]
 
 
 async def _ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, write: bool) -> None:
@@ -177,8 +181,43 @@ async def _ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, write:
             loop.remove_reader(fd)
 
 
-CommandHandler = Callable[["Connection", str, bytes], None]
-AckHandler = Callable[[Message, bool], None]
+class PahoBroker:
+    """Opens controllers' connections to one broker (`ports.Broker`)."""
+
+    def __init__(
+        self,
+        address: BrokerAddress,
+        *,
+        contexts: Callable[[str], ssl.SSLContext] | None,
+        connect_concurrency: int,
+        backoff: Backoff,
+        queue_size: int,
+        metrics: SimulatorMetrics,
+    ) -> None:
+        """``contexts`` gives a controller's TLS context by CN; None: plain MQTT."""
+        self.address = address
+        self.contexts = contexts
+        self.connect_concurrency = connect_concurrency
+        self.backoff = backoff
+        self.queue_size = queue_size
+        self.metrics = metrics
+        self._gate: asyncio.Semaphore | None = None
+
+    def connection(self, cn: str, *, on_command: CommandHandler, on_ack: AckHandler) -> Connection:
+        """A connection for controller ``cn``, made on the running loop; its ``run`` connects."""
+        if self._gate is None:  # one gate for every connection: handshakes in flight at once
+            self._gate = asyncio.Semaphore(self.connect_concurrency)
+        return Connection(
+            cn,
+            self.address,
+            None if self.contexts is None else self.contexts(cn),
+            gate=self._gate,
+            backoff=self.backoff,
+            queue_size=self.queue_size,
+            on_command=on_command,
+            on_ack=on_ack,
+            metrics=self.metrics,
+        )
 
 
 class Connection:
@@ -187,7 +226,7 @@ class Connection:
     def __init__(
         self,
         cn: str,
-        endpoint: Endpoint,
+        broker: BrokerAddress,
         context: ssl.SSLContext | None,
         *,
         gate: asyncio.Semaphore,
@@ -195,15 +234,17 @@ class Connection:
         queue_size: int,
         on_command: CommandHandler,
         on_ack: AckHandler,
+        metrics: SimulatorMetrics,
         inflight: int = 100,
     ) -> None:
         self.cn = cn
-        self.endpoint = endpoint
+        self.broker = broker
         self.context = context
         self.gate = gate
         self.backoff = backoff
         self.on_command = on_command
         self.on_ack = on_ack
+        self.metrics = metrics
         self.connected = False
         self.ever_connected = asyncio.Event()
         self.last_error: str | None = None  # kind of the last failed attempt, while failing
@@ -230,7 +271,7 @@ class Connection:
         # fifth of the CPU time with a thousand connections.
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
-        client.connect_async(endpoint.host, endpoint.port, endpoint.keepalive, clean_start=True)
+        client.connect_async(broker.host, broker.port, broker.keepalive, clean_start=True)
 
     # --- publishing ------------------------------------------------------------------------
 
@@ -244,7 +285,7 @@ class Connection:
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             return False
         self.pending[info.mid] = message
-        metrics.OUTSTANDING.inc()
+        self.metrics.outstanding.inc()
         self._sync_writer()
         return True
 
@@ -267,21 +308,21 @@ class Connection:
                         break
                     await self._connect()
             except ConnectFailure as exc:
-                metrics.CONNECTS.labels(exc.kind).inc()
+                self.metrics.connects.labels(exc.kind).inc()
                 self.last_error = exc.kind
                 log.debug("connection attempt failed", extra={"cn": self.cn, "error": str(exc)})
                 attempt += 1
                 continue
-            metrics.CONNECTS.labels("ok").inc()
+            self.metrics.connects.labels("ok").inc()
             attempt = 1  # after a loss, the first retry waits a little too: jitter spreads them
             await self._wake.wait()
             if not self.stopping():
-                metrics.DISCONNECTS.inc()
+                self.metrics.disconnects.inc()
 
     async def _connect(self) -> None:
-        timeout = self.endpoint.timeout
+        timeout = self.broker.timeout
         try:
-            sock = await asyncio.wait_for(open_socket(self.endpoint, self.context), timeout)
+            sock = await asyncio.wait_for(open_socket(self.broker, self.context), timeout)
         except ssl.SSLError as exc:
             raise ConnectFailure("tls", exc.reason or str(exc)) from None
         except TimeoutError:
@@ -354,7 +395,7 @@ class Connection:
         self.connected = True
         self.last_error = None
         self.ever_connected.set()
-        metrics.CONNECTED.inc()
+        self.metrics.connected.inc()
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
@@ -372,7 +413,7 @@ class Connection:
         self._closed.set()
         if self.connected:
             self.connected = False
-            metrics.CONNECTED.dec()
+            self.metrics.connected.dec()
             if not self._stopping:
                 log.debug("connection lost", extra={"cn": self.cn, "reason": str(reason)})
         self._wake.set()
@@ -388,11 +429,11 @@ class Connection:
         message = self.pending.pop(mid, None)
         if message is None:
             return
-        metrics.OUTSTANDING.dec()
+        self.metrics.outstanding.dec()
         self.on_ack(message, not reason.is_failure)
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
-        self.on_command(self, msg.topic, bytes(msg.payload))
+        self.on_command(self.cn, msg.topic, bytes(msg.payload))
 
     # --- sockets on the asyncio loop ---------------------------------------------------------
 

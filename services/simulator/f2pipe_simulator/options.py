@@ -1,9 +1,36 @@
-"""The command line of `f2pipe simulator` (argparse only: `f2pipe --help` stays fast)."""
+"""The command line of `f2pipe simulator`: its arguments, and the ``Options`` of a run
+(`main.options_from` fills in the environment's defaults)."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+
+DEFAULT_METRICS_PORT = 9104
+
+
+@dataclass(frozen=True)
+class Options:
+    """What this run does: the command line over the environment's defaults."""
+
+    state_dir: Path
+    certgen_url: str
+    seed: int
+    claim_codes: Path | None = None
+    controllers: int | None = None
+    shard: tuple[int, int] | None = None
+    macs: list[str] | None = None
+    enrol_only: bool = False
+    load: bool = False
+    rate: float | None = None
+    count: int | None = None
+    duration: float | None = None
+    event_share: float = 0.1
+    start_time: datetime | None = None
+    ledger: Path | None = None
+    metrics_port: int = DEFAULT_METRICS_PORT
 
 
 def _positive_float(text: str) -> float:

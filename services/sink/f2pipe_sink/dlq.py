@@ -1,4 +1,8 @@
-"""The sink's dead letters, delivered before the offsets of their records are committed."""
+"""The sink's dead letters, delivered before the offsets of their records are committed.
+
+`DeadLetterSender` holds the logic over any `ports.RecordProducer`; `DeadLetterProducer` is
+the same over a real confluent-kafka Producer configured from the settings.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,12 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from f2pipe_shared.deadletters import DeadLetter
 from f2pipe_shared.kafka import kafka_error, producer_config, record_refused
 from f2pipe_shared.settings import KafkaSettings
+from f2pipe_sink.ports import DeliveryCallback, RecordProducer
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +25,13 @@ class DeadLetterError(Exception):
     """Kafka did not confirm a dead letter: the batch must not be committed yet."""
 
 
-class DeadLetterProducer:
-    def __init__(self, settings: KafkaSettings, timeout: float = 15.0, **overrides: Any) -> None:
-        self.topic = settings.kafka_deadletter_topic
+class DeadLetterSender:
+    """Dead letters produced to `topic` and confirmed, each send waiting up to `timeout`."""
+
+    def __init__(self, producer: RecordProducer, topic: str, timeout: float = 15.0) -> None:
+        self.topic = topic
         self._timeout = timeout
-        self._producer = Producer(
-            producer_config(settings, **{"client.id": "f2pipe-sink-dlq", **overrides})
-        )
+        self._producer = producer
 
     def send(self, letters: Sequence[DeadLetter]) -> None:
         """Produce and wait for every acknowledgement; DeadLetterError if any failed.
@@ -60,7 +65,7 @@ class DeadLetterProducer:
         refused: list[DeadLetter] = []
         failures: list[str] = []
 
-        def delivered(letter: DeadLetter, err: KafkaError | None, _msg: Message | None) -> None:
+        def delivered(letter: DeadLetter, err: KafkaError | None, _msg: object) -> None:
             if record_refused(err) and letter.original:
                 refused.append(letter)
             elif err is not None:
@@ -79,7 +84,7 @@ class DeadLetterProducer:
             )
         return refused
 
-    def _produce(self, letter: DeadLetter, delivered: Any) -> None:
+    def _produce(self, letter: DeadLetter, delivered: DeliveryCallback) -> None:
         headers: list[tuple[str, str | bytes | None]] = list(letter.headers())
         while True:
             try:
@@ -96,3 +101,11 @@ class DeadLetterProducer:
 
     def close(self) -> None:
         self._producer.flush(self._timeout)
+
+
+class DeadLetterProducer(DeadLetterSender):
+    """Over a confluent-kafka Producer; `overrides` are librdkafka settings (tests)."""
+
+    def __init__(self, settings: KafkaSettings, timeout: float = 15.0, **overrides: Any) -> None:
+        config = producer_config(settings, **{"client.id": "f2pipe-sink-dlq", **overrides})
+        super().__init__(Producer(config), settings.kafka_deadletter_topic, timeout)

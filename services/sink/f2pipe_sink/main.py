@@ -1,11 +1,28 @@
-"""`f2pipe sink`: every setting comes from the environment (docs/configuration.md)."""
+"""`f2pipe sink`: every setting comes from the environment (docs/configuration.md).
+
+`build()` is the one place that constructs the real adapters (confluent-kafka's Consumer,
+the Writer, the DeadLetterProducer); `main()` runs what it built.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Sequence
 
-from f2pipe_sink.service import main as run
+from confluent_kafka import Consumer, KafkaException
+
+from f2pipe_shared.kafka import consumer_config, ensure_topics
+from f2pipe_shared.logs import configure_logging
+from f2pipe_shared.observability import ObservabilityServer, on_shutdown_signal
+from f2pipe_sink.dlq import DeadLetterProducer
+from f2pipe_sink.metrics import SinkMetrics
+from f2pipe_sink.ports import DeadLetters, RecordConsumer, RowWriter
+from f2pipe_sink.service import SinkService
+from f2pipe_sink.settings import Settings
+from f2pipe_sink.writer import Writer
+
+log = logging.getLogger("f2pipe_sink")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -15,6 +32,66 @@ def parser() -> argparse.ArgumentParser:
     )
 
 
+def build(
+    settings: Settings,
+    *,
+    consumer: RecordConsumer | None = None,
+    writer: RowWriter | None = None,
+    dead_letters: DeadLetters | None = None,
+) -> SinkService:
+    """The sink with its own metrics; an adapter not passed in is the real one."""
+    kafka, sink = settings.kafka, settings.sink
+    if consumer is None:
+        consumer = Consumer(
+            consumer_config(kafka, sink.sink_group_id, **{"client.id": "f2pipe-sink"})
+        )
+    if writer is None:
+        writer = Writer(settings.conninfo)
+    if dead_letters is None:
+        dead_letters = DeadLetterProducer(kafka)
+    return SinkService(
+        sink,
+        kafka.kafka_processed_topic,
+        consumer=consumer,
+        writer=writer,
+        dead_letters=dead_letters,
+        metrics=SinkMetrics(),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser().parse_args(argv)
-    return run()
+    settings = Settings.load()
+    kafka, sink = settings.kafka, settings.sink
+    configure_logging("sink", settings.common.log_level, settings.common.log_format)
+
+    try:
+        topics = {kafka.kafka_processed_topic: kafka.kafka_processed_partitions}
+        topics[kafka.kafka_deadletter_topic] = kafka.kafka_processed_partitions
+        ensure_topics(kafka, topics)
+    except KafkaException as exc:
+        log.error("kafka unreachable", extra={"error": str(exc)})
+        return 1
+
+    service = build(settings)
+    server = ObservabilityServer(
+        settings.observability.metrics_host,
+        settings.metrics_port,
+        service.health,
+        service.metrics.registry,
+    ).start()
+    on_shutdown_signal(service.stop)
+    log.info(
+        "sink started",
+        extra={
+            "topic": service.topic,
+            "group": sink.sink_group_id,
+            "batch_size": sink.batch_size,
+            "flush_interval": sink.flush_interval,
+            "metrics_port": server.port,
+        },
+    )
+    try:
+        return service.run()
+    finally:
+        server.stop()

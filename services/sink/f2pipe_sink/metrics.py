@@ -21,7 +21,7 @@ from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from f2pipe_shared.deadletters import DeadLetter, Reason
-from f2pipe_sink.batcher import Batch
+from f2pipe_sink.batch import Batch
 from f2pipe_sink.writer import WriteResult
 
 log = logging.getLogger("f2pipe_sink")

@@ -23,17 +23,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from f2pipe_shared import settings as s
-from f2pipe_shared.kafka import consumer_config, ensure_topics
-from f2pipe_shared.logs import configure_logging
-from f2pipe_shared.observability import ObservabilityServer, on_shutdown_signal
-from f2pipe_sink.batcher import Batch, Partition, dead_letter, take
-from f2pipe_sink.dlq import DeadLetterError, DeadLetterProducer
+from f2pipe_sink.batch import Batch, Partition, dead_letter, take
+from f2pipe_sink.dlq import DeadLetterError
 from f2pipe_sink.metrics import SinkMetrics
-from f2pipe_sink.settings import Settings, SinkSettings
-from f2pipe_sink.writer import DatabaseUnavailable, Writer
+from f2pipe_sink.ports import Clock, ConsumedRecord, DeadLetters, RecordConsumer, RowWriter
+from f2pipe_sink.settings import SinkSettings
+from f2pipe_sink.writer import DatabaseUnavailable
 
 log = logging.getLogger("f2pipe_sink")
 
@@ -43,36 +40,33 @@ PING_SECONDS = 5.0  # an idle sink checks the database this often, for /healthz
 DRAIN_MESSAGES = 1000  # records taken from the local queue per call
 
 
-class Sink:
+class SinkService:
+    """One sink: consumes `topic`, writes with `writer`, dead-letters with `dead_letters`.
+
+    main.build() hands it the real adapters; unit tests hand it fakes of the same ports.
+    """
+
     def __init__(
         self,
-        kafka: s.KafkaSettings,
-        sink: SinkSettings,
-        conninfo: str,
-        metrics: SinkMetrics,
+        settings: SinkSettings,
+        topic: str,
         *,
-        consumer: Consumer | None = None,
-        writer: Writer | None = None,
-        dlq: DeadLetterProducer | None = None,
+        consumer: RecordConsumer,
+        writer: RowWriter,
+        dead_letters: DeadLetters,
+        metrics: SinkMetrics,
+        clock: Clock = time,
     ) -> None:
-        self.topic = kafka.kafka_processed_topic
-        self.batch_size = sink.batch_size
-        self.flush_interval = sink.flush_interval
-        self.service = sink
+        self.topic = topic
+        self.batch_size = settings.batch_size
+        self.flush_interval = settings.flush_interval
+        self.settings = settings
+        self.consumer = consumer
+        self.writer = writer
+        self.dead_letters = dead_letters
         self.metrics = metrics
-        # The collaborators can be passed in for tests of the flow without servers.
-        self.consumer = consumer or Consumer(
-            consumer_config(
-                kafka,
-                sink.sink_group_id,
-                **{
-                    "client.id": "f2pipe-sink",
-                },
-            )
-        )
-        self.writer = writer or Writer(conninfo)
-        self.dlq = dlq or DeadLetterProducer(kafka)
-        self.batch = Batch()
+        self.clock = clock
+        self.batch = self._new_batch()
         self.assignment: set[Partition] = set()
         self.committed: dict[Partition, int] = {}
         self.consumed: dict[Partition, int] = {}
@@ -107,20 +101,21 @@ class Sink:
         self._stop.set()
 
     def _step(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self.held:
             # Keep polling while paused: it keeps the group membership alive and serves
             # rebalances; it returns no records of paused partitions.
             self._poll(min(max(self.retry_at - now, 0.0), IDLE_POLL_SECONDS))
             self._pause_new_partitions()
-            if self.held and time.monotonic() >= self.retry_at:
+            if self.held and self.clock.monotonic() >= self.retry_at:
                 self._flush()
             return
         deadline = self.batch.deadline(self.flush_interval)
         timeout = IDLE_POLL_SECONDS if deadline is None else min(deadline - now, IDLE_POLL_SECONDS)
         self._poll(max(timeout, 0.0))
-        now = time.monotonic()
-        if self.batch.due(now, self.batch_size, self.flush_interval):
+        now = self.clock.monotonic()
+        # Not when a write during the poll just failed: the retry waits for its backoff.
+        if not self.held and self.batch.due(now, self.batch_size, self.flush_interval):
             self._flush()
         elif not self.batch.records and now - self.last_ping >= PING_SECONDS:
             self._ping()
@@ -128,7 +123,7 @@ class Sink:
     def _poll(self, timeout: float) -> None:
         # Take whatever is already fetched without waiting; only an empty queue blocks, and
         # then only until the first record arrives (consume() would wait out its timeout).
-        messages: Sequence[Message] = self.consumer.consume(DRAIN_MESSAGES, 0)
+        messages: Sequence[ConsumedRecord] = self.consumer.consume(DRAIN_MESSAGES, 0)
         if not messages:
             message = self.consumer.poll(timeout)
             messages = [message] if message is not None else []
@@ -171,7 +166,7 @@ class Sink:
             letters = list(batch.dead_letters)
             if result is not None:
                 letters += [dead_letter(r.record, r.reason, r.detail) for r in result.rejected]
-            self.dlq.send(letters)
+            self.dead_letters.send(letters)
         except (DatabaseUnavailable, DeadLetterError) as exc:
             if isinstance(exc, DatabaseUnavailable):
                 self._database_down(exc)
@@ -182,7 +177,7 @@ class Sink:
             return False
         elapsed = time.perf_counter() - started
         self._commit(batch)
-        self.batch = Batch()
+        self.batch = self._new_batch()
         self._database_up()
         self.metrics.batch_done(batch, result, letters, elapsed)
         self.metrics.held_rows.set(self.batch.rows)
@@ -219,6 +214,9 @@ class Sink:
                 tp.topic, tp.partition, self.consumed.get(key, tp.offset), tp.offset
             )
 
+    def _new_batch(self) -> Batch:
+        return Batch(self.clock.monotonic)
+
     # -- outages -----------------------------------------------------------------------------
 
     def _hold(self) -> None:
@@ -231,8 +229,10 @@ class Sink:
             )
         self._pause_new_partitions()
         # Exponential backoff with jitter, so several sinks do not reconnect in step.
-        longest = self.service.sink_retry_max_seconds
-        self.retry_at = time.monotonic() + min(self.backoff, longest) * random.uniform(0.8, 1.2)
+        longest = self.settings.sink_retry_max_seconds
+        self.retry_at = self.clock.monotonic() + min(self.backoff, longest) * random.uniform(
+            0.8, 1.2
+        )
         self.backoff = min(self.backoff * 2, longest)
 
     def _pause_new_partitions(self) -> None:
@@ -251,7 +251,7 @@ class Sink:
         log.info("batch written after the outage, consuming again")
 
     def _ping(self) -> None:
-        self.last_ping = time.monotonic()
+        self.last_ping = self.clock.monotonic()
         try:
             self.writer.ping()
         except DatabaseUnavailable as exc:
@@ -274,19 +274,19 @@ class Sink:
 
     # -- rebalances --------------------------------------------------------------------------
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, _consumer: object, partitions: list[TopicPartition]) -> None:
         self.assignment |= {(tp.topic, tp.partition) for tp in partitions}
         self.metrics.assigned.set(len(self.assignment))
         log.info("partitions assigned", extra={"partitions": sorted(self.assignment)})
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, _consumer: object, partitions: list[TopicPartition]) -> None:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         # Still ours during this callback: write and commit what they contributed, if we can.
         if any(key in revoked for key in self.batch.next_offsets):
             self._flush(hold_on_failure=False)
         self._forget(revoked, "revoked")
 
-    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_lost(self, _consumer: object, partitions: list[TopicPartition]) -> None:
         # Lost (session timed out): someone else may own them already; commit nothing.
         self._forget({(tp.topic, tp.partition) for tp in partitions}, "lost")
 
@@ -320,22 +320,22 @@ class Sink:
 
     def _shutdown(self) -> int:
         """Write and commit what is held, retrying up to SINK_SHUTDOWN_TIMEOUT; then leave."""
-        give_up_at = time.monotonic() + self.service.sink_shutdown_timeout
+        give_up_at = self.clock.monotonic() + self.settings.sink_shutdown_timeout
         status = 0
         while self.batch.records and not self._flush():
-            if time.monotonic() >= give_up_at:
+            if self.clock.monotonic() >= give_up_at:
                 log.error(
                     "could not write the last batch before the shutdown timeout; nothing of "
                     "it was committed, the next sink reads it again",
                     extra={"rows": self.batch.rows},
                 )
-                self.batch = Batch()
+                self.batch = self._new_batch()
                 status = 1
                 break
-            self._poll(min(max(self.retry_at - time.monotonic(), 0.0), IDLE_POLL_SECONDS))
-            time.sleep(max(0.0, min(self.retry_at, give_up_at) - time.monotonic()))
+            self._poll(min(max(self.retry_at - self.clock.monotonic(), 0.0), IDLE_POLL_SECONDS))
+            self.clock.sleep(max(0.0, min(self.retry_at, give_up_at) - self.clock.monotonic()))
         self.consumer.close()  # leaves the group now, so the partitions move without a wait
-        self.dlq.close()
+        self.dead_letters.close()
         log.info("sink stopped", extra={"status": status})
         return status
 
@@ -355,38 +355,3 @@ class Sink:
             "held_rows": self.batch.rows,
         }
         return assigned > 0 and self.db_up is True, details
-
-
-def main() -> int:
-    settings = Settings.load()
-    kafka, sink = settings.kafka, settings.sink
-    configure_logging("sink", settings.common.log_level, settings.common.log_format)
-
-    try:
-        topics = {kafka.kafka_processed_topic: kafka.kafka_processed_partitions}
-        topics[kafka.kafka_deadletter_topic] = kafka.kafka_processed_partitions
-        ensure_topics(kafka, topics)
-    except KafkaException as exc:
-        log.error("kafka unreachable", extra={"error": str(exc)})
-        return 1
-
-    metrics = SinkMetrics()
-    app = Sink(kafka, sink, settings.conninfo, metrics)
-    server = ObservabilityServer(
-        settings.observability.metrics_host, settings.metrics_port, app.health, metrics.registry
-    ).start()
-    on_shutdown_signal(app.stop)
-    log.info(
-        "sink started",
-        extra={
-            "topic": app.topic,
-            "group": sink.sink_group_id,
-            "batch_size": sink.batch_size,
-            "flush_interval": sink.flush_interval,
-            "metrics_port": server.port,
-        },
-    )
-    try:
-        return app.run()
-    finally:
-        server.stop()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import psycopg
@@ -33,7 +33,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
 from f2pipe_shared.deadletters import Reason
-from f2pipe_sink.batcher import Record
+from f2pipe_sink.batch import Record
 from f2pipe_sink.rows import READING_ROW_BYTES, copy_payload
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class WriteResult(NamedTuple):
     committed_at: float  # time.time() when the last transaction committed
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """The database refused a part's data (SQLSTATE class 22 or 23)."""
 
     def __init__(self, reason: Reason, detail: str) -> None:
@@ -136,9 +136,12 @@ class Writer:
                 self._transaction(records, tally, direct=False)
                 # Nothing was already there: the replay is over, go back to plain COPY.
                 self.direct = tally.readings + tally.events == sum(r.rows for r in records)
-        except _Refused:
+        except Refused:
             merged = True
-            rejected = self._bisect_records(records, tally)
+            rejected = isolate_refused(
+                records,
+                lambda readings, events: self._write_rows(readings, events, tally, direct=False),
+            )
         return WriteResult(
             tally.readings, tally.events, rejected, tally.transactions, merged, time.time()
         )
@@ -159,22 +162,22 @@ class Writer:
     # -- transactions ------------------------------------------------------------------------
 
     def _transaction(self, records: Sequence[Record], tally: _Tally, *, direct: bool) -> None:
-        n_readings = sum(r.n_readings for r in records)
-        event_rows = [row for r in records for row in r.events]
-        readings = copy_payload([r.readings for r in records]) if n_readings else b""
-        self._write_rows(readings, n_readings, event_rows, tally, direct=direct)
+        readings, events = _rows_of(records)
+        self._write_rows(readings, events, tally, direct=direct)
 
     def _write_rows(
         self,
-        readings: bytes,
-        n_readings: int,
-        event_rows: list[bytes],
+        reading_chunks: Sequence[bytes],
+        event_rows: Sequence[bytes],
         tally: _Tally,
         *,
         direct: bool,
     ) -> None:
+        """One transaction: reading rows (chunks of COPY rows) and event rows, or none of them."""
+        n_readings = sum(map(len, reading_chunks)) // READING_ROW_BYTES
         if not n_readings and not event_rows:
             return
+        readings = copy_payload(reading_chunks) if n_readings else b""
         conn = self._connection()
         try:
             with conn.cursor() as cur:
@@ -201,7 +204,7 @@ class Writer:
             if direct:
                 raise
             # The merge path cannot meet the primary key; another unique index it can.
-            raise _Refused(Reason.constraint_violation, "unique violation") from None
+            raise Refused(Reason.constraint_violation, "unique violation") from None
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             self._rollback()
             reason = (
@@ -209,77 +212,13 @@ class Writer:
                 if isinstance(exc, psycopg.IntegrityError)
                 else Reason.invalid_record
             )
-            raise _Refused(reason, _describe(exc)) from None
+            raise Refused(reason, _describe(exc)) from None
         except psycopg.Error as exc:
             self._discard_connection()
             raise DatabaseUnavailable(_describe(exc)) from exc
         tally.readings += inserted_readings
         tally.events += inserted_events
         tally.transactions += 1
-
-    # -- isolating refused rows --------------------------------------------------------------
-
-    def _bisect_records(self, records: Sequence[Record], tally: _Tally) -> list[Rejection]:
-        """Write what can be written; one Rejection per record with refused rows."""
-        if len(records) == 1:
-            return self._bisect_rows(records[0], tally)
-        middle = len(records) // 2
-        rejected: list[Rejection] = []
-        for part in (records[:middle], records[middle:]):
-            try:
-                self._transaction(part, tally, direct=False)
-            except _Refused:
-                rejected += self._bisect_records(part, tally)
-        return rejected
-
-    def _bisect_rows(self, record: Record, tally: _Tally) -> list[Rejection]:
-        size = READING_ROW_BYTES
-        rows: list[tuple[bool, int, bytes]] = [
-            (True, i, record.readings[i * size : (i + 1) * size]) for i in range(record.n_readings)
-        ]
-        rows += [(False, i, row) for i, row in enumerate(record.events)]
-        refused: list[tuple[bool, int, _Refused]] = []
-        self._bisect(rows, tally, refused)
-        if not refused:  # refused as a whole, accepted in parts: nothing left to blame
-            return []
-        reason = refused[0][2].reason
-        parts = [
-            f"{'reading' if is_reading else 'event'} row {i}: {problem.detail}"
-            for is_reading, i, problem in refused
-        ]
-        detail = f"{len(refused)} of {record.rows} rows refused by the database: " + "; ".join(
-            parts
-        )
-        log.warning(
-            "database refused rows",
-            extra={
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "reason": str(reason),
-                "refused": len(refused),
-            },
-        )
-        return [Rejection(record, reason, detail)]
-
-    def _bisect(
-        self,
-        rows: list[tuple[bool, int, bytes]],
-        tally: _Tally,
-        refused: list[tuple[bool, int, _Refused]],
-    ) -> None:
-        readings = [row for is_reading, _, row in rows if is_reading]
-        events = [row for is_reading, _, row in rows if not is_reading]
-        try:
-            payload = copy_payload(readings) if readings else b""
-            self._write_rows(payload, len(readings), events, tally, direct=False)
-        except _Refused as exc:
-            if len(rows) == 1:
-                refused.append((rows[0][0], rows[0][1], exc))
-                return
-            middle = len(rows) // 2
-            self._bisect(rows[:middle], tally, refused)
-            self._bisect(rows[middle:], tally, refused)
 
     # -- connection --------------------------------------------------------------------------
 
@@ -311,6 +250,82 @@ class Writer:
                 conn.close()
             except psycopg.Error:
                 log.debug("closing a broken connection failed", exc_info=True)
+
+
+# -- isolating refused rows ------------------------------------------------------------------
+
+Transaction = Callable[[Sequence[bytes], Sequence[bytes]], None]
+"""Write reading rows (chunks of COPY rows) and event rows in one transaction on the merge
+path, or raise Refused: `Writer._write_rows`, or a fake in unit tests."""
+
+
+def isolate_refused(records: Sequence[Record], transaction: Transaction) -> list[Rejection]:
+    """Write what can be written; one Rejection per record with refused rows.
+
+    Bisects by records, then by rows of a refused record, each part in its own transaction.
+    """
+    if len(records) == 1:
+        return _isolate_rows(records[0], transaction)
+    middle = len(records) // 2
+    rejected: list[Rejection] = []
+    for part in (records[:middle], records[middle:]):
+        try:
+            transaction(*_rows_of(part))
+        except Refused:
+            rejected += isolate_refused(part, transaction)
+    return rejected
+
+
+def _isolate_rows(record: Record, transaction: Transaction) -> list[Rejection]:
+    size = READING_ROW_BYTES
+    rows: list[tuple[bool, int, bytes]] = [
+        (True, i, record.readings[i * size : (i + 1) * size]) for i in range(record.n_readings)
+    ]
+    rows += [(False, i, row) for i, row in enumerate(record.events)]
+    refused: list[tuple[bool, int, Refused]] = []
+    _bisect(rows, transaction, refused)
+    if not refused:  # refused as a whole, accepted in parts: nothing left to blame
+        return []
+    reason = refused[0][2].reason
+    parts = [
+        f"{'reading' if is_reading else 'event'} row {i}: {problem.detail}"
+        for is_reading, i, problem in refused
+    ]
+    detail = f"{len(refused)} of {record.rows} rows refused by the database: " + "; ".join(parts)
+    log.warning(
+        "database refused rows",
+        extra={
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "reason": str(reason),
+            "refused": len(refused),
+        },
+    )
+    return [Rejection(record, reason, detail)]
+
+
+def _bisect(
+    rows: list[tuple[bool, int, bytes]],
+    transaction: Transaction,
+    refused: list[tuple[bool, int, Refused]],
+) -> None:
+    readings = [row for is_reading, _, row in rows if is_reading]
+    events = [row for is_reading, _, row in rows if not is_reading]
+    try:
+        transaction(readings, events)
+    except Refused as exc:
+        if len(rows) == 1:
+            refused.append((rows[0][0], rows[0][1], exc))
+            return
+        middle = len(rows) // 2
+        _bisect(rows[:middle], transaction, refused)
+        _bisect(rows[middle:], transaction, refused)
+
+
+def _rows_of(records: Sequence[Record]) -> tuple[list[bytes], list[bytes]]:
+    """The records' reading chunks and event rows, in order."""
+    return [r.readings for r in records], [row for r in records for row in r.events]
 
 
 def _copy(table: str) -> str:

@@ -30,7 +30,7 @@ from f2pipe_shared.decoding import (
     compile_template,
     encode_value,
 )
-from f2pipe_simulator.registry import Datapoint, Template
+from f2pipe_shared.registry import Datapoint, Template
 
 DAY = 86_400.0
 _FLOAT32 = struct.Struct("<f")

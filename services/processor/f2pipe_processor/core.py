@@ -1,6 +1,6 @@
 """One raw-iot-data record in, one processed-iot-data record (plus dead letters) out.
 
-This is the processor's whole job for a record, independent of Faust: the agent, the tests
+This is the processor's whole job for a record, independent of Faust: the service, the tests
 and the benchmark all call ``BatchProcessor.process``. It never raises for bad input: a bad
 message is a dead letter, a bad record is a dead letter, and an unexpected error dead-letters
 the record rather than stopping the agent. The only thing it waits for is the registry
@@ -12,10 +12,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from f2pipe_processor import metrics
 from f2pipe_processor.decoder import (
     LatestValues,
     Rejected,
@@ -23,6 +21,8 @@ from f2pipe_processor.decoder import (
     decode_messages,
     parse_messages,
 )
+from f2pipe_processor.metrics import ProcessorMetrics
+from f2pipe_processor.ports import Clock
 from f2pipe_processor.resolver import Resolver
 from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
 from f2pipe_shared.records import FramingError, ProcessedBatch, decode_raw_batch
@@ -48,9 +48,12 @@ class BatchProcessor:
         source_topic: str,
         max_future_seconds: float,
         max_age_seconds: float,
-        clock: Callable[[], float] = time.time,
+        *,
+        metrics: ProcessorMetrics,
+        clock: Clock = time.time,
     ) -> None:
         self.resolver = resolver
+        self.metrics = metrics
         self._source_topic = source_topic
         self._max_future = max_future_seconds
         self._max_age = max_age_seconds
@@ -121,19 +124,19 @@ class BatchProcessor:
         # Still one processed record per raw record: the sink sees every source offset.
         return BatchResult(ProcessedBatch(partition, offset, [], []), [dead], {}, messages=0)
 
-    @staticmethod
-    def _count(result: BatchResult, seconds: float) -> None:
-        metrics.RECORDS.inc()
-        metrics.MESSAGES.inc(result.messages)
-        metrics.READINGS.inc(len(result.processed.readings))
-        metrics.EVENTS.inc(len(result.processed.events))
+    def _count(self, result: BatchResult, seconds: float) -> None:
+        metrics = self.metrics
+        metrics.records.inc()
+        metrics.messages.inc(result.messages)
+        metrics.readings.inc(len(result.processed.readings))
+        metrics.events.inc(len(result.processed.events))
         for reason, count in Counter(d.reason for d in result.dead_letters).items():
-            metrics.DEAD_LETTERS.labels(reason.value).inc(count)
+            metrics.dead_letters.labels(reason.value).inc(count)
         if result.dead_letters:
             log_dead_letters(result.dead_letters)
         for stage, spent in result.seconds.items():
-            metrics.STAGE_SECONDS.labels(stage).inc(spent)
-        metrics.BATCH_SECONDS.observe(seconds)
+            metrics.stage_seconds.labels(stage).inc(spent)
+        metrics.batch_seconds.observe(seconds)
 
 
 def log_dead_letters(dead: list[DeadLetter]) -> None:

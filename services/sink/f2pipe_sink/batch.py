@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import NamedTuple
 
 from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
@@ -91,9 +91,13 @@ def take(
 
 
 class Batch:
-    """Records (in consumption order), their dead letters, and the offsets to commit."""
+    """Records (in consumption order), their dead letters, and the offsets to commit.
 
-    def __init__(self) -> None:
+    `clock` (monotonic seconds) times the first record, for FLUSH_INTERVAL.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self.records: list[Record] = []
         self.dead_letters: list[DeadLetter] = []
         self.rows = 0
@@ -105,7 +109,7 @@ class Batch:
 
     def add(self, record: Record, dead: DeadLetter | None = None) -> None:
         if self.started is None:
-            self.started = time.monotonic()
+            self.started = self._clock()
         self.records.append(record)
         self.rows += record.rows
         if dead is not None:
@@ -130,7 +134,7 @@ class Batch:
     def without(self, partitions: Collection[Partition]) -> Batch:
         """The same batch minus everything from `partitions` (revoked or lost)."""
         gone = set(partitions)
-        kept = Batch()
+        kept = Batch(self._clock)
         for record in self.records:
             if (record.topic, record.partition) not in gone:
                 kept.add(record)

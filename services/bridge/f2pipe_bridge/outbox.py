@@ -1,0 +1,198 @@
+"""What goes to Kafka: batches to raw-iot-data, dead letters to iot-dead-letter.
+
+Every record is either confirmed by Kafka, and then each message in it is settled (handed to
+`settle`, which acknowledges it to the broker), or handled: a batch Kafka refuses is split in
+halves until the message it will not take is alone, and that one dead-lettered; a dead letter
+Kafka refuses goes again without the original's bytes; anything else (Kafka away, busy) is
+tried again after RETRY_DELAY_S. Nothing is dropped.
+
+Delivery callbacks run inside `poll`/`flush`, on the thread that calls them (the service's),
+so none of this state needs a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message
+
+from f2pipe_bridge.batcher import Batch
+from f2pipe_bridge.metrics import BridgeMetrics
+from f2pipe_bridge.ports import Clock, Inbound, RecordProducer
+from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
+from f2pipe_shared.kafka import kafka_error, record_refused
+from f2pipe_shared.records import RawMessage, encode_raw_batch
+from f2pipe_shared.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAY_S = 1.0
+
+Attempt = Callable[[], None]
+
+
+class Outbox:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        producer: RecordProducer,
+        metrics: BridgeMetrics,
+        clock: Clock,
+        settle: Callable[[Inbound], None],
+    ) -> None:
+        self.kafka = kafka
+        self.producer = producer
+        self.metrics = metrics
+        self.clock = clock
+        self.settle = settle
+        self.unconfirmed: dict[int, float] = {}  # id(batch) -> when it was produced
+        self.retries: list[tuple[float, Attempt]] = []  # (due, attempt)
+
+    # --- raw-iot-data -------------------------------------------------------------------
+
+    def send(self, batch: Batch) -> None:
+        value = encode_raw_batch(
+            [RawMessage(m.topic, m.payload, m.received_at_us) for m in batch.messages]
+        )
+        try:
+            self._produce(
+                self.kafka.kafka_raw_topic,
+                value,
+                partition=batch.partition,
+                on_delivery=partial(self._batch_delivered, batch),
+            )
+        except KafkaException as exc:
+            self._batch_failed(batch, kafka_error(exc))
+            return
+        self.unconfirmed[id(batch)] = self.clock.monotonic()
+        self.metrics.batch_size.observe(len(batch.messages))
+
+    def _batch_delivered(self, batch: Batch, err: KafkaError | None, _msg: Message) -> None:
+        self.unconfirmed.pop(id(batch), None)
+        if err is not None:
+            self.metrics.kafka_errors.labels(code=err.name()).inc()
+            log.error(
+                "Kafka did not confirm a batch",
+                extra={
+                    "error": str(err),
+                    "messages": len(batch.messages),
+                    "partition": batch.partition,
+                },
+            )
+            self._batch_failed(batch, err)
+            return
+        now_us = self.clock.time_ns() // 1000
+        for message in batch.messages:
+            self.metrics.delivery_latency.observe((now_us - message.received_at_us) / 1e6)
+            self.settle(message)
+        self.metrics.batches.inc()
+        self.metrics.produced.inc(len(batch.messages))
+
+    def _batch_failed(self, batch: Batch, err: KafkaError | None) -> None:
+        if not record_refused(err):
+            # Kafka is away or busy: the same record will go through later.
+            self._retry_later(partial(self.send, batch))
+            return
+        # Kafka refuses the record itself (its size, say): halve it until the message that
+        # cannot be sent is alone, and dead-letter that one.
+        if len(batch.messages) == 1:
+            code = err.name() if err is not None else "unknown"
+            self.dead_letter(batch.messages[0], Reason.unproducible, f"Kafka refused it: {code}")
+            return
+        half = len(batch.messages) // 2
+        for part in (batch.messages[:half], batch.messages[half:]):
+            self.send(Batch(batch.partition, messages=part))
+
+    # --- iot-dead-letter ----------------------------------------------------------------
+
+    def dead_letter(self, message: Inbound, reason: Reason, detail: str) -> None:
+        letter = DeadLetter(
+            stage=Stage.bridge,
+            reason=reason,
+            detail=detail,
+            original=message.payload,
+            mqtt_topic=message.topic,
+        )
+        log.warning(
+            "dead-lettered",
+            extra={"reason": reason.value, "topic": message.topic[:200], "detail": detail},
+        )
+        self._send_letter(message, letter)
+
+    def _send_letter(self, message: Inbound, letter: DeadLetter) -> None:
+        try:
+            self._produce(
+                self.kafka.kafka_deadletter_topic,
+                letter.original,
+                key=letter.key(),
+                headers=letter.headers(),
+                on_delivery=partial(self._letter_delivered, message, letter),
+            )
+        except KafkaException as exc:
+            self._letter_failed(message, letter, kafka_error(exc))
+
+    def _letter_delivered(
+        self, message: Inbound, letter: DeadLetter, err: KafkaError | None, _msg: Message
+    ) -> None:
+        if err is not None:
+            self.metrics.kafka_errors.labels(code=err.name()).inc()
+            self._letter_failed(message, letter, err)
+            return
+        self.metrics.dead_letters.labels(reason=letter.reason.value).inc()
+        self.settle(message)
+
+    def _letter_failed(self, message: Inbound, letter: DeadLetter, err: KafkaError | None) -> None:
+        if record_refused(err) and letter.original:
+            # Even the preview is too much for the topic: keep reason, size and sha256.
+            self._send_letter(message, letter.stripped())
+        else:
+            self._retry_later(partial(self._send_letter, message, letter))
+
+    # --- the producer -------------------------------------------------------------------
+
+    def _produce(self, topic: str, value: bytes, **kwargs: Any) -> None:
+        """Produce, waiting while librdkafka's queue is full; KafkaException for the rest."""
+        while True:
+            try:
+                self.producer.produce(topic, value, **kwargs)
+                return
+            except BufferError:
+                # librdkafka's local queue is full (Kafka slow or away): serve callbacks
+                # until there is room. MQTT flow control holds the rest at the broker.
+                self.producer.poll(0.1)
+
+    def poll(self) -> None:
+        """Serve Kafka's delivery callbacks that are ready, without waiting."""
+        self.producer.poll(0)
+
+    def flush(self, batches: Iterable[Batch], timeout: float) -> int:
+        """Send these batches and every waiting retry now, then wait up to `timeout` for Kafka;
+        the number of records it did not confirm."""
+        retries, self.retries = self.retries, []
+        for batch in batches:
+            self.send(batch)
+        for _, attempt in retries:
+            attempt()
+        return self.producer.flush(timeout)
+
+    def oldest_unconfirmed(self) -> float | None:
+        """When the batch waiting longest for Kafka's confirmation was produced (monotonic)."""
+        return min(self.unconfirmed.values(), default=None)
+
+    # --- later --------------------------------------------------------------------------
+
+    def _retry_later(self, attempt: Attempt) -> None:
+        self.retries.append((self.clock.monotonic() + RETRY_DELAY_S, attempt))
+
+    def resend_due(self) -> None:
+        """Try again what failed at least RETRY_DELAY_S ago."""
+        if not self.retries:
+            return
+        now = self.clock.monotonic()
+        due = [a for t, a in self.retries if t <= now]
+        self.retries = [(t, a) for t, a in self.retries if t > now]
+        for attempt in due:
+            attempt()

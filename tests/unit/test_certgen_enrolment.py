@@ -1,0 +1,454 @@
+"""certgen's enrolment decisions against a fake registry and a fake clock, no PostgreSQL; and
+the app's dependencies wired around them."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from fastapi import FastAPI
+
+from f2pipe_certgen.app import create_app
+from f2pipe_certgen.ca import CertificateAuthority, IssuedCertificate, RevokedEntry
+from f2pipe_certgen.enrolment import Enrolment
+from f2pipe_certgen.lockout import LockoutPolicy, Lockouts
+from f2pipe_certgen.metrics import CertgenMetrics
+from f2pipe_certgen.ports import (
+    CertificateRow,
+    Controller,
+    Kind,
+    RevocationReason,
+    Status,
+)
+from f2pipe_certgen.problems import ProblemError
+from f2pipe_certgen.settings import Settings
+from f2pipe_shared.certificates import EnrollRequest, EnrollResponse
+from f2pipe_shared.claimcodes import hash_claim_code
+from f2pipe_shared.settings import CaSettings, CommonSettings, PostgresSettings
+
+MAC, OTHER_MAC, NO_CODE_MAC = "aabbccddee01", "aabbccddee02", "aabbccddee03"
+UNKNOWN_MAC = "aabbccddee99"
+CODE = "7KQM-X4RT-9ZHC-PW2N"
+WRONG = "2222-3333-4444-5555"
+T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+DEVICE_DAYS = 30
+POLICY = LockoutPolicy(max_failures=3, window=timedelta(minutes=10), duration=timedelta(minutes=5))
+
+
+@dataclass
+class FakeClock:
+    at: datetime = T0
+
+    def now(self) -> datetime:
+        return self.at
+
+    def advance(self, **delta: float) -> None:
+        self.at += timedelta(**delta)
+
+
+@dataclass
+class FakeStore:
+    """`ports.CertificateStore` in memory. A transaction that raises is rolled back."""
+
+    clock: FakeClock
+    controllers: dict[str, Controller] = field(default_factory=dict)
+    certificates: dict[str, CertificateRow] = field(default_factory=dict)
+    failures: dict[str, list[datetime]] = field(default_factory=dict)
+    lockouts: dict[str, tuple[datetime, datetime, int]] = field(default_factory=dict)
+    mac_locks: list[str] = field(default_factory=list)
+    commits: int = 0
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def ping(self) -> None:
+        pass
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[FakeTransaction]:
+        before = copy.deepcopy((self.certificates, self.failures, self.lockouts))
+        try:
+            yield FakeTransaction(self)
+        except BaseException:
+            self.certificates, self.failures, self.lockouts = before
+            raise
+        self.commits += 1
+
+    def rows_of(self, cn: str) -> list[CertificateRow]:
+        return [row for row in self.certificates.values() if row.cn == cn]
+
+
+@dataclass
+class FakeTransaction:
+    store: FakeStore
+
+    async def lock_mac(self, mac: str) -> None:
+        self.store.mac_locks.append(mac)
+
+    async def find_controller(self, mac: str) -> Controller | None:
+        return self.store.controllers.get(mac)
+
+    async def record_certificate(self, cert: IssuedCertificate, device_id: int | None) -> None:
+        row = CertificateRow(
+            serial=cert.serial,
+            cn=cert.cn,
+            kind=cert.kind,
+            device_id=device_id,
+            not_before=cert.not_before,
+            not_after=cert.not_after,
+            status="valid",
+            revoked_at=None,
+            revocation_reason=None,
+            fingerprint_sha256=cert.fingerprint_sha256,
+            created_at=self.store.clock.now(),
+        )
+        self.store.certificates.setdefault(cert.serial, row)
+
+    async def revoke_valid_of_cn(self, cn: str, reason: RevocationReason) -> list[CertificateRow]:
+        valid = [
+            row
+            for row in self.store.certificates.values()
+            if row.cn == cn and row.kind == "device" and row.status == "valid"
+        ]
+        return [self._revoke(row, reason) for row in valid]
+
+    async def revoke_serial(
+        self, serial: str, reason: RevocationReason
+    ) -> tuple[CertificateRow | None, bool]:
+        row = self.store.certificates.get(serial)
+        if row is None or row.status == "revoked":
+            return row, False
+        return self._revoke(row, reason), True
+
+    async def list_certificates(
+        self,
+        *,
+        cn: str | None,
+        status: Status | None,
+        kind: Kind | None,
+        limit: int,
+        offset: int,
+    ) -> tuple[list[CertificateRow], int]:
+        rows = [
+            row
+            for row in self.store.certificates.values()
+            if cn in (None, row.cn) and status in (None, row.status) and kind in (None, row.kind)
+        ]
+        rows.sort(key=lambda row: row.serial)
+        rows.sort(key=lambda row: row.created_at, reverse=True)
+        return rows[offset : offset + limit], len(rows)
+
+    async def lock_crl(self) -> None:
+        pass
+
+    async def revoked_entries(self) -> list[RevokedEntry]:
+        return [
+            RevokedEntry(row.serial, row.revoked_at, row.revocation_reason or "unspecified")
+            for row in self.store.certificates.values()
+            if row.revoked_at is not None
+        ]
+
+    async def locked_until(self, mac: str) -> datetime | None:
+        lockout = self.store.lockouts.get(mac)
+        return None if lockout is None else lockout[1]
+
+    async def add_failure(self, mac: str, *, at: datetime, window_start: datetime) -> int:
+        kept = [t for t in self.store.failures.get(mac, []) if t > window_start]
+        self.store.failures[mac] = [*kept, at]
+        return len(self.store.failures[mac])
+
+    async def lock_out(self, mac: str, *, at: datetime, until: datetime, failures: int) -> None:
+        self.store.failures.pop(mac, None)
+        self.store.lockouts[mac] = (at, until, failures)
+
+    async def clear_failures(self, mac: str, *, now: datetime) -> None:
+        self.store.failures.pop(mac, None)
+        if mac in self.store.lockouts and self.store.lockouts[mac][1] <= now:
+            del self.store.lockouts[mac]
+
+    def _revoke(self, row: CertificateRow, reason: RevocationReason) -> CertificateRow:
+        revoked = replace(
+            row, status="revoked", revoked_at=self.store.clock.now(), revocation_reason=reason
+        )
+        self.store.certificates[row.serial] = revoked
+        return revoked
+
+
+@dataclass
+class World:
+    clock: FakeClock
+    store: FakeStore
+    ca: CertificateAuthority
+    metrics: CertgenMetrics
+    enrolment: Enrolment
+
+    def enrol(self, mac: str = MAC, code: str = CODE, csr: str | None = None) -> EnrollResponse:
+        request = EnrollRequest(mac=mac, claim_code=code, csr_pem=csr)
+        return asyncio.run(self.enrolment.enrol(request))
+
+    def refusal(self, mac: str = MAC, code: str = CODE, csr: str | None = None) -> ProblemError:
+        with pytest.raises(ProblemError) as refused:
+            self.enrol(mac, code, csr)
+        return refused.value
+
+    def count(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def ca_settings(tmp_path: Path) -> CaSettings:
+    return CaSettings(ca_dir=str(tmp_path / "ca"), issued_dir=str(tmp_path / "issued"))
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    clock = FakeClock()
+    store = FakeStore(clock)
+    # A cheap work factor: scrypt's cost is not under test here.
+    store.controllers = {
+        MAC: Controller(1, MAC, hash_claim_code(CODE, n=2**4)),
+        OTHER_MAC: Controller(2, OTHER_MAC, hash_claim_code(CODE, n=2**4)),
+        NO_CODE_MAC: Controller(3, NO_CODE_MAC, None),
+    }
+    ca, _ = CertificateAuthority.bootstrap(ca_settings(tmp_path), clock=clock)
+    metrics = CertgenMetrics()
+    enrolment = Enrolment(
+        ca=ca, db=store, metrics=metrics, lockouts=Lockouts(POLICY, clock), device_days=DEVICE_DAYS
+    )
+    return World(clock, store, ca, metrics, enrolment)
+
+
+def csr_for(cn: str, key: ec.EllipticCurvePrivateKey | None = None) -> str:
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+        .sign(key or ec.generate_private_key(ec.SECP256R1()), hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+# --- who may enrol ------------------------------------------------------------------------------
+
+
+def test_the_right_code_with_a_csr_gets_a_certificate_valid_from_the_clocks_now(
+    world: World,
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    answer = world.enrol(csr=csr_for(f"f2-{MAC}", key))
+
+    cert = x509.load_pem_x509_certificate(answer.certificate_pem.encode())
+    cert.verify_directly_issued_by(world.ca.certificate)
+    assert cert.public_key() == key.public_key()
+    assert answer.private_key_pem is None
+    assert answer.not_after == T0 + timedelta(days=DEVICE_DAYS)
+    assert answer.ca_certificate_pem == world.ca.certificate_pem
+    [row] = world.store.rows_of(f"f2-{MAC}")
+    assert (row.serial, row.device_id, row.status) == (answer.serial, 1, "valid")
+    assert world.count("certgen_enrolments_total", flow="csr") == 1
+
+
+def test_without_a_csr_the_key_is_generated_and_returned(world: World) -> None:
+    answer = world.enrol()
+    assert answer.private_key_pem is not None
+    key = serialization.load_pem_private_key(answer.private_key_pem.encode(), password=None)
+    cert = x509.load_pem_x509_certificate(answer.certificate_pem.encode())
+    assert cert.public_key() == key.public_key()
+    assert world.count("certgen_enrolments_total", flow="generated") == 1
+
+
+def test_an_unknown_mac_is_refused_and_nothing_is_counted(world: World) -> None:
+    refused = world.refusal(UNKNOWN_MAC, WRONG)
+    assert refused.reason == "unknown_mac"
+    assert UNKNOWN_MAC in refused.detail
+    assert world.store.failures == {}
+
+
+def test_a_controller_without_a_claim_code_is_refused_without_counting(world: World) -> None:
+    refused = world.refusal(NO_CODE_MAC)
+    assert refused.reason == "wrong_claim_code"
+    assert "no claim code" in refused.detail
+    assert world.store.failures == {}
+
+
+def test_a_wrong_code_is_refused_and_its_count_is_committed(world: World) -> None:
+    refused = world.refusal(code=WRONG)
+    assert refused.reason == "wrong_claim_code"
+    assert "locked" not in refused.detail
+    # The refusal is raised after the transaction: the failure survives it.
+    assert world.store.failures == {MAC: [T0]}
+    assert world.store.mac_locks == [MAC]
+    assert world.store.rows_of(f"f2-{MAC}") == []
+
+
+def test_the_right_code_clears_earlier_wrong_ones(world: World) -> None:
+    world.refusal(code=WRONG)
+    world.enrol()
+    assert world.store.failures == {}
+
+
+# --- lockout --------------------------------------------------------------------------------
+
+
+def test_the_last_allowed_wrong_code_says_the_mac_is_now_locked(world: World) -> None:
+    for _ in range(2):
+        world.refusal(code=WRONG)
+    refused = world.refusal(code=WRONG)
+    assert refused.reason == "wrong_claim_code"
+    assert "locked for 300 s" in refused.detail
+    assert world.store.lockouts == {MAC: (T0, T0 + timedelta(minutes=5), 3)}
+
+
+def test_a_locked_mac_is_refused_even_with_the_right_code_until_the_lockout_ends(
+    world: World,
+) -> None:
+    for _ in range(3):
+        world.refusal(code=WRONG)
+    world.clock.advance(minutes=4)
+
+    refused = world.refusal()
+
+    assert refused.reason == "locked_out"
+    assert refused.headers == {"Retry-After": "60"}
+    assert "2030-01-01T12:05:00" in refused.detail
+    assert world.store.failures == {}  # a locked MAC's guesses are not even checked
+    assert world.store.rows_of(f"f2-{MAC}") == []
+
+    world.clock.advance(minutes=1)
+    assert world.enrol().cn == f"f2-{MAC}"
+    assert world.store.lockouts == {}  # the ended lockout is cleared by the success
+
+
+def test_the_lockout_is_per_mac(world: World) -> None:
+    for _ in range(3):
+        world.refusal(code=WRONG)
+    assert world.enrol(OTHER_MAC).cn == f"f2-{OTHER_MAC}"
+
+
+# --- what is issued -------------------------------------------------------------------------
+
+
+def test_re_enrolment_supersedes_the_previous_certificate_and_lists_it_on_the_crl(
+    world: World,
+) -> None:
+    first = world.enrol(csr=csr_for(f"f2-{MAC}"))
+    world.clock.advance(days=1)
+    second = world.enrol(csr=csr_for(f"f2-{MAC}"))
+
+    rows = {row.serial: row for row in world.store.rows_of(f"f2-{MAC}")}
+    assert (rows[first.serial].status, rows[first.serial].revocation_reason) == (
+        "revoked",
+        "superseded",
+    )
+    assert rows[second.serial].status == "valid"
+    assert second.not_after == T0 + timedelta(days=1 + DEVICE_DAYS)
+    crl = x509.load_pem_x509_crl(world.ca.crl_pem().encode())
+    assert crl.get_revoked_certificate_by_serial_number(int(first.serial, 16)) is not None
+    assert crl.get_revoked_certificate_by_serial_number(int(second.serial, 16)) is None
+    assert world.count("certgen_revocations_total", reason="superseded") == 1
+
+
+@pytest.mark.parametrize(
+    ("csr", "reason"),
+    [
+        (lambda: csr_for(f"f2-{OTHER_MAC}"), "wrong_cn"),
+        (lambda: "-----BEGIN CERTIFICATE REQUEST-----\nnope\n", "bad_csr"),
+    ],
+)
+def test_an_unusable_csr_is_refused_after_the_code_was_accepted(
+    world: World, csr: Callable[[], str], reason: str
+) -> None:
+    world.refusal(code=WRONG)
+    refused = world.refusal(csr=csr())
+    assert refused.reason == reason
+    assert refused.detail[0].isupper()
+    assert refused.detail.endswith(".")
+    assert world.store.failures == {}  # the code was right
+    assert world.store.rows_of(f"f2-{MAC}") == []
+
+
+# --- the app around it --------------------------------------------------------------------------
+
+
+class Client:
+    """Requests to the app in memory (no lifespan: the fake store needs no opening)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def request(self, method: str, path: str, **options: Any) -> httpx.Response:
+        async def send() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://certgen") as http:
+                return await http.request(method, path, **options)
+
+        return asyncio.run(send())
+
+    def get(self, path: str, **options: Any) -> httpx.Response:
+        return self.request("GET", path, **options)
+
+    def post(self, path: str, **options: Any) -> httpx.Response:
+        return self.request("POST", path, **options)
+
+
+@pytest.fixture
+def client(world: World, tmp_path: Path) -> Client:
+    settings = Settings(
+        common=CommonSettings(),
+        ca=ca_settings(tmp_path).model_copy(update={"device_expiry": DEVICE_DAYS}),
+        postgres=PostgresSettings(),
+    )
+    app = create_app(
+        world.ca,
+        settings=settings,
+        db=world.store,
+        metrics=world.metrics,
+        lockout=POLICY,
+        clock=world.clock,
+    )
+    return Client(app)
+
+
+def test_the_app_enrols_through_its_dependencies(world: World, client: Client) -> None:
+    response = client.post("/v1/enroll", json={"mac": MAC, "claim_code": CODE})
+    assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"
+    assert response.json()["not_after"].startswith("2030-01-31T12:00:00")
+    assert client.get("/healthz").json() == {"status": "ok", "database": "ok", "ca": "ok"}
+
+
+def test_the_app_answers_a_lockout_with_retry_after_and_counts_it(
+    world: World, client: Client
+) -> None:
+    for _ in range(3):
+        wrong = client.post("/v1/enroll", json={"mac": MAC, "claim_code": WRONG})
+        assert wrong.status_code == 403
+    world.clock.advance(seconds=299.5)
+    refused = client.post("/v1/enroll", json={"mac": MAC, "claim_code": CODE})
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["reason"] == "locked_out"
+    assert world.count("certgen_enrolment_failures_total", reason="wrong_claim_code") == 3
+    assert world.count("certgen_enrolment_failures_total", reason="locked_out") == 1
+    assert (
+        'certgen_enrolment_failures_total{reason="locked_out"} 1.0' in client.get("/metrics").text
+    )
+
+
+def test_the_admin_api_is_off_without_a_token(client: Client) -> None:
+    response = client.get("/v1/certificates", headers={"Authorization": "Bearer anything"})
+    assert response.status_code == 403
+    assert response.json()["reason"] == "admin_disabled"
