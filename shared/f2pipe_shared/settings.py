@@ -2,20 +2,36 @@
 
 Every settings group derives from `F2Settings`. Groups several services read live here;
 a group only one service reads lives in that service's `settings.py`, beside a frozen
-dataclass `Settings(ServiceSettings)` that names every group the service reads, loaded at
-once by `Settings.load()`. A bad value raises `SettingsError` whose message names the
-environment variable, and the command line turns that into a one-line error and exit 2.
+dataclass `Settings(ServiceSettings)` whose fields are the groups the service reads (the
+base brings `common`; `ObservedServiceSettings` adds `observability` and the metrics port),
+loaded at once by `Settings.load()`. A bad value raises `SettingsError` whose message names
+the environment variable, and the command line turns that into a one-line error and exit 2.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from enum import StrEnum
-from typing import Any, Literal, Self, TypeVar, get_type_hints
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, get_type_hints
 
 from psycopg.conninfo import make_conninfo
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Field types for shapes several settings share. A field gives its default and description
+# and may tighten the bound: `x: Count = Field(8, le=128, description="…")`. Durations and
+# sizes that must be above (or may be) zero use pydantic's `PositiveFloat` (`NonNegativeFloat`)
+# the same way.
+Port = Annotated[int, Field(ge=1, le=65535)]
+"""A TCP port to connect to."""
+ListenPort = Annotated[int, Field(ge=0, le=65535)]
+"""A TCP port to listen on; 0 = any free one."""
+Count = Annotated[int, Field(ge=1)]
+"""How many of something: one at least."""
+KafkaName = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")]
+"""A Kafka topic or consumer group."""
+SslMode = Annotated[str, Field(pattern=r"^(disable|allow|prefer|require|verify-ca|verify-full)$")]
+"""A libpq sslmode."""
 
 
 class SettingsError(ValueError):
@@ -50,8 +66,8 @@ class CommonSettings(F2Settings):
 
 class ObservabilitySettings(F2Settings):
     metrics_host: str = Field("0.0.0.0", description="where /metrics and /healthz listen")  # noqa: S104
-    metrics_port: int | None = Field(
-        None, ge=0, le=65535, description="their port; unset = the service's default"
+    metrics_port: ListenPort | None = Field(
+        None, description="their port; unset = the service's default"
     )
 
 
@@ -61,29 +77,23 @@ class KafkaSettings(F2Settings):
         min_length=1,
         description="Kafka bootstrap servers, `host:port[,host:port…]`",
     )
-    kafka_raw_topic: str = Field(
-        "raw-iot-data",
-        pattern=r"^[A-Za-z0-9._-]{1,249}$",
-        description="bridge → processor: batches of MQTT messages",
+    kafka_raw_topic: KafkaName = Field(
+        "raw-iot-data", description="bridge → processor: batches of MQTT messages"
     )
-    kafka_processed_topic: str = Field(
-        "processed-iot-data",
-        pattern=r"^[A-Za-z0-9._-]{1,249}$",
-        description="processor → sink: batches of decoded readings and events",
+    kafka_processed_topic: KafkaName = Field(
+        "processed-iot-data", description="processor → sink: batches of decoded readings and events"
     )
-    kafka_deadletter_topic: str = Field(
-        "iot-dead-letter",
-        pattern=r"^[A-Za-z0-9._-]{1,249}$",
-        description="what a stage cannot handle, with the reason in headers",
+    kafka_deadletter_topic: KafkaName = Field(
+        "iot-dead-letter", description="what a stage cannot handle, with the reason in headers"
     )
-    kafka_raw_partitions: int = Field(
-        6, ge=1, le=1024, description="partitions of the raw topic when f2pipe creates it"
+    kafka_raw_partitions: Count = Field(
+        6, le=1024, description="partitions of the raw topic when f2pipe creates it"
     )
-    kafka_processed_partitions: int = Field(
-        6, ge=1, le=1024, description="partitions of the processed topic when f2pipe creates it"
+    kafka_processed_partitions: Count = Field(
+        6, le=1024, description="partitions of the processed topic when f2pipe creates it"
     )
-    kafka_replication_factor: int = Field(
-        1, ge=1, le=16, description="replication factor of topics f2pipe creates"
+    kafka_replication_factor: Count = Field(
+        1, le=16, description="replication factor of topics f2pipe creates"
     )
     # Consumer-group joins wait for this on some brokers (Tansu, docs/architecture.md): short
     # in development.
@@ -99,27 +109,24 @@ class PostgresSettings(F2Settings):
     """The registry database (devices, templates, certificates)."""
 
     postgres_host: str = Field("localhost", description="registry database host")
-    postgres_port: int = Field(5432, ge=1, le=65535, description="registry database port")
+    postgres_port: Port = Field(5432, description="registry database port")
     postgres_user: str = Field("f2pipe", description="registry database user")
     postgres_password: SecretStr = Field(
         SecretStr(""), description="registry database password (secret)"
     )
     postgres_db: str = Field("f2pipe", description="registry database name")
-    postgres_sslmode: str = Field(
-        "prefer",
-        pattern=r"^(disable|allow|prefer|require|verify-ca|verify-full)$",
-        description="libpq sslmode",
-    )
+    postgres_sslmode: SslMode = Field("prefer", description="libpq sslmode")
 
     @property
     def conninfo(self) -> str:
-        return _conninfo(
+        secret = self.postgres_password.get_secret_value()
+        return make_conninfo(
             host=self.postgres_host,
             port=self.postgres_port,
             user=self.postgres_user,
-            password=self.postgres_password,
             dbname=self.postgres_db,
             sslmode=self.postgres_sslmode,
+            **({"password": secret} if secret else {}),
         )
 
 
@@ -127,27 +134,23 @@ class TimescaleSettings(F2Settings):
     """The telemetry database; every unset TIMESCALE_* falls back to its POSTGRES_* twin."""
 
     timescale_host: str | None = Field(None, description="telemetry database host")
-    timescale_port: int | None = Field(None, ge=1, le=65535, description="telemetry database port")
+    timescale_port: Port | None = Field(None, description="telemetry database port")
     timescale_user: str | None = Field(None, description="telemetry database user")
     timescale_password: SecretStr | None = Field(
         None, description="telemetry database password (secret)"
     )
     timescale_db: str | None = Field(None, description="telemetry database name")
-    timescale_sslmode: str | None = Field(
-        None,
-        pattern=r"^(disable|allow|prefer|require|verify-ca|verify-full)$",
-        description="libpq sslmode",
-    )
+    timescale_sslmode: SslMode | None = Field(None, description="libpq sslmode")
+
+    def resolved(self, registry: PostgresSettings) -> PostgresSettings:
+        """`registry` with each TIMESCALE_* that is set (and not empty) in place of its twin."""
+        own = {
+            f"postgres_{name.removeprefix('timescale_')}": value for name, value in self if value
+        }
+        return registry.model_copy(update=own)
 
     def conninfo(self, registry: PostgresSettings) -> str:
-        return _conninfo(
-            host=self.timescale_host or registry.postgres_host,
-            port=self.timescale_port or registry.postgres_port,
-            user=self.timescale_user or registry.postgres_user,
-            password=self.timescale_password or registry.postgres_password,
-            dbname=self.timescale_db or registry.postgres_db,
-            sslmode=self.timescale_sslmode or registry.postgres_sslmode,
-        )
+        return self.resolved(registry).conninfo
 
 
 class TelemetryPolicySettings(F2Settings):
@@ -170,7 +173,7 @@ class TelemetryPolicySettings(F2Settings):
 
 class RedisSettings(F2Settings):
     redis_host: str = Field("localhost", description="Redis host (device-id cache)")
-    redis_port: int = Field(6379, ge=1, le=65535, description="Redis port")
+    redis_port: Port = Field(6379, description="Redis port")
     redis_db: int = Field(0, ge=0, le=15, description="Redis database number")
     redis_password: SecretStr | None = Field(None, description="Redis password (secret)")
 
@@ -182,7 +185,7 @@ class RedisSettings(F2Settings):
 
 class MqttSettings(F2Settings):
     mqtt_broker_host: str = Field("localhost", description="Mosquitto host")
-    mqtt_broker_port: int = Field(8883, ge=1, le=65535, description="Mosquitto TLS port")
+    mqtt_broker_port: Port = Field(8883, description="Mosquitto TLS port")
     mqtt_keepalive: int = Field(30, ge=5, le=3600, description="MQTT keepalive, seconds")
     mqtt_ca_file: str = Field(
         "ca/ca.crt", description="CA certificate the broker's is checked against"
@@ -196,19 +199,19 @@ class CaSettings(F2Settings):
     ca_cn: str = Field(
         "f2pipe CA", min_length=1, max_length=64, description="the CA certificate's common name"
     )
-    ca_expiry: int = Field(3650, ge=1, le=36500, description="CA certificate lifetime, days")
+    ca_expiry: Count = Field(3650, le=36500, description="CA certificate lifetime, days")
     broker_cn: str = Field(
         "mqtt_broker",
         min_length=1,
         max_length=64,
         description="the broker certificate's common name (and DNS SAN)",
     )
-    broker_expiry: int = Field(825, ge=1, le=3650, description="broker certificate lifetime, days")
-    device_expiry: int = Field(365, ge=1, le=3650, description="device certificate lifetime, days")
+    broker_expiry: Count = Field(825, le=3650, description="broker certificate lifetime, days")
+    device_expiry: Count = Field(365, le=3650, description="device certificate lifetime, days")
     ca_dir: str = Field("ca", description="where the CA key and certificate live (key mode 0600)")
     issued_dir: str = Field("issued", description="where issued service certificates are written")
     certgen_api_host: str = Field("localhost", description="certgen's host, for clients")
-    certgen_api_port: int = Field(8080, ge=1, le=65535, description="certgen's port")
+    certgen_api_port: Port = Field(8080, description="certgen's port")
     ca_key_algorithm: Literal["ec", "rsa"] = Field(
         "ec", description="key type of the CA and broker: `ec` (P-256) or `rsa` (3072 bits)"
     )
@@ -217,11 +220,11 @@ class CaSettings(F2Settings):
         pattern=r"^[A-Za-z0-9.:*,-]*$",
         description="extra DNS names/IPs for the broker certificate, comma-separated",
     )
-    certgen_lockout_failures: int = Field(
-        5, ge=1, le=1000, description="wrong claim codes within the window that lock a MAC"
+    certgen_lockout_failures: Count = Field(
+        5, le=1000, description="wrong claim codes within the window that lock a MAC"
     )
-    certgen_lockout_window: int = Field(900, ge=1, description="that window, seconds")
-    certgen_lockout_duration: int = Field(900, ge=1, description="how long the lock lasts, seconds")
+    certgen_lockout_window: Count = Field(900, description="that window, seconds")
+    certgen_lockout_duration: Count = Field(900, description="how long the lock lasts, seconds")
     certgen_admin_token: SecretStr | None = Field(
         None, description="bearer token for certgen's admin API (secret; required in production)"
     )
@@ -255,11 +258,28 @@ S = TypeVar("S", bound=BaseSettings)
 class ServiceSettings:
     """Base of a service's `Settings`: a frozen dataclass whose fields are settings groups."""
 
+    common: CommonSettings
+
     @classmethod
     def load(cls) -> Self:
         """Every group from the environment; SettingsError names the first bad variable."""
         hints = get_type_hints(cls)
         return cls(**{f.name: load(hints[f.name]) for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class ObservedServiceSettings(ServiceSettings):
+    """A service that serves /metrics and /healthz, on its own DEFAULT_METRICS_PORT unless
+    METRICS_PORT says otherwise."""
+
+    DEFAULT_METRICS_PORT: ClassVar[int]
+
+    observability: ObservabilitySettings
+
+    @property
+    def metrics_port(self) -> int:
+        port = self.observability.metrics_port
+        return self.DEFAULT_METRICS_PORT if port is None else port
 
 
 def load(cls: type[S], **overrides: Any) -> S:
@@ -278,17 +298,3 @@ def _describe(exc: ValidationError) -> str:
         shown = "" if isinstance(value, dict) or value is None else f"={value!r}"
         problems.append(f"{variable}{shown}: {error['msg']}")
     return "invalid settings: " + "; ".join(problems)
-
-
-def _conninfo(
-    *, host: str, port: int, user: str, password: SecretStr, dbname: str, sslmode: str
-) -> str:
-    secret = password.get_secret_value()
-    return make_conninfo(
-        host=host,
-        port=port,
-        user=user,
-        dbname=dbname,
-        sslmode=sslmode,
-        **({"password": secret} if secret else {}),
-    )

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from confluent_kafka import Consumer, TopicPartition
@@ -21,6 +22,7 @@ from f2pipe_devtools.env import kafka_env, mqtt_env, service_env
 from f2pipe_devtools.servers import free_port
 from f2pipe_shared.deadletters import DeadLetter
 from f2pipe_shared.records import RawMessage, decode_raw_batch
+from f2pipe_shared.settings import KafkaSettings
 
 
 @dataclass
@@ -33,6 +35,16 @@ class Topics:
     def unique(cls) -> Topics:
         tag = uuid.uuid4().hex[:8]
         return cls(f"raw-{tag}", f"processed-{tag}", f"dlq-{tag}")
+
+    def kafka_settings(self, bootstrap: str, **partitions: Any) -> KafkaSettings:
+        """Settings naming these topics (it creates none); `partitions`: kafka_*_partitions."""
+        return KafkaSettings(
+            kafka_bootstrap_servers=bootstrap,
+            kafka_raw_topic=self.raw,
+            kafka_processed_topic=self.processed,
+            kafka_deadletter_topic=self.dlq,
+            **partitions,
+        )
 
 
 @dataclass

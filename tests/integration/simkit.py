@@ -315,7 +315,7 @@ def _load_run(
     seconds = summary["load_seconds"]
     return {
         "start_to_all_connected_s": _log_span(
-            sim.log_path, "simulator starting", "every controller connected"
+            sim.log_path, "simulator started", "every controller connected"
         ),
         "exit": sim.proc.returncode,
         "messages": summary["messages"],

@@ -8,6 +8,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ from tests.integration.bridgekit import (
     raw_messages,
     wait_for,
 )
-from tests.integration.tlskit import Pki, start_broker
+from tests.integration.tlskit import Identity, Pki, SupervisedMosquitto, start_broker
 
 pytestmark = pytest.mark.integration
 
@@ -61,6 +62,116 @@ def seqs(messages: list[tuple[int, RawMessage]]) -> Counter[tuple[str, int]]:
     for _, m in messages:
         body = json.loads(m.payload)
         found[(body["device"], body["seq"])] += 1
+    return found
+
+
+def collect(
+    bootstrap: str,
+    topic: str,
+    enough: Callable[[Counter[tuple[str, int]]], bool],
+    timeout: float,
+    what: str,
+    idle: float = 2,
+) -> Counter[tuple[str, int]]:
+    """Read the raw topic again and again until `enough` of (device, seq) -> copies is there."""
+    found: Counter[tuple[str, int]] = Counter()
+
+    def complete() -> bool:
+        found.clear()
+        found.update(seqs(raw_messages(bootstrap, topic, idle=idle)))
+        return enough(found)
+
+    wait_for(complete, timeout, what)
+    return found
+
+
+def collect_all(
+    bootstrap: str, topic: str, expected: set[tuple[str, int]], timeout: float, what: str
+) -> Counter[tuple[str, int]]:
+    return collect(bootstrap, topic, lambda found: set(found) >= expected, timeout, what)
+
+
+def publish_round_robin(
+    publisher: Publisher, total: int, *, at: int = -1, then: Callable[[], object] = lambda: None
+) -> set[tuple[str, int]]:
+    """`total` messages, device after device, and close; at message `at`, once the broker has
+    every message so far, `then`. What was published: (device, seq)."""
+    for seq in range(total):
+        device = DEVICES[seq % len(DEVICES)]
+        publisher.publish(topic_of(device, seq), payload(device, seq))
+        if seq == at:
+            publisher.wait()
+            then()
+    publisher.close()
+    return {(DEVICES[s % len(DEVICES)], s) for s in range(total)}
+
+
+def publish_seqs(publisher: Publisher, device: str, total: int) -> None:
+    for seq in range(total):
+        publisher.publish(topic_of(device, seq), payload(device, seq))
+    publisher.close()
+
+
+@dataclass
+class Production:
+    """A production broker of its own CA, a device of that CA, and the bridge (not started)
+    with its service identity."""
+
+    broker: SupervisedMosquitto
+    device: Identity
+    tls: tuple[str, str, str]  # the device's, for a `Publisher`
+    bridge: BridgeProcess
+
+    @classmethod
+    def start(cls, root: Path, cn: str, kafka_bootstrap: str, topics: Topics) -> Production:
+        pki = Pki.create(root / "pki")
+        broker = start_broker(root / "broker", pki)
+        device = pki.device(cn)
+        identity = pki.service("bridge")
+        env = bridge_env(
+            broker.port,
+            kafka_bootstrap,
+            topics,
+            "ignored-under-tls",  # the broker takes the client id from the certificate's CN
+            MQTT_TLS="true",
+            MQTT_BROKER_HOST="localhost",  # a name in the broker certificate's SANs
+            MQTT_CA_FILE=str(pki.ca_file),
+            BRIDGE_CERT_FILE=str(identity.cert),
+            BRIDGE_KEY_FILE=str(identity.key),
+        )
+        tls = (str(pki.ca_file), str(device.cert), str(device.key))
+        return cls(broker, device, tls, BridgeProcess(env, root / "bridge.log"))
+
+    def publisher(self) -> Publisher:
+        return Publisher(self.broker.port, self.device.cn, tls=self.tls)
+
+
+def queued_across_a_broker_restart(
+    broker: MosquittoServer,
+    bridge: BridgeProcess,
+    connect: Callable[[], Publisher],
+    device: str,
+    total: int,
+    kafka_bootstrap: str,
+    topics: Topics,
+) -> Counter[tuple[str, int]]:
+    """Queue `total` messages of `device` at the broker while the bridge is away, restart the
+    broker, bring the bridge back: what reaches Kafka."""
+    bridge.start()
+    bridge.terminate()  # the session now exists at the broker, the bridge is away
+    publish_seqs(connect(), device, total)
+    broker.stop()  # Mosquitto saves its sessions and queues on a clean stop
+    broker.start()
+    bridge.start()
+    found = collect(
+        kafka_bootstrap,
+        topics.raw,
+        lambda found: len(found) >= total,
+        30,
+        f"the {total} messages queued before the restart",
+        idle=1,
+    )
+    bridge.terminate()
     return found
 
 
@@ -130,25 +241,11 @@ def test_kill_9_while_streaming_loses_nothing(
     broker: MosquittoServer, kafka_bootstrap: str, topics: Topics, bridge_factory: BridgeFactory
 ) -> None:
     bridge = bridge_factory(client_id="bridge-kill").start()
-    publisher = Publisher(broker.port)
-    total = 10_000
-    for seq in range(total):
-        device = DEVICES[seq % len(DEVICES)]
-        publisher.publish(topic_of(device, seq), payload(device, seq))
-        if seq == 3_000:
-            publisher.wait()
-            bridge.kill()  # mid-stream: some batches unconfirmed, some confirmed but not acked
-    publisher.close()  # the rest waits at the broker in the bridge's persistent session
+    # Killed mid-stream: some batches unconfirmed, some confirmed but not acked; the rest of
+    # the stream waits at the broker in the bridge's persistent session.
+    expected = publish_round_robin(Publisher(broker.port), 10_000, at=3_000, then=bridge.kill)
     bridge.start()
-    expected = {(DEVICES[s % len(DEVICES)], s) for s in range(total)}
-    found: Counter[tuple[str, int]] = Counter()
-
-    def complete() -> bool:
-        found.clear()
-        found.update(seqs(raw_messages(kafka_bootstrap, topics.raw, idle=2)))
-        return set(found) >= expected
-
-    wait_for(complete, 90, "all 10,000 messages in Kafka")
+    found = collect_all(kafka_bootstrap, topics.raw, expected, 90, "all 10,000 messages in Kafka")
     bridge.terminate()
     assert set(found) == expected  # duplicates are allowed here, loss is not
 
@@ -166,30 +263,20 @@ def test_kafka_unreachable_for_20s_loses_nothing(
             kafka=bootstrap,
             BRIDGE_MAX_IN_FLIGHT="500",
         ).start()
-        publisher = Publisher(broker.port)
+        outage_started: list[float] = []
+
+        def cut() -> None:
+            proxy.cut()
+            outage_started.append(time.monotonic())
+
         total = 3_000
-        for seq in range(total):
-            device = DEVICES[seq % len(DEVICES)]
-            publisher.publish(topic_of(device, seq), payload(device, seq))
-            if seq == 1_000:
-                publisher.wait()
-                proxy.cut()
-                outage_started = time.monotonic()
-        publisher.close()
-        time.sleep(max(0.0, 20 - (time.monotonic() - outage_started)))
+        expected = publish_round_robin(Publisher(broker.port), total, at=1_000, then=cut)
+        time.sleep(max(0.0, 20 - (time.monotonic() - outage_started[0])))
         # While Kafka is away the bridge holds at most its in-flight window; the broker the rest.
         assert bridge.metric("f2pipe_bridge_in_flight") == 500
         assert bridge.metric("f2pipe_bridge_received_total") < total
         proxy.restore()
-        expected = {(DEVICES[s % len(DEVICES)], s) for s in range(total)}
-        found: Counter[tuple[str, int]] = Counter()
-
-        def complete() -> bool:
-            found.clear()
-            found.update(seqs(raw_messages(bootstrap, topics.raw, idle=2)))
-            return set(found) >= expected
-
-        wait_for(complete, 120, "every message after Kafka came back")
+        found = collect_all(bootstrap, topics.raw, expected, 120, "every message after the outage")
         assert bridge.terminate() == 0
         assert set(found) == expected
     finally:
@@ -270,20 +357,11 @@ def test_two_bridges_share_the_load_through_a_shared_group(
 ) -> None:
     first = bridge_factory(client_id="bridge-a", BRIDGE_SHARED_GROUP="f2").start()
     second = bridge_factory(client_id="bridge-b", BRIDGE_SHARED_GROUP="f2").start()
-    publisher = Publisher(broker.port)
     total = 2_000
-    for seq in range(total):
-        device = DEVICES[seq % len(DEVICES)]
-        publisher.publish(topic_of(device, seq), payload(device, seq))
-    publisher.close()
-    found: Counter[tuple[str, int]] = Counter()
-
-    def complete() -> bool:
-        found.clear()
-        found.update(seqs(raw_messages(kafka_bootstrap, topics.raw, idle=2)))
-        return sum(found.values()) >= total
-
-    wait_for(complete, 60, "2,000 messages")
+    publish_round_robin(Publisher(broker.port), total)
+    found = collect(
+        kafka_bootstrap, topics.raw, lambda f: sum(f.values()) >= total, 60, "2,000 messages"
+    )
     produced = [b.metric("f2pipe_bridge_produced_messages_total") for b in (first, second)]
     first.terminate()
     second.terminate()
@@ -297,10 +375,7 @@ def test_sigterm_flushes_acknowledges_and_exits_0(
     broker: MosquittoServer, kafka_bootstrap: str, topics: Topics, bridge_factory: BridgeFactory
 ) -> None:
     bridge = bridge_factory(client_id="bridge-term", BRIDGE_BATCH_LINGER_MS="5000").start()
-    publisher = Publisher(broker.port)
-    for seq in range(50):
-        publisher.publish(topic_of(DEVICES[1], seq), payload(DEVICES[1], seq))
-    publisher.close()
+    publish_seqs(Publisher(broker.port), DEVICES[1], 50)
     wait_for(lambda: bridge.metric("f2pipe_bridge_received_total") >= 50, 10, "50 received")
     # The batch is still lingering (5 s): SIGTERM must send it before exiting.
     assert bridge.terminate() == 0
@@ -323,37 +398,19 @@ def test_bad_setting_stops_start_up_naming_the_variable(
 def test_bridge_over_mutual_tls_with_its_service_identity(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
-    pki = Pki.create(tmp_path / "pki")
-    broker = start_broker(tmp_path / "broker", pki)
-    device = pki.device("f2-aabbccddee01")
-    bridge_identity = pki.service("bridge")
-    env = bridge_env(
-        broker.port,
-        kafka_bootstrap,
-        topics,
-        "ignored-under-tls",  # the broker takes the client id from the certificate's CN
-        MQTT_TLS="true",
-        MQTT_BROKER_HOST="localhost",  # a name in the broker certificate's SANs
-        MQTT_CA_FILE=str(pki.ca_file),
-        BRIDGE_CERT_FILE=str(bridge_identity.cert),
-        BRIDGE_KEY_FILE=str(bridge_identity.key),
-    )
-    bridge = BridgeProcess(env, tmp_path / "bridge.log").start()
+    production = Production.start(tmp_path, "f2-aabbccddee01", kafka_bootstrap, topics)
+    cn, bridge = production.device.cn, production.bridge.start()
     try:
-        publisher = Publisher(
-            broker.port,
-            "f2-aabbccddee01",
-            tls=(str(pki.ca_file), str(device.cert), str(device.key)),
-        )
-        publisher.publish(topic_of(device.cn, 1), payload(device.cn, 1))
+        publisher = production.publisher()
+        publisher.publish(topic_of(cn, 1), payload(cn, 1))
         publisher.close()
         wait_for(lambda: bridge.metric("f2pipe_bridge_acknowledged_total") >= 1, 15, "1 ack")
         assert bridge.terminate() == 0
     finally:
-        broker.stop()
+        production.broker.stop()
     [(_, message)] = raw_messages(kafka_bootstrap, topics.raw, idle=1)
-    assert message.topic == topic_of(device.cn, 1)
-    assert message.payload == payload(device.cn, 1)
+    assert message.topic == topic_of(cn, 1)
+    assert message.payload == payload(cn, 1)
 
 
 def test_messages_queued_for_the_bridge_survive_a_broker_restart(
@@ -364,24 +421,10 @@ def test_messages_queued_for_the_bridge_survive_a_broker_restart(
     broker.start()
     try:
         env = bridge_env(broker.port, kafka_bootstrap, topics, "bridge-restart")
-        bridge = BridgeProcess(env, Path(tempfile.mkdtemp(dir=servers_dir)) / "b.log").start()
-        bridge.terminate()  # the session now exists at the broker, the bridge is away
-        publisher = Publisher(broker.port)
-        for seq in range(500):
-            publisher.publish(topic_of(DEVICES[2], seq), payload(DEVICES[2], seq))
-        publisher.close()
-        broker.stop()  # Mosquitto saves its sessions and queues on a clean stop
-        broker.start()
-        bridge.start()
-        found: Counter[tuple[str, int]] = Counter()
-
-        def complete() -> bool:
-            found.clear()
-            found.update(seqs(raw_messages(kafka_bootstrap, topics.raw, idle=1)))
-            return len(found) >= 500
-
-        wait_for(complete, 30, "the 500 messages queued before the restart")
-        bridge.terminate()
+        bridge = BridgeProcess(env, Path(tempfile.mkdtemp(dir=servers_dir)) / "b.log")
+        found = queued_across_a_broker_restart(
+            broker, bridge, lambda: Publisher(broker.port), DEVICES[2], 500, kafka_bootstrap, topics
+        )
     finally:
         broker.stop()
     assert set(found) == {(DEVICES[2], s) for s in range(500)}
@@ -390,41 +433,12 @@ def test_messages_queued_for_the_bridge_survive_a_broker_restart(
 def test_queued_messages_survive_a_restart_of_the_production_broker(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
-    pki = Pki.create(tmp_path / "pki")
-    broker = start_broker(tmp_path / "broker", pki)
-    device = pki.device("f2-aabbccddee03")
-    identity = pki.service("bridge")
-    env = bridge_env(
-        broker.port,
-        kafka_bootstrap,
-        topics,
-        "ignored-under-tls",
-        MQTT_TLS="true",
-        MQTT_BROKER_HOST="localhost",
-        MQTT_CA_FILE=str(pki.ca_file),
-        BRIDGE_CERT_FILE=str(identity.cert),
-        BRIDGE_KEY_FILE=str(identity.key),
-    )
+    production = Production.start(tmp_path, "f2-aabbccddee03", kafka_bootstrap, topics)
+    cn, broker = production.device.cn, production.broker
     try:
-        bridge = BridgeProcess(env, tmp_path / "bridge.log").start()
-        bridge.terminate()
-        tls = (str(pki.ca_file), str(device.cert), str(device.key))
-        publisher = Publisher(broker.port, device.cn, tls=tls)
-        for seq in range(300):
-            publisher.publish(topic_of(device.cn, seq), payload(device.cn, seq))
-        publisher.close()
-        broker.stop()
-        broker.start()
-        bridge.start()
-        found: Counter[tuple[str, int]] = Counter()
-
-        def complete() -> bool:
-            found.clear()
-            found.update(seqs(raw_messages(kafka_bootstrap, topics.raw, idle=1)))
-            return len(found) >= 300
-
-        wait_for(complete, 30, "the 300 messages queued before the restart")
-        bridge.terminate()
+        found = queued_across_a_broker_restart(
+            broker, production.bridge, production.publisher, cn, 300, kafka_bootstrap, topics
+        )
     finally:
         broker.stop()
-    assert set(found) == {(device.cn, s) for s in range(300)}
+    assert set(found) == {(cn, s) for s in range(300)}

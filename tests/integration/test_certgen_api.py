@@ -62,6 +62,11 @@ class Certgen:
     def crl(self) -> x509.CertificateRevocationList:
         return x509.load_pem_x509_crl(self.http.get("/v1/crl.pem").content)
 
+    def revoke(self, what: str, reason: str | None) -> httpx.Response:
+        """POST /v1/<what>/revoke as the admin; `what`: certificates/<serial> or devices/<mac>."""
+        body = {} if reason is None else {"reason": reason}
+        return self.http.post(f"/v1/{what}/revoke", json=body, headers=ADMIN)
+
     def query(self, sql: str, *params: object) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.conninfo) as conn:
             return conn.execute(sql, params).fetchall()
@@ -374,11 +379,7 @@ def test_revoke_by_serial_lists_it_on_the_crl(certgen: Certgen) -> None:
         "/v1/service-certificates", json={"name": "to-revoke"}, headers=ADMIN
     ).json()
     serial = created["serial"]
-    response = certgen.http.post(
-        f"/v1/certificates/{serial.upper()}/revoke",
-        json={"reason": "key_compromise"},
-        headers=ADMIN,
-    )
+    response = certgen.revoke(f"certificates/{serial.upper()}", "key_compromise")
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "revoked"
     assert response.json()["revocation_reason"] == "key_compromise"
@@ -387,15 +388,10 @@ def test_revoke_by_serial_lists_it_on_the_crl(certgen: Certgen) -> None:
         "SELECT status, revocation_reason FROM registry.certificates WHERE serial = %s", serial
     ) == [("revoked", "keyCompromise")]
 
-    again = certgen.http.post(
-        f"/v1/certificates/{serial}/revoke", json={"reason": "key_compromise"}, headers=ADMIN
-    )
+    again = certgen.revoke(f"certificates/{serial}", "key_compromise")
     assert_problem(again, 409, "already_revoked")
-    unknown = certgen.http.post(
-        "/v1/certificates/abc123/revoke", json={"reason": "unspecified"}, headers=ADMIN
-    )
-    assert_problem(unknown, 404, "unknown_serial")
-    missing_reason = certgen.http.post(f"/v1/certificates/{serial}/revoke", json={}, headers=ADMIN)
+    assert_problem(certgen.revoke("certificates/abc123", "unspecified"), 404, "unknown_serial")
+    missing_reason = certgen.revoke(f"certificates/{serial}", None)
     assert_problem(missing_reason, 422, "invalid_request")
 
 
@@ -403,11 +399,7 @@ def test_revoke_by_mac_revokes_its_valid_certificates_and_lists_them_on_the_crl(
     certgen: Certgen,
 ) -> None:
     serial = certgen.enroll(MAC2, make_csr(f"f2-{MAC2}")).json()["serial"]
-    response = certgen.http.post(
-        f"/v1/devices/{MAC2.upper()}/revoke",
-        json={"reason": "cessation_of_operation"},
-        headers=ADMIN,
-    )
+    response = certgen.revoke(f"devices/{MAC2.upper()}", "cessation_of_operation")
     assert response.status_code == 200, response.text
     assert [c["serial"] for c in response.json()["revoked"]] == [serial]
     assert crl_lists(certgen.crl(), serial)
@@ -416,18 +408,11 @@ def test_revoke_by_mac_revokes_its_valid_certificates_and_lists_them_on_the_crl(
         f"f2-{MAC2}",
     ) == [(0,)]
 
-    nothing_left = certgen.http.post(
-        f"/v1/devices/{MAC2}/revoke", json={"reason": "cessation_of_operation"}, headers=ADMIN
-    )
+    nothing_left = certgen.revoke(f"devices/{MAC2}", "cessation_of_operation")
     assert nothing_left.json()["revoked"] == []
-    unknown = certgen.http.post(
-        f"/v1/devices/{UNKNOWN_MAC}/revoke", json={"reason": "unspecified"}, headers=ADMIN
-    )
+    unknown = certgen.revoke(f"devices/{UNKNOWN_MAC}", "unspecified")
     assert_problem(unknown, 404, "unknown_mac")
-    malformed = certgen.http.post(
-        "/v1/devices/xyz/revoke", json={"reason": "unspecified"}, headers=ADMIN
-    )
-    assert_problem(malformed, 422, "invalid_mac")
+    assert_problem(certgen.revoke("devices/xyz", "unspecified"), 422, "invalid_mac")
 
 
 def test_service_certificate_is_issued_with_its_key_once(certgen: Certgen) -> None:

@@ -29,6 +29,8 @@ from f2pipe_shared.settings import TelemetryPolicySettings
 
 pytestmark = pytest.mark.integration
 
+Conn = psycopg.Connection[Any]
+
 ALL = [path.name for path in sorted(MIGRATIONS_DIR.glob("*.sql"))]
 ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 
@@ -40,7 +42,7 @@ def migrations_copy(tmp_path: Path) -> Path:
     return target
 
 
-def scalar(conn: psycopg.Connection[Any], query: str, *params: Any) -> Any:
+def scalar(conn: Conn, query: str, *params: Any) -> Any:
     row = conn.execute(query, params or None).fetchone()
     assert row is not None
     return row[0]
@@ -223,7 +225,7 @@ def test_telemetry_settings_reach_the_migrations(pg_conninfo: str) -> None:
 
 
 def test_plain_postgres_has_no_hypertables_but_the_same_objects(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
 ) -> None:
     assert scalar(conn, "SELECT telemetry.timescaledb_enabled()") is False
     kinds = dict(
@@ -255,9 +257,7 @@ def expected_bucket(width: timedelta, ts: datetime) -> datetime:
     [timedelta(hours=1), timedelta(minutes=15), timedelta(days=1), timedelta(days=7)],
     ids=["1 hour", "15 minutes", "1 day", "7 days"],
 )
-def test_time_bucket_matches_timescaledb_buckets(
-    conn: psycopg.Connection[Any], width: timedelta
-) -> None:
+def test_time_bucket_matches_timescaledb_buckets(conn: Conn, width: timedelta) -> None:
     samples = [
         datetime(2025, 3, 14, 15, 9, 26, 535897, tzinfo=UTC),
         datetime(2025, 3, 14, 0, 0, tzinfo=UTC),  # on a boundary
@@ -270,7 +270,7 @@ def test_time_bucket_matches_timescaledb_buckets(
         assert got == expected_bucket(width, ts), ts
 
 
-def test_time_bucket_examples_and_properties(conn: psycopg.Connection[Any]) -> None:
+def test_time_bucket_examples_and_properties(conn: Conn) -> None:
     conn.execute("SET TIME ZONE 'America/New_York'")  # buckets are in UTC whatever the session
     assert scalar(
         conn, "SELECT time_bucket('15 minutes', timestamptz '2025-06-01 12:44:59+00')"
@@ -298,7 +298,7 @@ def test_time_bucket_examples_and_properties(conn: psycopg.Connection[Any]) -> N
 
 
 def test_readings_key_rejects_a_duplicate_and_on_conflict_ignores_it(
-    conn: psycopg.Connection[Any],
+    conn: Conn,
 ) -> None:
     ts = datetime(2025, 1, 1, 12, tzinfo=UTC)
     insert = "INSERT INTO telemetry.readings VALUES (%s, %s, %s, %s)"
@@ -316,7 +316,7 @@ def test_readings_key_rejects_a_duplicate_and_on_conflict_ignores_it(
     ]
 
 
-def test_events_key_makes_writes_idempotent(conn: psycopg.Connection[Any]) -> None:
+def test_events_key_makes_writes_idempotent(conn: Conn) -> None:
     ts = datetime(2025, 1, 1, 12, tzinfo=UTC)
     insert = "INSERT INTO telemetry.events VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING"
     assert conn.execute(insert, (ts, 3, "scan", '{"data": "abc"}')).rowcount == 1
@@ -324,7 +324,7 @@ def test_events_key_makes_writes_idempotent(conn: psycopg.Connection[Any]) -> No
     assert scalar(conn, "SELECT count(*) FROM telemetry.events") == 1
 
 
-def test_telemetry_has_no_foreign_keys_to_the_registry(conn: psycopg.Connection[Any]) -> None:
+def test_telemetry_has_no_foreign_keys_to_the_registry(conn: Conn) -> None:
     # By design (see 0004_telemetry.sql): the row lands though device 424242 does not exist.
     conn.execute("INSERT INTO telemetry.readings VALUES (now(), 424242, 1, 1.0)")
     assert (
@@ -337,7 +337,7 @@ def test_telemetry_has_no_foreign_keys_to_the_registry(conn: psycopg.Connection[
     )
 
 
-def test_readings_hourly_aggregates_per_hour(conn: psycopg.Connection[Any]) -> None:
+def test_readings_hourly_aggregates_per_hour(conn: Conn) -> None:
     base = datetime(2025, 1, 1, 10, tzinfo=UTC)
     rows = [(base + timedelta(minutes=m), 5, 1, float(m)) for m in (0, 20, 40, 70)]
     with conn.cursor() as cur:
@@ -356,15 +356,13 @@ def test_readings_hourly_aggregates_per_hour(conn: psycopg.Connection[Any]) -> N
 
 
 @pytest.fixture
-def registry(migrated: str) -> Iterator[psycopg.Connection[Any]]:
+def registry(migrated: str) -> Iterator[Conn]:
     seed_demo(migrated, 0)  # device types, templates and datapoints only
     with psycopg.connect(migrated, autocommit=True) as connection:
         yield connection
 
 
-def add_device(
-    conn: psycopg.Connection[Any], type_key: str, name: str, mac: str | None = None
-) -> int:
+def add_device(conn: Conn, type_key: str, name: str, mac: str | None = None) -> int:
     return int(
         scalar(
             conn,
@@ -379,43 +377,36 @@ def add_device(
     )
 
 
-def add_connector(conn: psycopg.Connection[Any], controller: int, name: str, mode: str) -> int:
-    return int(
-        scalar(
-            conn,
-            "INSERT INTO registry.connectors (controller_id, name, mode)"
-            " VALUES (%s, %s, %s) RETURNING id",
-            controller,
-            name,
-            mode,
-        )
-    )
+def insert_row(conn: Conn, table: str, **values: object) -> int:
+    """INSERT one row into registry.<table>; its id."""
+    columns, marks = ", ".join(values), ", ".join(["%s"] * len(values))
+    query = f"INSERT INTO registry.{table} ({columns}) VALUES ({marks}) RETURNING id"
+    return int(scalar(conn, query, *values.values()))
 
 
-def add_pin(conn: psycopg.Connection[Any], connector: int, component: str, device: int) -> int:
-    return int(
-        scalar(
-            conn,
-            "INSERT INTO registry.pins (connector_id, component, device_id)"
-            " VALUES (%s, %s, %s) RETURNING id",
-            connector,
-            component,
-            device,
-        )
-    )
+@pytest.fixture
+def controller(registry: Conn) -> int:
+    """A controller, aabbccddee01, with nothing on it yet."""
+    return add_device(registry, "controller", "c", "aabbccddee01")
+
+
+def add_connector(conn: Conn, controller: int, name: str, mode: str) -> int:
+    return insert_row(conn, "connectors", controller_id=controller, name=name, mode=mode)
+
+
+def add_pin(conn: Conn, connector: int, component: str, device: int) -> int:
+    return insert_row(conn, "pins", connector_id=connector, component=component, device_id=device)
 
 
 @pytest.mark.parametrize(
     "mac", ["AABBCCDDEE01", "aa:bb:cc:dd:ee:01", "aabbccddee0", "aabbccddee012", "aabbccddee0g"]
 )
-def test_mac_must_be_twelve_lowercase_hex_digits(
-    registry: psycopg.Connection[Any], mac: str
-) -> None:
+def test_mac_must_be_twelve_lowercase_hex_digits(registry: Conn, mac: str) -> None:
     with pytest.raises(errors.CheckViolation, match="devices_mac_format"):
         add_device(registry, "controller", "bad", mac)
 
 
-def test_macs_are_unique_and_only_controllers_have_one(registry: psycopg.Connection[Any]) -> None:
+def test_macs_are_unique_and_only_controllers_have_one(registry: Conn) -> None:
     add_device(registry, "controller", "f2-aabbccddee01", "aabbccddee01")
     with pytest.raises(errors.UniqueViolation):
         add_device(registry, "controller", "again", "aabbccddee01")
@@ -425,17 +416,15 @@ def test_macs_are_unique_and_only_controllers_have_one(registry: psycopg.Connect
         add_device(registry, "environmental-sensor", "sensor", "aabbccddee02")
 
 
-def test_claim_codes_are_stored_hashed_only(registry: psycopg.Connection[Any]) -> None:
-    device = add_device(registry, "controller", "c", "aabbccddee01")
+def test_claim_codes_are_stored_hashed_only(registry: Conn, controller: int) -> None:
     with pytest.raises(errors.CheckViolation, match="devices_claim_code_is_hashed"):
         registry.execute(
             "UPDATE registry.devices SET claim_code_hash = 'ABCD-EFGH-JKMN-PQRS' WHERE id = %s",
-            (device,),
+            (controller,),
         )
 
 
-def test_pins_are_unique_per_position_and_per_device(registry: psycopg.Connection[Any]) -> None:
-    controller = add_device(registry, "controller", "c", "aabbccddee01")
+def test_pins_are_unique_per_position_and_per_device(registry: Conn, controller: int) -> None:
     j3 = add_connector(registry, controller, "J3", "sensor-mode")
     j4 = add_connector(registry, controller, "J4", "sensor-mode")
     first = add_device(registry, "environmental-sensor", "first")
@@ -452,8 +441,7 @@ def test_pins_are_unique_per_position_and_per_device(registry: psycopg.Connectio
         add_connector(registry, controller, "J3", "alarm-mode")
 
 
-def test_pins_accept_only_matching_components_and_modes(registry: psycopg.Connection[Any]) -> None:
-    controller = add_device(registry, "controller", "c", "aabbccddee01")
+def test_pins_accept_only_matching_components_and_modes(registry: Conn, controller: int) -> None:
     j1 = add_connector(registry, controller, "J1", "access-control-mode")
     j3 = add_connector(registry, controller, "J3", "sensor-mode")
     sensor = add_device(registry, "environmental-sensor", "env")
@@ -494,19 +482,18 @@ DATAPOINT = (
     ],
 )
 def test_datapoints_have_exactly_one_valid_decoding_form(
-    registry: psycopg.Connection[Any], values: tuple[Any, ...], constraint: str
+    registry: Conn, values: tuple[Any, ...], constraint: str
 ) -> None:
     with pytest.raises(errors.CheckViolation, match=constraint):
         registry.execute(DATAPOINT, ("extra", *values))
 
 
-def test_both_datapoint_forms_are_accepted(registry: psycopg.Connection[Any]) -> None:
+def test_both_datapoint_forms_are_accepted(registry: Conn) -> None:
     registry.execute(DATAPOINT, ("pressure", 6, 4, "float32", "word_swapped", 1, None))
     registry.execute(DATAPOINT, ("alarm", None, None, None, None, None, "alarm"))
 
 
-def test_certificates_outlive_their_device(registry: psycopg.Connection[Any]) -> None:
-    device = add_device(registry, "controller", "c", "aabbccddee01")
+def test_certificates_outlive_their_device(registry: Conn, controller: int) -> None:
     insert = (
         "INSERT INTO registry.certificates (serial, device_id, cn, kind, not_before, not_after,"
         " status, revoked_at, revocation_reason, fingerprint_sha256)"
@@ -514,13 +501,13 @@ def test_certificates_outlive_their_device(registry: psycopg.Connection[Any]) ->
         " %s, %s, %s, %s)"
     )
     registry.execute(
-        insert, ("1a2b", device, "revoked", datetime.now(UTC), "keyCompromise", "a" * 64)
+        insert, ("1a2b", controller, "revoked", datetime.now(UTC), "keyCompromise", "a" * 64)
     )
     with pytest.raises(errors.CheckViolation, match="certificates_revoked_at"):
-        registry.execute(insert, ("1a2c", device, "revoked", None, None, "b" * 64))
+        registry.execute(insert, ("1a2c", controller, "revoked", None, None, "b" * 64))
     with pytest.raises(errors.CheckViolation, match="certificates_serial_check"):
-        registry.execute(insert, ("1A2C", device, "valid", None, None, "c" * 64))
-    registry.execute("DELETE FROM registry.devices WHERE id = %s", (device,))
+        registry.execute(insert, ("1A2C", controller, "valid", None, None, "c" * 64))
+    registry.execute("DELETE FROM registry.devices WHERE id = %s", (controller,))
     assert registry.execute(
         "SELECT serial, device_id, status FROM registry.certificates"
     ).fetchall() == [("1a2b", None, "revoked")]
@@ -529,20 +516,18 @@ def test_certificates_outlive_their_device(registry: psycopg.Connection[Any]) ->
 # --- NOTIFY registry_changed ----------------------------------------------------------------
 
 
-def received(listener: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+def received(listener: Conn) -> list[dict[str, Any]]:
     return [json.loads(n.payload) for n in listener.notifies(timeout=0.5)]
 
 
 @pytest.fixture
-def listener(migrated: str) -> Iterator[psycopg.Connection[Any]]:
+def listener(migrated: str) -> Iterator[Conn]:
     with psycopg.connect(migrated, autocommit=True) as connection:
         connection.execute("LISTEN registry_changed")
         yield connection
 
 
-def test_registry_changes_notify_listeners(
-    registry: psycopg.Connection[Any], listener: psycopg.Connection[Any]
-) -> None:
+def test_registry_changes_notify_listeners(registry: Conn, listener: Conn) -> None:
     controller = add_device(registry, "controller", "c", "aabbccddee01")
     j3 = add_connector(registry, controller, "J3", "sensor-mode")
     sensor = add_device(registry, "environmental-sensor", "env")
@@ -561,7 +546,7 @@ def test_registry_changes_notify_listeners(
 
 
 def test_notifications_cover_templates_and_datapoints_and_skip_rollbacks(
-    registry: psycopg.Connection[Any], listener: psycopg.Connection[Any]
+    registry: Conn, listener: Conn
 ) -> None:
     with registry.transaction():
         registry.execute("UPDATE registry.datapoints SET label = label || '!' WHERE key = 'co2'")
@@ -578,9 +563,7 @@ def test_notifications_cover_templates_and_datapoints_and_skip_rollbacks(
     assert len(notes[0]["template_ids"]) == 1
 
 
-def test_a_big_change_notifies_without_ids(
-    registry: psycopg.Connection[Any], listener: psycopg.Connection[Any]
-) -> None:
+def test_a_big_change_notifies_without_ids(registry: Conn, listener: Conn) -> None:
     registry.execute(
         "INSERT INTO registry.devices (device_type_id, name)"
         " SELECT t.id, 'sensor ' || g FROM registry.device_types AS t, generate_series(1, 3000) g"

@@ -51,6 +51,7 @@ from f2pipe_shared.timestamps import parse_device_timestamp, to_epoch_us
 from f2pipe_shared.topics import ComponentKind
 from f2pipe_simulator import registry as sim_registry
 from f2pipe_simulator.controller import Controller, Message, Stamper
+from tests.integration.bridgekit import Topics
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +98,7 @@ def make_core(
     metrics: ProcessorMetrics | None = None,
 ) -> Core:
     metrics = metrics or ProcessorMetrics()
-    registry = Registry(conninfo, retry_max_seconds=0.5)
+    registry = Registry(conninfo, retry_max_seconds=0.5, metrics=metrics)
     cache = RedisCache(
         redis_url, prefix, ttl_seconds=600, retry_seconds=redis_retry, metrics=metrics
     )
@@ -141,6 +142,13 @@ def now_us() -> int:
 
 async def process(core: Core, messages: list[RawMessage], offset: int = 0) -> BatchResult:
     return await core.processor.process(0, offset, encode_raw_batch(messages))
+
+
+def output_topics(bootstrap: str) -> KafkaSettings:
+    """Settings naming topics of their own; the processed and the dead-letter one created."""
+    kafka = Topics.unique().kafka_settings(bootstrap)
+    ensure_topics(kafka, {kafka.kafka_processed_topic: 1, kafka.kafka_deadletter_topic: 1})
+    return kafka
 
 
 def expected(samples: list[Sample]) -> tuple[list[Reading], list[Event]]:
@@ -212,7 +220,7 @@ def test_the_worked_examples_of_the_data_model(
 
     async def scenario() -> BatchResult:
         async with core_for(registry_db, redis_server.url, redis_prefix) as core:
-            core.processor._max_age = 100 * 365 * DAY_S  # the example's date is fixed
+            core.processor.max_age_seconds = 100 * 365 * DAY_S  # the example's date is fixed
             return await process(core, messages)
 
     result = run(scenario())
@@ -285,13 +293,7 @@ def test_each_dead_letter_reason_and_the_rest_of_the_batch_goes_through(
         ),
     ]
     messages = [cases[0][1], good, *[m for _, m in cases[1:]], good]
-    suffix = uuid.uuid4().hex[:8]
-    kafka = KafkaSettings(
-        kafka_bootstrap_servers=kafka_bootstrap,
-        kafka_processed_topic=f"processed-{suffix}",
-        kafka_deadletter_topic=f"dlq-{suffix}",
-    )
-    ensure_topics(kafka, {kafka.kafka_processed_topic: 1, kafka.kafka_deadletter_topic: 1})
+    kafka = output_topics(kafka_bootstrap)
     metrics = ProcessorMetrics()
     before = {r: metrics.dead_letters.labels(r.value)._value.get() for r in Reason}
 
@@ -648,13 +650,7 @@ def test_decodes_what_the_simulator_encodes_for_every_template(
 def test_records_kafka_refuses_become_dead_letters_and_the_next_record_goes_through(
     kafka_bootstrap: str,
 ) -> None:
-    suffix = uuid.uuid4().hex[:8]
-    kafka = KafkaSettings(
-        kafka_bootstrap_servers=kafka_bootstrap,
-        kafka_processed_topic=f"processed-{suffix}",
-        kafka_deadletter_topic=f"dlq-{suffix}",
-    )
-    ensure_topics(kafka, {kafka.kafka_processed_topic: 1, kafka.kafka_deadletter_topic: 1})
+    kafka = output_topics(kafka_bootstrap)
     ts = now_us()
     huge = ProcessedBatch(0, 41, [Reading(ts + i, 1, 1, float(i)) for i in range(2000)], [])
     original = bytes(range(256)) * 20  # 5,120 bytes: whole in the letter, too big for Kafka

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,7 +25,7 @@ from f2pipe.migrate import apply_migrations
 from f2pipe.seed import seed_demo
 from f2pipe_devtools.env import kafka_env, postgres_env, redis_env, service_env
 from f2pipe_devtools.servers import RedisServer, free_port
-from f2pipe_devtools.testkit.samples import Sample, load_fleet, samples
+from f2pipe_devtools.testkit.samples import Sample, Slot, load_fleet, samples
 from f2pipe_shared.deadletters import PREVIEW_BYTES, DeadLetter, Reason
 from f2pipe_shared.records import ProcessedBatch, decode_processed_batch, encode_raw_batch
 
@@ -126,9 +126,16 @@ class Worker:
 
 
 @pytest.fixture
-def workers(worker_env: dict[str, str], tmp_path: Path) -> Iterator[list[Worker]]:
+def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[str], Worker]]:
+    """Starts a worker on `worker_env`, its log in <name>.log; kills what a test left running."""
     started: list[Worker] = []
-    yield started
+
+    def start(name: str) -> Worker:
+        worker = Worker(worker_env, tmp_path / f"{name}.log")
+        started.append(worker)
+        return worker.start()
+
+    yield start
     for worker in started:
         if worker.proc is not None and worker.proc.poll() is None:
             worker.proc.kill()
@@ -174,6 +181,15 @@ def partition_of(sample: Sample) -> int:
     return zlib.crc32(mac.encode()) % PARTITIONS
 
 
+def fleet_stream(
+    env: dict[str, str], *, seconds_ago: int, seed: int
+) -> tuple[list[Slot], Iterator[Sample]]:
+    """The seeded fleet, and samples of it from `seconds_ago` on, 100 µs apart."""
+    fleet = load_fleet(env["CONNINFO"])
+    start_us = int(time.time() * 1e6) - seconds_ago * 1_000_000
+    return fleet, samples(fleet, start_us, random.Random(seed), step_us=100)
+
+
 def produce(producer: Producer, topic: str, batch: list[Sample]) -> None:
     by_partition: dict[int, list[Sample]] = {}
     for sample in batch:
@@ -185,11 +201,10 @@ def produce(producer: Producer, topic: str, batch: list[Sample]) -> None:
 
 
 def test_kill_9_mid_stream_loses_no_reading_and_latest_is_served(
-    worker_env: dict[str, str], workers: list[Worker], tmp_path: Path
+    worker_env: dict[str, str], start_worker: Callable[[str], Worker]
 ) -> None:
     env = worker_env
-    fleet = load_fleet(env["CONNINFO"])
-    stream = samples(fleet, int(time.time() * 1e6) - 120_000_000, random.Random(11), step_us=100)
+    fleet, stream = fleet_stream(env, seconds_ago=120, seed=11)
     producer = Producer({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"], "linger.ms": 5})
     sent: list[Sample] = []
     stop_sending = threading.Event()
@@ -203,9 +218,7 @@ def test_kill_9_mid_stream_loses_no_reading_and_latest_is_served(
             time.sleep(0.03)
         producer.flush(10)
 
-    first = Worker(env, tmp_path / "processor-1.log")
-    workers.append(first)
-    first.start()
+    first = start_worker("processor-1")
     sender = threading.Thread(target=send_steadily, daemon=True)
     sender.start()
     reader = TopicReader(env["KAFKA_BOOTSTRAP_SERVERS"], env["KAFKA_PROCESSED_TOPIC"])
@@ -218,9 +231,7 @@ def test_kill_9_mid_stream_loses_no_reading_and_latest_is_served(
         killed_at = len(sent)
         time.sleep(1.0)
 
-        second = Worker(env, tmp_path / "processor-2.log")
-        workers.append(second)
-        second.start()
+        second = start_worker("processor-2")
         time.sleep(2.0)
         stop_sending.set()
         sender.join(15)
@@ -274,11 +285,10 @@ def test_kill_9_mid_stream_loses_no_reading_and_latest_is_served(
 
 
 def test_a_raw_record_too_large_to_dead_letter_whole_does_not_stop_the_worker(
-    worker_env: dict[str, str], workers: list[Worker], tmp_path: Path
+    worker_env: dict[str, str], start_worker: Callable[[str], Worker]
 ) -> None:
     env = worker_env
-    fleet = load_fleet(env["CONNINFO"])
-    stream = samples(fleet, int(time.time() * 1e6) - 60_000_000, random.Random(5), step_us=100)
+    _, stream = fleet_stream(env, seconds_ago=60, seed=5)
     good = [next(stream) for _ in range(40)]
     poison = bytes(range(256)) * 4100  # 1,049,600 bytes: over Kafka's default record limit
     producer = Producer(
@@ -289,9 +299,7 @@ def test_a_raw_record_too_large_to_dead_letter_whole_does_not_stop_the_worker(
     produce(producer, env["KAFKA_RAW_TOPIC"], good)
     assert producer.flush(30) == 0
 
-    worker = Worker(env, tmp_path / "processor.log")
-    workers.append(worker)
-    worker.start()
+    worker = start_worker("processor")
     reader = TopicReader(env["KAFKA_BOOTSTRAP_SERVERS"], env["KAFKA_PROCESSED_TOPIC"])
     letters = Consumer({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"],
                         "group.id": f"dlq-{uuid.uuid4().hex[:6]}"})  # fmt: skip

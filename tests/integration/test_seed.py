@@ -16,6 +16,8 @@ from f2pipe_shared.claimcodes import generate_claim_code, verify_claim_code
 
 pytestmark = pytest.mark.integration
 
+Conn = psycopg.Connection[Any]
+
 SNAPSHOT = {
     "devices": "SELECT * FROM registry.devices ORDER BY id",
     "connectors": "SELECT * FROM registry.connectors ORDER BY id",
@@ -26,7 +28,7 @@ SNAPSHOT = {
 }
 
 
-def snapshot(conn: psycopg.Connection[Any]) -> dict[str, list[Any]]:
+def snapshot(conn: Conn) -> dict[str, list[Any]]:
     return {name: conn.execute(query).fetchall() for name, query in SNAPSHOT.items()}
 
 
@@ -40,9 +42,7 @@ def test_demo_macs_count_on_past_a_byte() -> None:
         demo_mac(0)
 
 
-def test_seeding_twice_gives_exactly_one_fleet(
-    migrated: str, conn: psycopg.Connection[Any]
-) -> None:
+def test_seeding_twice_gives_exactly_one_fleet(migrated: str, conn: Conn) -> None:
     first = seed_demo(migrated, 100)
     assert (first.controllers_created, first.controllers_existing) == (100, 0)
     assert first.connectors_created == 400
@@ -69,9 +69,7 @@ def test_seeding_twice_gives_exactly_one_fleet(
     assert macs == [demo_mac(i) for i in range(1, 101)]
 
 
-def test_every_controller_is_wired_as_the_layout_says(
-    migrated: str, conn: psycopg.Connection[Any]
-) -> None:
+def test_every_controller_is_wired_as_the_layout_says(migrated: str, conn: Conn) -> None:
     seed_demo(migrated, 100)
     connectors = conn.execute(
         "SELECT c.controller_id, array_agg(c.name || ':' || c.mode ORDER BY c.name)"
@@ -100,9 +98,7 @@ def test_every_controller_is_wired_as_the_layout_says(
     ).fetchone() == (0,)
 
 
-def test_claim_codes_verify_against_their_hashes(
-    migrated: str, conn: psycopg.Connection[Any]
-) -> None:
+def test_claim_codes_verify_against_their_hashes(migrated: str, conn: Conn) -> None:
     result = seed_demo(migrated, 20)
     assert sorted(result.claim_codes) == [demo_mac(i) for i in range(1, 21)]
     stored = dict(
@@ -142,9 +138,7 @@ def test_claim_codes_file_is_private_and_lists_new_controllers_only(
     assert all(row["claim_code"] == codes[row["mac"]] for row in rows)
 
 
-def test_an_existing_controller_keeps_what_an_operator_changed(
-    migrated: str, conn: psycopg.Connection[Any]
-) -> None:
+def test_an_existing_controller_keeps_what_an_operator_changed(migrated: str, conn: Conn) -> None:
     seed_demo(migrated, 2)
     conn.execute(
         "DELETE FROM registry.pins WHERE component = 'siren-1' AND connector_id IN"
@@ -157,9 +151,7 @@ def test_an_existing_controller_keeps_what_an_operator_changed(
     assert snapshot(conn) == before
 
 
-def test_seeded_sensors_show_up_in_the_label_views(
-    migrated: str, conn: psycopg.Connection[Any]
-) -> None:
+def test_seeded_sensors_show_up_in_the_label_views(migrated: str, conn: Conn) -> None:
     seed_demo(migrated, 3)
     env = conn.execute(
         "SELECT device_id, template_id FROM registry.device_locations"

@@ -23,7 +23,6 @@ import psycopg
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from prometheus_client.parser import text_string_to_metric_families
 
 from f2pipe_devtools.servers import PostgresServer, free_port
 from f2pipe_devtools.testkit.ledger import read_ledger
@@ -38,6 +37,7 @@ from f2pipe_shared.payloads import (
 )
 from f2pipe_shared.timestamps import format_device_timestamp
 from f2pipe_shared.topics import parse_topic
+from tests.integration.certgen_harness import metric
 from tests.integration.simkit import Operator, Received, SimStack, SimulatorProcess
 
 pytestmark = pytest.mark.integration
@@ -88,14 +88,6 @@ def run_load(stack: SimStack, state_dir: Path, ledger: Path, *extra: str) -> Sim
 
 def published(ledger: Path) -> list[dict[str, Any]]:
     return [line for line in read_ledger(ledger) if line["type"] == "publish"]
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return float(sample.value)
-    return 0.0
 
 
 def decoders(stack: SimStack) -> dict[int, tuple[list[str], Any]]:

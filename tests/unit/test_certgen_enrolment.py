@@ -8,7 +8,7 @@ import copy
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,36 +26,24 @@ from f2pipe_certgen.enrolment import Enrolment
 from f2pipe_certgen.lockout import LockoutPolicy, Lockouts
 from f2pipe_certgen.metrics import CertgenMetrics
 from f2pipe_certgen.ports import (
+    CertificateQuery,
     CertificateRow,
     Controller,
-    Kind,
     RevocationReason,
-    Status,
 )
 from f2pipe_certgen.problems import ProblemError
 from f2pipe_certgen.settings import Settings
 from f2pipe_shared.certificates import EnrollRequest, EnrollResponse
 from f2pipe_shared.claimcodes import hash_claim_code
 from f2pipe_shared.settings import CaSettings, CommonSettings, PostgresSettings
+from tests.unit.certgen_fakes import T0, FakeClock, FakeLockoutState
 
 MAC, OTHER_MAC, NO_CODE_MAC = "aabbccddee01", "aabbccddee02", "aabbccddee03"
 UNKNOWN_MAC = "aabbccddee99"
 CODE = "7KQM-X4RT-9ZHC-PW2N"
 WRONG = "2222-3333-4444-5555"
-T0 = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 DEVICE_DAYS = 30
 POLICY = LockoutPolicy(max_failures=3, window=timedelta(minutes=10), duration=timedelta(minutes=5))
-
-
-@dataclass
-class FakeClock:
-    at: datetime = T0
-
-    def now(self) -> datetime:
-        return self.at
-
-    def advance(self, **delta: float) -> None:
-        self.at += timedelta(**delta)
 
 
 @dataclass
@@ -83,7 +71,7 @@ class FakeStore:
     async def transaction(self) -> AsyncIterator[FakeTransaction]:
         before = copy.deepcopy((self.certificates, self.failures, self.lockouts))
         try:
-            yield FakeTransaction(self)
+            yield FakeTransaction(failures=self.failures, lockouts=self.lockouts, store=self)
         except BaseException:
             self.certificates, self.failures, self.lockouts = before
             raise
@@ -93,8 +81,10 @@ class FakeStore:
         return [row for row in self.certificates.values() if row.cn == cn]
 
 
-@dataclass
-class FakeTransaction:
+@dataclass(kw_only=True)
+class FakeTransaction(FakeLockoutState):
+    """A transaction of `FakeStore`: its lockout methods work on the store's dicts."""
+
     store: FakeStore
 
     async def lock_mac(self, mac: str) -> None:
@@ -135,23 +125,17 @@ class FakeTransaction:
             return row, False
         return self._revoke(row, reason), True
 
-    async def list_certificates(
-        self,
-        *,
-        cn: str | None,
-        status: Status | None,
-        kind: Kind | None,
-        limit: int,
-        offset: int,
-    ) -> tuple[list[CertificateRow], int]:
+    async def list_certificates(self, query: CertificateQuery) -> tuple[list[CertificateRow], int]:
         rows = [
             row
             for row in self.store.certificates.values()
-            if cn in (None, row.cn) and status in (None, row.status) and kind in (None, row.kind)
+            if query.cn in (None, row.cn)
+            and query.status in (None, row.status)
+            and query.kind in (None, row.kind)
         ]
         rows.sort(key=lambda row: row.serial)
         rows.sort(key=lambda row: row.created_at, reverse=True)
-        return rows[offset : offset + limit], len(rows)
+        return rows[query.offset : query.offset + query.limit], len(rows)
 
     async def lock_crl(self) -> None:
         pass
@@ -162,24 +146,6 @@ class FakeTransaction:
             for row in self.store.certificates.values()
             if row.revoked_at is not None
         ]
-
-    async def locked_until(self, mac: str) -> datetime | None:
-        lockout = self.store.lockouts.get(mac)
-        return None if lockout is None else lockout[1]
-
-    async def add_failure(self, mac: str, *, at: datetime, window_start: datetime) -> int:
-        kept = [t for t in self.store.failures.get(mac, []) if t > window_start]
-        self.store.failures[mac] = [*kept, at]
-        return len(self.store.failures[mac])
-
-    async def lock_out(self, mac: str, *, at: datetime, until: datetime, failures: int) -> None:
-        self.store.failures.pop(mac, None)
-        self.store.lockouts[mac] = (at, until, failures)
-
-    async def clear_failures(self, mac: str, *, now: datetime) -> None:
-        self.store.failures.pop(mac, None)
-        if mac in self.store.lockouts and self.store.lockouts[mac][1] <= now:
-            del self.store.lockouts[mac]
 
     def _revoke(self, row: CertificateRow, reason: RevocationReason) -> CertificateRow:
         revoked = replace(

@@ -49,3 +49,25 @@ def test_nothing_refers_to_a_path_outside_the_repository() -> None:
         and outside.search((ROOT / name).read_text(errors="replace"))
     ]
     assert offenders == []
+
+
+PACKAGES = {
+    "shared": "shared/f2pipe_shared",
+    "certgen": "services/certgen/f2pipe_certgen",
+    "bridge": "services/bridge/f2pipe_bridge",
+    "processor": "services/processor/f2pipe_processor",
+    "sink": "services/sink/f2pipe_sink",
+    "simulator": "services/simulator/f2pipe_simulator",
+    "f2pipe": "f2pipe",
+    "devtools": "devtools/f2pipe_devtools",
+}
+
+
+def test_the_architecture_doc_names_every_module_of_every_package() -> None:
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    modules = doc.split("## Modules per service", 1)[1]
+    sections = dict(re.findall(r"^### (\w+): `[^`]+`\n(.*?)(?=^### |\Z)", modules, re.M | re.S))
+    for name, directory in PACKAGES.items():
+        files = {p.name for p in (ROOT / directory).glob("*.py")} - {"__init__.py", "__main__.py"}
+        listed = set(re.findall(r"^\| `(\w+\.py)` \|", sections[name], re.M))
+        assert listed == files, (name, sorted(files ^ listed))

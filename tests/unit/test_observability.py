@@ -7,6 +7,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
+from f2pipe_shared.metrics import ServiceMetrics
 from f2pipe_shared.observability import ObservabilityServer
 
 
@@ -39,3 +40,37 @@ def test_metrics_and_health_are_served() -> None:
         assert get(f"{base}/nope")[0] == 404
     finally:
         server.stop()
+
+
+def test_service_metrics_prefix_labels_and_own_registry() -> None:
+    class Metrics(ServiceMetrics):
+        def __init__(self, registry: CollectorRegistry | None = None) -> None:
+            super().__init__("f2pipe_demo_", registry)
+            self.sent = self.counter("sent", "messages sent", ["kind"])
+            self.up = self.gauge("up", "1 while up")
+            self.seconds = self.histogram("seconds", "time per batch", (0.1, 1.0), ["stage"])
+
+    one, two = Metrics(), Metrics()
+    assert one.registry is not two.registry  # same names twice: no "Duplicated timeseries"
+    one.sent.labels(kind="scan").inc(2)
+    one.up.set(1)
+    one.seconds.labels(stage="decode").observe(0.5)
+    value = one.registry.get_sample_value
+    assert value("f2pipe_demo_sent_total", {"kind": "scan"}) == 2
+    assert value("f2pipe_demo_up") == 1
+    assert value("f2pipe_demo_seconds_bucket", {"stage": "decode", "le": "0.1"}) == 0
+    assert value("f2pipe_demo_seconds_bucket", {"stage": "decode", "le": "1.0"}) == 1
+    assert two.registry.get_sample_value("f2pipe_demo_sent_total", {"kind": "scan"}) is None
+    families = {family.name for family in one.registry.collect()}
+    assert {"process_cpu_seconds", "python_info"} <= families
+    assert "python_gc_objects_collected" not in families
+
+
+def test_service_metrics_uses_a_given_registry_and_adds_gc_on_request() -> None:
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics("f2pipe_demo_", registry, gc=True)
+    assert metrics.registry is registry
+    metrics.counter("records", "records").inc()
+    assert registry.get_sample_value("f2pipe_demo_records_total") == 1
+    families = {family.name for family in registry.collect()}
+    assert {"process_cpu_seconds", "python_info", "python_gc_objects_collected"} <= families

@@ -100,6 +100,23 @@ SENSOR = topic("tele", "sensor-mode", "J3", "sensor-1")
 POWER_TOPIC = topic("tele", "sensor-mode", "J3", "sensor-3")
 DOOR = topic("stat", "access-control-mode", "J1", "door-sensors")
 SCAN = topic("tele", "access-control-mode", "J1", "reader-1")
+
+
+def processor_letter(
+    reason: Reason,
+    detail: str,
+    *,
+    original: bytes = b"{}",
+    mqtt_topic: str = SENSOR,
+    source_topic: str | None = None,
+    offset: int,
+) -> DeadLetter:
+    """The processor's dead letter of a message at `offset` of partition 2."""
+    return DeadLetter(stage=Stage.processor, reason=reason, detail=detail, original=original,
+                      mqtt_topic=mqtt_topic, source_topic=source_topic, source_partition=2,
+                      source_offset=offset)  # fmt: skip
+
+
 LOCATIONS: dict[str, Resolved] = {
     SENSOR: Location(100, 10, 1, 3),
     POWER_TOPIC: Location(101, 11, 1, 3),
@@ -385,15 +402,8 @@ def test_latest_merge_keeps_the_newer_value() -> None:
 
 
 def test_output_records_one_processed_record_and_a_dead_letter_per_message() -> None:
-    dead = DeadLetter(
-        stage=Stage.processor,
-        reason=Reason.crc_mismatch,
-        detail="CRC",
-        original=b'{"data": "01"}',
-        mqtt_topic=SENSOR,
-        source_topic="raw",
-        source_partition=2,
-        source_offset=9,
+    dead = processor_letter(
+        Reason.crc_mismatch, "CRC", original=b'{"data": "01"}', source_topic="raw", offset=9
     )
     result = BatchResult(ProcessedBatch(2, 9, [], []), [dead], {}, messages=1)
     records = output_records(result, "processed", "dlq")
@@ -442,11 +452,9 @@ def test_parse_collects_distinct_topics_only() -> None:
 def test_dead_letters_are_logged_naming_the_device(caplog: pytest.LogCaptureFixture) -> None:
     bad = topic("tele", "sensor-mode", "J3", "sensor-1", mac="0123456789ab")
     letters = [
-        DeadLetter(stage=Stage.processor, reason=Reason.unknown_mac, detail="no controller",
-                   original=b"{}", mqtt_topic=bad, source_partition=2, source_offset=7),
-        DeadLetter(stage=Stage.processor, reason=Reason.bad_hex, detail="odd digit count",
-                   original=b"{}", mqtt_topic=SENSOR, source_partition=2, source_offset=7),
-    ]  # fmt: skip
+        processor_letter(Reason.unknown_mac, "no controller", mqtt_topic=bad, offset=7),
+        processor_letter(Reason.bad_hex, "odd digit count", offset=7),
+    ]
     with caplog.at_level("WARNING", logger="f2pipe_processor.core"):
         log_dead_letters(letters)
     lines = {r.reason: r for r in caplog.records}  # type: ignore[attr-defined]

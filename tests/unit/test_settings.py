@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import dataclasses
+import importlib
+
 import pytest
 
 from f2pipe_bridge.settings import BridgeSettings
@@ -36,6 +39,17 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
         (s.CaSettings, "DEVICE_EXPIRY", "0"),
         (SimulatorSettings, "PUBLISH_INTERVAL", "soon"),
         (BridgeSettings, "BRIDGE_BATCH_LINGER_MS", "-5"),
+        (s.PostgresSettings, "POSTGRES_PORT", "0"),
+        (s.TimescaleSettings, "TIMESCALE_PORT", "65536"),
+        (s.TimescaleSettings, "TIMESCALE_SSLMODE", "sometimes"),
+        (s.ObservabilitySettings, "METRICS_PORT", "-1"),
+        (s.KafkaSettings, "KAFKA_DEADLETTER_TOPIC", "dead letters"),
+        (SinkSettings, "SINK_GROUP_ID", "a/b"),
+        (s.KafkaSettings, "KAFKA_RAW_PARTITIONS", "0"),
+        (s.KafkaSettings, "KAFKA_RAW_PARTITIONS", "1025"),
+        (SimulatorSettings, "SIMULATOR_RECONNECT_MIN", "0"),
+        (SimulatorSettings, "SIMULATOR_DRAIN_SECONDS", "-0.5"),
+        (SimulatorSettings, "SIMULATOR_DRAIN_SECONDS", "601"),
     ],
 )
 def test_a_bad_value_names_its_variable(
@@ -104,3 +118,78 @@ def test_every_settings_group_derives_from_the_one_base() -> None:
 
     for cls, _ in [*s.GROUPS, *_service_groups()]:
         assert issubclass(cls, s.F2Settings), cls
+
+
+@pytest.mark.parametrize(
+    ("module", "default"),
+    [
+        ("f2pipe_bridge", 9101),
+        ("f2pipe_processor", 6066),
+        ("f2pipe_sink", 9103),
+        ("f2pipe_simulator", 9104),
+    ],
+)
+def test_metrics_port_is_the_service_default_unless_metrics_port_is_set(
+    monkeypatch: pytest.MonkeyPatch, module: str, default: int
+) -> None:
+    settings_cls = importlib.import_module(f"{module}.settings").Settings
+    assert issubclass(settings_cls, s.ObservedServiceSettings)
+    monkeypatch.delenv("METRICS_PORT", raising=False)
+    assert settings_cls.load().metrics_port == default
+    monkeypatch.setenv("METRICS_PORT", "0")  # 0: any free port
+    assert settings_cls.load().metrics_port == 0
+    monkeypatch.setenv("METRICS_PORT", "9999")
+    assert settings_cls.load().metrics_port == 9999
+
+
+def test_the_processor_port_is_its_metrics_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    from f2pipe_processor.settings import Settings as Processor
+
+    monkeypatch.setenv("METRICS_PORT", "7077")
+    assert Processor.load().port == 7077
+
+
+def test_the_base_groups_come_first_in_load_order() -> None:
+    from f2pipe_certgen.settings import Settings as Certgen
+    from f2pipe_sink.settings import Settings as Sink
+
+    assert [f.name for f in dataclasses.fields(Certgen)] == ["common", "ca", "postgres"]
+    assert [f.name for f in dataclasses.fields(Sink)][:2] == ["common", "observability"]
+
+
+def test_the_bounds_of_optional_fields_apply_to_a_set_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from f2pipe_processor.settings import ProcessorSettings
+
+    monkeypatch.setenv("PROCESSOR_MAX_AGE_DAYS", "0")
+    with pytest.raises(s.SettingsError, match="PROCESSOR_MAX_AGE_DAYS"):
+        s.load(ProcessorSettings)
+    monkeypatch.setenv("SIMULATOR_DRAIN_SECONDS", "0")
+    assert s.load(SimulatorSettings).simulator_drain_seconds == 0
+
+
+def test_every_timescale_variable_has_a_postgres_twin() -> None:
+    twins = [
+        name.replace("timescale_", "postgres_", 1) for name in s.TimescaleSettings.model_fields
+    ]
+    assert twins == list(s.PostgresSettings.model_fields)
+
+
+def test_timescale_takes_each_set_value_and_the_registry_s_for_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in s.TimescaleSettings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("POSTGRES_PASSWORD", "registry-secret")
+    monkeypatch.setenv("POSTGRES_PORT", "5433")
+    monkeypatch.setenv("TIMESCALE_PORT", "6432")
+    monkeypatch.setenv("TIMESCALE_SSLMODE", "require")
+    monkeypatch.setenv("TIMESCALE_HOST", "")  # empty: as if unset
+    registry = s.load(s.PostgresSettings)
+    telemetry = s.load(s.TimescaleSettings).resolved(registry)
+    assert telemetry.postgres_port == 6432
+    assert telemetry.postgres_sslmode == "require"
+    assert telemetry.postgres_host == registry.postgres_host
+    assert telemetry.postgres_password.get_secret_value() == "registry-secret"
+    assert registry.postgres_port == 5433  # the registry's own settings are left as they were

@@ -970,28 +970,53 @@ def test_a_full_queue_drops_and_counts_a_controllers_own_message() -> None:
     assert sample(metrics, "simulator_messages_dropped_total", kind="sensor") == 1
 
 
-def test_commands_are_answered_through_the_connection_counted_and_recorded(
-    tmp_path: Path,
-) -> None:
+@dataclass
+class Recorded:
+    """A fleet of one controller (MAC) on a broker that acknowledges when told, its metrics,
+    and a ledger in ledger.jsonl."""
+
+    clock: FakeClock
+    broker: FakeBroker
+    metrics: SimulatorMetrics
+    ledger: Ledger
+
+    def run(self, scenario: Callable[[RunningFleet], None]) -> RunningFleet:
+        """Open the fleet in an event loop, let `scenario` act on it, then close the ledger."""
+
+        async def opened() -> RunningFleet:
+            fleet = open_fleet(
+                self.clock, self.broker, macs=[MAC], metrics=self.metrics, ledger=self.ledger
+            )
+            scenario(fleet)
+            return fleet
+
+        fleet = asyncio.run(opened())
+        self.ledger.close()
+        return fleet
+
+
+@pytest.fixture
+def recorded(tmp_path: Path) -> Recorded:
     clock = FakeClock()
     broker = FakeBroker(clock, auto_ack=False)
-    metrics = SimulatorMetrics()
-    ledger = Ledger(tmp_path / "ledger.jsonl")
+    return Recorded(clock, broker, SimulatorMetrics(), Ledger(tmp_path / "ledger.jsonl"))
 
-    async def scenario() -> RunningFleet:
-        fleet = open_fleet(clock, broker, macs=[MAC], metrics=metrics, ledger=ledger)
-        ledger.header([fleet.controllers["f2-" + MAC].spec], mode="normal")
-        connection = broker.connections["f2-" + MAC]
+
+def test_commands_are_answered_through_the_connection_counted_and_recorded(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    def scenario(fleet: RunningFleet) -> None:
+        recorded.ledger.header([fleet.controllers["f2-" + MAC].spec], mode="normal")
+        connection = recorded.broker.connections["f2-" + MAC]
         connection.deliver(cmnd("strike-1"), b'{"power-flag":2,"period":5}')
         connection.deliver(cmnd("reader-1") + "/success", b"1")
         connection.deliver(cmnd("siren-1", "J2", "alarm-mode"), b"2")
-        clock.advance(5.0)  # the strike reverts
+        recorded.clock.advance(5.0)  # the strike reverts
         connection.ack_all()
-        return fleet
 
-    fleet = asyncio.run(scenario())
-    ledger.close()
-    sent = [m for _, m in broker.sent()]
+    fleet = recorded.run(scenario)
+    metrics = recorded.metrics
+    sent = [m for _, m in recorded.broker.sent()]
     assert [(m.topic, json.loads(m.payload)["status"]) for m in sent] == [
         (f"stat/f2-{MAC}/access-control-mode/J1/strike-1", True),
         (f"stat/f2-{MAC}/access-control-mode/J1/strike-1", False),
@@ -1016,21 +1041,17 @@ def test_commands_are_answered_through_the_connection_counted_and_recorded(
     ]
 
 
-def test_a_refused_message_is_counted_and_not_in_the_ledger(tmp_path: Path) -> None:
-    clock = FakeClock()
-    broker = FakeBroker(clock, auto_ack=False)
-    metrics = SimulatorMetrics()
-    ledger = Ledger(tmp_path / "ledger.jsonl")
+def test_a_refused_message_is_counted_and_not_in_the_ledger(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    def scenario(fleet: RunningFleet) -> None:
+        recorded.ledger.header([], mode="normal")
+        connection = recorded.broker.connections["f2-" + MAC]
+        connection.deliver(cmnd("strike-1"), b'{"power-flag":1}')
+        connection.ack_all(ok=False)
 
-    async def scenario() -> RunningFleet:
-        fleet = open_fleet(clock, broker, macs=[MAC], metrics=metrics, ledger=ledger)
-        ledger.header([], mode="normal")
-        broker.connections["f2-" + MAC].deliver(cmnd("strike-1"), b'{"power-flag":1}')
-        broker.connections["f2-" + MAC].ack_all(ok=False)
-        return fleet
-
-    fleet = asyncio.run(scenario())
-    ledger.close()
+    fleet = recorded.run(scenario)
+    metrics = recorded.metrics
     assert (fleet.refused, sum(fleet.acked.values())) == (1, 0)
     assert sample(metrics, "simulator_messages_refused_total", kind="strike") == 1
     assert [line["type"] for line in read_ledger(tmp_path / "ledger.jsonl")] == [

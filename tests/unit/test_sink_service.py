@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
@@ -89,15 +89,9 @@ class FakeConsumer:
         self.next_offset: dict[int, int] = {}
         self.closed = False
 
-    def subscribe(
-        self,
-        topics: list[str],
-        *,
-        on_assign: RebalanceCallback,
-        on_revoke: RebalanceCallback,
-        on_lost: RebalanceCallback,
-    ) -> None:
-        self.callbacks = {"on_assign": on_assign, "on_revoke": on_revoke, "on_lost": on_lost}
+    def subscribe(self, topics: list[str], **callbacks: RebalanceCallback) -> None:
+        assert set(callbacks) == {"on_assign", "on_revoke", "on_lost"}  # the port's keywords
+        self.callbacks = callbacks
 
     def assign(self, partitions: list[int]) -> None:
         self.callbacks["on_assign"](self, [TopicPartition(TOPIC, p) for p in partitions])
@@ -541,19 +535,11 @@ class FakeProducer:
         self.produced = 0
         self.delivered: list[DeadLetter] = []
 
-    def produce(
-        self,
-        topic: str,
-        /,
-        *,
-        value: bytes | None,
-        key: bytes | None,
-        headers: list[tuple[str, str | bytes | None]],
-        on_delivery: DeliveryCallback,
-    ) -> None:
+    def produce(self, topic: str, /, **record: Any) -> None:  # the port's keyword arguments
         assert topic == "dlq"
+        assert set(record) == {"value", "key", "headers", "on_delivery"}
         self.produced += 1
-        self.pending.append((value or b"", headers, on_delivery))
+        self.pending.append((record["value"] or b"", record["headers"], record["on_delivery"]))
 
     def poll(self, timeout: float, /) -> int:
         return 0

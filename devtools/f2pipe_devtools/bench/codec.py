@@ -6,16 +6,8 @@ import json
 import random
 
 from f2pipe_devtools.bench.report import Measurement, Report, rate
-from f2pipe_shared.records import (
-    Event,
-    ProcessedBatch,
-    RawMessage,
-    Reading,
-    decode_processed_batch,
-    decode_raw_batch,
-    encode_processed_batch,
-    encode_raw_batch,
-)
+from f2pipe_shared import records
+from f2pipe_shared.records import Event, ProcessedBatch, RawMessage, Reading
 
 BATCH = 500
 
@@ -48,21 +40,18 @@ def sample_processed_batch(messages: int = BATCH) -> ProcessedBatch:
 
 def run(report: Report, repeats: int, min_seconds: float) -> None:
     raw = sample_raw_batch()
-    raw_bytes = encode_raw_batch(raw)
+    raw_bytes = records.encode_raw_batch(raw)
     processed = sample_processed_batch()
-    processed_bytes = encode_processed_batch(processed)
+    processed_bytes = records.encode_processed_batch(processed)
     n_read = len(processed.readings)
     cases = [
-        ("raw batch encode", lambda: encode_raw_batch(raw), BATCH, "messages/s"),
-        ("raw batch decode", lambda: decode_raw_batch(raw_bytes), BATCH, "messages/s"),
-        ("processed batch encode", lambda: encode_processed_batch(processed), n_read, "readings/s"),
-        (
-            "processed batch decode",
-            lambda: decode_processed_batch(processed_bytes),
-            n_read,
-            "readings/s",
-        ),
-    ]
+        ("raw batch encode", lambda: records.encode_raw_batch(raw), BATCH, "messages/s"),
+        ("raw batch decode", lambda: records.decode_raw_batch(raw_bytes), BATCH, "messages/s"),
+        ("processed batch encode", lambda: records.encode_processed_batch(processed), n_read,
+         "readings/s"),
+        ("processed batch decode", lambda: records.decode_processed_batch(processed_bytes),
+         n_read, "readings/s"),
+    ]  # fmt: skip
     sizes = {"raw": len(raw_bytes), "processed": len(processed_bytes)}
     for name, fn, items, unit in cases:
         kind = name.split()[0]

@@ -120,8 +120,8 @@ class InProcess:
         self.batches = batches
         self.raws = [decode_raw_batch(b) for b in batches]
         self.messages = sum(len(m) for m in self.raws)
-        self.registry = Registry(conninfo)
         self.metrics = ProcessorMetrics()
+        self.registry = Registry(conninfo, metrics=self.metrics)
         self.cache = RedisCache(redis_url, "bench:", 3600, 5.0, metrics=self.metrics)
         self.resolver = Resolver(self.registry, self.cache, metrics=self.metrics)
         self.processor = BatchProcessor(self.resolver, "raw", 600, YEAR_S, metrics=self.metrics)
@@ -236,7 +236,7 @@ class InProcess:
         window = TimestampWindow.around(int(time.time() * 1e6), 600, YEAR_S)
         distinct = [parse_messages(m, window).topics for m in self.raws]
         keys = sum(len(t) for t in distinct)
-        postgres_only = Registry(self.conninfo)
+        postgres_only = Registry(self.conninfo, metrics=self.metrics)
         no_redis = Resolver(postgres_only, None, metrics=self.metrics)
 
         async def via_redis() -> None:

@@ -75,14 +75,8 @@ class DevBroker(ServerProcess):
     def prepare(self) -> None:
         # As root Mosquitto would switch to `mosquitto`, which cannot read the 0600 keys.
         user = "root" if os.geteuid() == 0 else None
-        self.conf = write(
-            self.directory,
-            ca_dir=self.ca_dir,
-            issued_dir=self.issued_dir,
-            port=self.port,
-            host=self.host,
-            user=user,
-        )
+        self.conf = write(self.directory, ca_dir=self.ca_dir, issued_dir=self.issued_dir,
+                          port=self.port, host=self.host, user=user)  # fmt: skip
 
     def command(self) -> list[str]:
         return supervisor_command(self.conf)

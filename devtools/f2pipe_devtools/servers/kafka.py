@@ -25,13 +25,9 @@ class KafkaBroker(ServerProcess):
     name = "kafka"
 
     def __init__(
-        self,
-        directory: Path,
-        port: int | None = None,
-        *,
-        storage: str = "memory://tansu/",
+        self, directory: Path, port: int | None = None, *, storage: str = "memory://tansu/",
         advertised_port: int | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         """`advertised_port`: the port clients are told to use, e.g. a TcpProxy's."""
         super().__init__(directory, port)
         self.binary = tansu_binary()

@@ -12,13 +12,9 @@ class MosquittoServer(ServerProcess):
     name = "mosquitto"
 
     def __init__(
-        self,
-        directory: Path,
-        port: int | None = None,
-        *,
-        config: str | None = None,
+        self, directory: Path, port: int | None = None, *, config: str | None = None,
         allow_anonymous: bool = False,
-    ) -> None:
+    ) -> None:  # fmt: skip
         """`config` replaces the listener section; it may use {port}, {host} and {dir}."""
         super().__init__(directory, port)
         self.binary = find_binary("mosquitto")

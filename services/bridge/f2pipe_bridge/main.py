@@ -20,8 +20,8 @@ from f2pipe_bridge.ports import MessageSource, RecordProducer
 from f2pipe_bridge.service import BridgeService
 from f2pipe_bridge.settings import Settings
 from f2pipe_shared.kafka import ensure_topics, pipeline_topics, producer_config
+from f2pipe_shared.lifecycle import serve
 from f2pipe_shared.logs import configure_logging
-from f2pipe_shared.observability import ObservabilityServer, on_shutdown_signal
 from f2pipe_shared.settings import KafkaSettings
 
 log = logging.getLogger("f2pipe.bridge")
@@ -56,22 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("bridge", settings.common.log_level, settings.common.log_format)
     wait_for_topics(settings.kafka)
     service = build(settings)
-    server = ObservabilityServer(
-        settings.observability.metrics_host,
-        settings.metrics_port,
-        service.health,
-        service.metrics.registry,
-    ).start()
-    on_shutdown_signal(service.stop)
-    log.info(
-        "bridge started",
-        extra={"metrics_port": server.port, "topics": subscriptions(settings.bridge)},
-    )
-    try:
-        service.run()
-    finally:
-        server.stop()
-    return 0
+    return serve(
+        "bridge", service, service.run,
+        host=settings.observability.metrics_host, port=settings.metrics_port,
+        registry=service.metrics.registry, topics=subscriptions(settings.bridge),
+    )  # fmt: skip
 
 
 def wait_for_topics(kafka: KafkaSettings) -> None:

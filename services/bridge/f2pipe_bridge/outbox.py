@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -34,22 +35,15 @@ RETRY_DELAY_S = 1.0
 Attempt = Callable[[], None]
 
 
+@dataclass(eq=False)
 class Outbox:
-    def __init__(
-        self,
-        kafka: KafkaSettings,
-        producer: RecordProducer,
-        metrics: BridgeMetrics,
-        clock: Clock,
-        settle: Callable[[Inbound], None],
-    ) -> None:
-        self.kafka = kafka
-        self.producer = producer
-        self.metrics = metrics
-        self.clock = clock
-        self.settle = settle
-        self.unconfirmed: dict[int, float] = {}  # id(batch) -> when it was produced
-        self.retries: list[tuple[float, Attempt]] = []  # (due, attempt)
+    kafka: KafkaSettings
+    producer: RecordProducer
+    metrics: BridgeMetrics
+    clock: Clock
+    settle: Callable[[Inbound], None]  # called once Kafka has a message
+    unconfirmed: dict[int, float] = field(default_factory=dict, init=False)  # id(batch) -> sent
+    retries: list[tuple[float, Attempt]] = field(default_factory=list, init=False)  # (due, try)
 
     # --- raw-iot-data -------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import KW_ONLY, InitVar, dataclass
 from typing import Any
 
 from f2pipe_bridge.batcher import Batcher
@@ -31,26 +32,23 @@ DRAIN_AT_ONCE = 5_000
 UNCONFIRMED_HEALTHY_S = 60
 
 
+@dataclass(eq=False)
 class BridgeService:
-    def __init__(
-        self,
-        kafka: KafkaSettings,
-        settings: BridgeSettings,
-        mqtt: MessageSource,
-        producer: RecordProducer,
-        metrics: BridgeMetrics,
-        *,
-        clock: Clock = time,
-    ) -> None:
-        self.settings = settings
-        self.mqtt = mqtt
-        self.metrics = metrics
-        self.clock = clock
+    kafka: InitVar[KafkaSettings]
+    settings: BridgeSettings
+    mqtt: MessageSource
+    producer: InitVar[RecordProducer]
+    metrics: BridgeMetrics
+    _: KW_ONLY
+    clock: Clock = time
+
+    def __post_init__(self, kafka: KafkaSettings, producer: RecordProducer) -> None:
+        settings, clock = self.settings, self.clock
         self.partitions = _partition_count(producer, kafka.kafka_raw_topic)
         self.batcher = Batcher(
             settings.bridge_batch_max_messages, settings.bridge_batch_linger_ms / 1000, clock
         )
-        self.outbox = Outbox(kafka, producer, metrics, clock, settle=self._settle)
+        self.outbox = Outbox(kafka, producer, self.metrics, clock, settle=self._settle)
         self.stopping = threading.Event()
         self.in_flight = 0  # received and not yet settled
 

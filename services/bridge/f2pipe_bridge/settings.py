@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from pydantic import Field
 
-from f2pipe_shared.settings import (
-    CommonSettings,
-    F2Settings,
-    KafkaSettings,
-    MqttSettings,
-    ObservabilitySettings,
-    ServiceSettings,
-)
-
-DEFAULT_METRICS_PORT = 9101
+from f2pipe_shared import settings as s
 
 
-class BridgeSettings(F2Settings):
-    bridge_batch_max_messages: int = Field(
-        500, ge=1, le=100_000, description="most MQTT messages in one raw-iot-data record"
+class BridgeSettings(s.F2Settings):
+    bridge_batch_max_messages: s.Count = Field(
+        500, le=100_000, description="most MQTT messages in one raw-iot-data record"
     )
     bridge_batch_linger_ms: int = Field(
         50, ge=0, le=60_000, description="longest a raw batch waits before it is sent, ms"
@@ -38,9 +30,8 @@ class BridgeSettings(F2Settings):
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
         description="MQTT client id; fixed, so the broker keeps the session across restarts",
     )
-    bridge_max_in_flight: int = Field(
+    bridge_max_in_flight: s.Count = Field(
         5_000,
-        ge=1,
         le=65_535,
         description="unacknowledged messages the broker may send (MQTT 5 Receive Maximum)",
     )
@@ -54,14 +45,9 @@ class BridgeSettings(F2Settings):
 
 
 @dataclass(frozen=True)
-class Settings(ServiceSettings):
-    common: CommonSettings
-    observability: ObservabilitySettings
-    kafka: KafkaSettings
-    mqtt: MqttSettings
-    bridge: BridgeSettings
+class Settings(s.ObservedServiceSettings):
+    DEFAULT_METRICS_PORT: ClassVar[int] = 9101
 
-    @property
-    def metrics_port(self) -> int:
-        port = self.observability.metrics_port
-        return DEFAULT_METRICS_PORT if port is None else port
+    kafka: s.KafkaSettings
+    mqtt: s.MqttSettings
+    bridge: BridgeSettings

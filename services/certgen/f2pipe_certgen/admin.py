@@ -27,7 +27,14 @@ from f2pipe_certgen import crl, problems
 from f2pipe_certgen.ca import CertificateAuthority
 from f2pipe_certgen.deps import CaDep, DbDep, MetricsDep, SettingsDep
 from f2pipe_certgen.metrics import CertgenMetrics
-from f2pipe_certgen.ports import CertificateRow, CertificateStore, Kind, RevocationReason, Status
+from f2pipe_certgen.ports import (
+    CertificateQuery,
+    CertificateRow,
+    CertificateStore,
+    Kind,
+    RevocationReason,
+    Status,
+)
 from f2pipe_certgen.problems import ProblemError
 from f2pipe_shared.settings import CaSettings
 from f2pipe_shared.topics import device_cn, mac_from_cn, normalize_mac
@@ -126,7 +133,7 @@ class Admin:
         cn = None if mac is None else device_cn(_mac(mac))
         async with self.db.transaction() as tx:
             rows, total = await tx.list_certificates(
-                cn=cn, status=status, kind=kind, limit=limit, offset=offset
+                CertificateQuery(cn, status, kind, limit, offset)
             )
         items = [CertificateRecord.of(row) for row in rows]
         return CertificatePage(items=items, total=total, limit=limit, offset=offset)

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from f2pipe_certgen import files, keys
-from f2pipe_certgen.ports import SYSTEM_CLOCK, Clock
+from f2pipe_certgen.ports import SYSTEM_CLOCK, Clock, RevocationReason
 from f2pipe_shared.settings import CaSettings
 from f2pipe_shared.topics import mac_from_cn
 
@@ -47,17 +47,9 @@ SERVICE_PREFIX = "svc-"
 _SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 # Devices and servers whose clocks run a little behind still accept a fresh certificate.
 CLOCK_SKEW = timedelta(minutes=5)
-# RFC 5280 reason names, spelled as cryptography's ReasonFlags members.
-REVOCATION_REASONS = (
-    "unspecified",
-    "key_compromise",
-    "ca_compromise",
-    "affiliation_changed",
-    "superseded",
-    "cessation_of_operation",
-    "certificate_hold",
-    "privilege_withdrawn",
-)
+# RFC 5280 reason names, spelled as cryptography's ReasonFlags members: what an operator may
+# give (ports.RevocationReason), and certificate_hold, which only the CRL format knows.
+REVOCATION_REASONS: tuple[str, ...] = (*get_args(RevocationReason), "certificate_hold")
 Kind = Literal["device", "service", "broker"]
 
 

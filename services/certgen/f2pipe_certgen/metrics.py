@@ -7,14 +7,9 @@ and Python ones.
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    PlatformCollector,
-    ProcessCollector,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from f2pipe_shared.metrics import ServiceMetrics
 
 # The reasons an enrolment can be refused for, pre-created at 0 so a dashboard's rate() has a
 # series before the first refusal happens.
@@ -31,36 +26,27 @@ ENROLMENT_FAILURE_REASONS = (
 )
 
 
-class CertgenMetrics:
+class CertgenMetrics(ServiceMetrics):
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        self.enrolments = Counter(
-            "certgen_enrolments",
+        super().__init__("certgen_")
+        self.enrolments = self.counter(
+            "enrolments",
             "Device certificates issued by enrolment, by flow (csr: device sent a CSR; "
             "generated: certgen made the key pair)",
             ["flow"],
-            registry=self.registry,
         )
-        self.enrolment_failures = Counter(
-            "certgen_enrolment_failures",
-            "Enrolments refused, by problem reason",
-            ["reason"],
-            registry=self.registry,
+        self.enrolment_failures = self.counter(
+            "enrolment_failures", "Enrolments refused, by problem reason", ["reason"]
         )
-        self.revocations = Counter(
-            "certgen_revocations",
+        self.revocations = self.counter(
+            "revocations",
             "Certificates revoked, by RFC 5280 reason (superseded: replaced by a re-enrolment)",
             ["reason"],
-            registry=self.registry,
         )
-        self.service_certificates = Counter(
-            "certgen_service_certificates",
-            "Service client certificates issued through the admin API",
-            registry=self.registry,
+        self.service_certificates = self.counter(
+            "service_certificates", "Service client certificates issued through the admin API"
         )
         for flow in ("csr", "generated"):
             self.enrolments.labels(flow=flow)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 if TYPE_CHECKING:  # ca.py takes a Clock: importing it here at run time would be circular
     from f2pipe_certgen.ca import IssuedCertificate, RevokedEntry
@@ -56,6 +56,16 @@ class CertificateRow:
     created_at: datetime
 
 
+class CertificateQuery(NamedTuple):
+    """Which certificates to list (None: any) and which page of them, newest first."""
+
+    cn: str | None
+    status: Status | None
+    kind: Kind | None
+    limit: int
+    offset: int
+
+
 class Clock(Protocol):
     def now(self) -> datetime:
         """The current time, time-zone aware."""
@@ -97,15 +107,7 @@ class CertificateRecords(Protocol):
         serial. `serial` is lowercase hex without leading zeros."""
         ...
 
-    async def list_certificates(
-        self,
-        *,
-        cn: str | None,
-        status: Status | None,
-        kind: Kind | None,
-        limit: int,
-        offset: int,
-    ) -> tuple[list[CertificateRow], int]:
+    async def list_certificates(self, query: CertificateQuery) -> tuple[list[CertificateRow], int]:
         """A page of certificates, newest first, and how many match in all."""
         ...
 

@@ -21,7 +21,12 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from f2pipe_certgen.ca import REVOCATION_REASONS, IssuedCertificate, RevokedEntry
-from f2pipe_certgen.ports import CertificateRow, Controller, Kind, RevocationReason, Status
+from f2pipe_certgen.ports import (
+    CertificateQuery,
+    CertificateRow,
+    Controller,
+    RevocationReason,
+)
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
@@ -160,21 +165,13 @@ class PostgresTransaction:
         assert updated is not None
         return _certificate(updated), True
 
-    async def list_certificates(
-        self,
-        *,
-        cn: str | None,
-        status: Status | None,
-        kind: Kind | None,
-        limit: int,
-        offset: int,
-    ) -> tuple[list[CertificateRow], int]:
+    async def list_certificates(self, query: CertificateQuery) -> tuple[list[CertificateRow], int]:
         where = """
             WHERE (%(cn)s::text IS NULL OR cn = %(cn)s)
               AND (%(status)s::text IS NULL OR status = %(status)s)
               AND (%(kind)s::text IS NULL OR kind = %(kind)s)
         """
-        params = {"cn": cn, "status": status, "kind": kind, "limit": limit, "offset": offset}
+        params = query._asdict()
         cur = await self._conn.execute(
             f"SELECT {_COLUMNS} FROM registry.certificates {where}"  # noqa: S608 - constants
             " ORDER BY created_at DESC, serial LIMIT %(limit)s OFFSET %(offset)s",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 from f2pipe_processor.decoder import (
     LatestValues,
@@ -41,23 +41,15 @@ class BatchResult:
     seconds: dict[str, float] = field(default_factory=dict)  # parse, lookup, decode
 
 
+@dataclass(eq=False)
 class BatchProcessor:
-    def __init__(
-        self,
-        resolver: Resolver,
-        source_topic: str,
-        max_future_seconds: float,
-        max_age_seconds: float,
-        *,
-        metrics: ProcessorMetrics,
-        clock: Clock = time.time,
-    ) -> None:
-        self.resolver = resolver
-        self.metrics = metrics
-        self._source_topic = source_topic
-        self._max_future = max_future_seconds
-        self._max_age = max_age_seconds
-        self._clock = clock
+    resolver: Resolver
+    source_topic: str
+    max_future_seconds: float
+    max_age_seconds: float
+    _: KW_ONLY
+    metrics: ProcessorMetrics
+    clock: Clock = time.time
 
     async def process(self, partition: int, offset: int, value: bytes | None) -> BatchResult:
         started = time.perf_counter()
@@ -80,7 +72,9 @@ class BatchProcessor:
         if value is None:
             raise FramingError("record has no value")
         messages = decode_raw_batch(value)
-        window = TimestampWindow.around(int(self._clock() * 1e6), self._max_future, self._max_age)
+        window = TimestampWindow.around(
+            int(self.clock() * 1e6), self.max_future_seconds, self.max_age_seconds
+        )
         parse = parse_messages(messages, window)
         t1 = time.perf_counter()
         lookup = await self.resolver.resolve(parse.topics)
@@ -104,7 +98,7 @@ class BatchProcessor:
             detail=rejected.detail[:DETAIL_MAX],
             original=rejected.message.payload,
             mqtt_topic=rejected.message.topic,
-            source_topic=self._source_topic,
+            source_topic=self.source_topic,
             source_partition=partition,
             source_offset=offset,
         )
@@ -117,7 +111,7 @@ class BatchProcessor:
             reason=reason,
             detail=detail[:DETAIL_MAX],
             original=value or b"",
-            source_topic=self._source_topic,
+            source_topic=self.source_topic,
             source_partition=partition,
             source_offset=offset,
         )

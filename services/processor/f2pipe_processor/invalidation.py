@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -46,21 +47,15 @@ def parse_change(payload: str) -> Change | None:
     return Change(table, None if ids is None else tuple(ids), tuple(parents))
 
 
+@dataclass(eq=False)
 class RegistryListener:
-    def __init__(
-        self,
-        conninfo: str,
-        resolver: Resolver,
-        retry_max_seconds: float = 5.0,
-        keepalive_seconds: float = 10.0,
-    ) -> None:
-        self._conninfo = conninfo
-        self._resolver = resolver
-        self._retry_max = retry_max_seconds
-        self._keepalive = keepalive_seconds
-        self.connected = False
-        self.applied = 0
-        self.last_change_at: float | None = None  # wall clock of the last applied change
+    conninfo: str
+    resolver: Resolver
+    retry_max_seconds: float = 5.0
+    keepalive_seconds: float = 10.0
+    connected: bool = field(default=False, init=False)
+    applied: int = field(default=0, init=False)
+    last_change_at: float | None = field(default=None, init=False)  # wall clock of last change
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting with backoff."""
@@ -68,14 +63,14 @@ class RegistryListener:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self._conninfo,
+                    self.conninfo,
                     autocommit=True,
                     application_name="f2pipe-processor-listener",
                     connect_timeout=5,
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     # Whatever changed while nobody listened is unknown: start over.
-                    await self._resolver.flush()
+                    await self.resolver.flush()
                     self.connected = True
                     delay = 0.2
                     log.info("listening for registry changes", extra={"channel": CHANNEL})
@@ -89,11 +84,11 @@ class RegistryListener:
                     )
                 self.connected = False
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max)
+                delay = min(delay * 2, self.retry_max_seconds)
 
     async def _listen(self, conn: psycopg.AsyncConnection[TupleRow]) -> None:
         while True:
-            async for notify in conn.notifies(timeout=self._keepalive):
+            async for notify in conn.notifies(timeout=self.keepalive_seconds):
                 await self._apply(notify.payload)
             async with asyncio.timeout(5):
                 await conn.execute("SELECT 1")
@@ -103,9 +98,9 @@ class RegistryListener:
         if change is None:
             log.warning("unreadable registry_changed payload: emptying the caches",
                         extra={"payload": payload[:200]})  # fmt: skip
-            await self._resolver.flush()
+            await self.resolver.flush()
         else:
-            await self._resolver.invalidate(change)
+            await self.resolver.invalidate(change)
         self.applied += 1
         self.last_change_at = time.time()
         log.debug("registry change applied", extra={"payload": payload[:200]})

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 import psycopg
@@ -169,6 +169,7 @@ class RegistryUnavailable(Exception):
     """A one-shot query failed (callers that must not wait fall back instead)."""
 
 
+@dataclass(eq=False)
 class Registry:
     """The registry database, queried in batches; waits (never gives up) while it is down.
 
@@ -176,21 +177,14 @@ class Registry:
     offset is then not committed, so nothing is lost or dead-lettered by an outage.
     """
 
-    def __init__(
-        self,
-        conninfo: str,
-        retry_max_seconds: float = 5.0,
-        query_timeout: float = 15.0,
-        *,
-        metrics: ProcessorMetrics | None = None,
-    ) -> None:
-        self._metrics = metrics if metrics is not None else ProcessorMetrics()
-        self._conninfo = conninfo
-        self._retry_max = retry_max_seconds
-        self._timeout = query_timeout
-        self._conn: Connection | None = None
-        self.down_since: float | None = None  # monotonic time of the first failure
-        self.last_error: str | None = None
+    conninfo: str
+    retry_max_seconds: float = 5.0
+    query_timeout: float = 15.0
+    _: KW_ONLY
+    metrics: ProcessorMetrics
+    _conn: Connection | None = field(default=None, init=False, repr=False)
+    down_since: float | None = field(default=None, init=False)  # monotonic time of first failure
+    last_error: str | None = field(default=None, init=False)
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -229,24 +223,24 @@ class Registry:
                 await self._drop_connection()
                 self._on_failure(exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max)
+                delay = min(delay * 2, self.retry_max_seconds)
                 continue
             self._on_success()
             return result
 
     async def _execute(self, fetch: Callable[[Connection], Awaitable[T]]) -> T:
         conn = await self._connection()
-        async with asyncio.timeout(self._timeout):
+        async with asyncio.timeout(self.query_timeout):
             return await fetch(conn)
 
     async def _connection(self) -> Connection:
         if self._conn is None or self._conn.closed:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self.query_timeout):
                 self._conn = await psycopg.AsyncConnection.connect(
-                    self._conninfo,
+                    self.conninfo,
                     autocommit=True,
                     application_name="f2pipe-processor",
-                    connect_timeout=max(2, int(self._timeout)),
+                    connect_timeout=max(2, int(self.query_timeout)),
                 )
         return self._conn
 
@@ -258,8 +252,8 @@ class Registry:
                 await conn.close()
 
     def _on_failure(self, exc: BaseException) -> None:
-        self._metrics.postgres_retries.inc()
-        self._metrics.postgres_up.set(0)
+        self.metrics.postgres_retries.inc()
+        self.metrics.postgres_up.set(0)
         self.last_error = f"{type(exc).__name__}: {exc}".strip()
         if self.down_since is None:
             self.down_since = time.monotonic()
@@ -270,7 +264,7 @@ class Registry:
             )
 
     def _on_success(self) -> None:
-        self._metrics.postgres_up.set(1)
+        self.metrics.postgres_up.set(1)
         if self.down_since is not None:
             log.info(
                 "registry database is back",

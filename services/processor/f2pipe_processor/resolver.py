@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import msgpack
@@ -246,6 +246,7 @@ class RedisCache:
         return await self._available()
 
 
+@dataclass(eq=False)
 class Resolver:
     """Topic -> device and template, through memory, Redis and PostgreSQL.
 
@@ -253,21 +254,14 @@ class Resolver:
     PostgreSQL just before a change was applied must not put the old answer back.
     """
 
-    def __init__(
-        self,
-        registry: RegistrySource,
-        redis: LookupCache | None,
-        local_size: int = 500_000,
-        *,
-        metrics: ProcessorMetrics,
-    ) -> None:
-        self.registry = registry
-        self.redis = redis
-        self.metrics = metrics
-        self._local_size = local_size
-        self._locations: dict[str, Resolved] = {}
-        self._templates: dict[int, CompiledTemplate] = {}
-        self._lock = asyncio.Lock()
+    registry: RegistrySource
+    redis: LookupCache | None
+    local_size: int = 500_000
+    _: KW_ONLY
+    metrics: ProcessorMetrics
+    _locations: dict[str, Resolved] = field(default_factory=dict, init=False, repr=False)
+    _templates: dict[int, CompiledTemplate] = field(default_factory=dict, init=False, repr=False)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
 
     @property
     def cached(self) -> int:
@@ -380,10 +374,10 @@ class Resolver:
             out[template_id] = template
 
     def _store_locations(self, values: Mapping[str, Resolved]) -> None:
-        if len(self._locations) + len(values) > self._local_size:
+        if len(self._locations) + len(values) > self.local_size:
             # Simplest bound: start over. At one entry per topic of the fleet this only
             # happens when the setting is far below the fleet size.
-            log.warning("in-process registry cache full: cleared", extra={"size": self._local_size})
+            log.warning("in-process registry cache full: cleared", extra={"size": self.local_size})
             self._locations.clear()
         self._locations.update(values)
 

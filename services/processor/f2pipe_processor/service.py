@@ -21,6 +21,7 @@ waits for on shutdown and rebalance).
 from __future__ import annotations
 
 import time
+from dataclasses import InitVar, dataclass
 from typing import Any
 
 from f2pipe_processor.acks import Ack, Holes, InFlight
@@ -41,38 +42,26 @@ from f2pipe_shared.settings import KafkaSettings
 DRAIN_SECONDS = 10.0  # how long shutdown and rebalance wait for outputs in flight
 
 
+@dataclass(eq=False, kw_only=True)
 class ProcessorService:
-    def __init__(
-        self,
-        *,
-        kafka: KafkaSettings,
-        core: BatchProcessor,
-        output: OutputProducer,
-        latest: LatestStore,
-        inflight: InFlight,
-        holes: Holes,
-        listener: ChangeFeed,
-        resolver: Resolver,
-        registry: RegistryStatus,
-        cache: LookupCache,
-        metrics: ProcessorMetrics,
-        clock: Clock = time.time,
-    ) -> None:
+    kafka: InitVar[KafkaSettings]
+    core: BatchProcessor
+    output: OutputProducer
+    latest: LatestStore
+    inflight: InFlight
+    holes: Holes
+    listener: ChangeFeed
+    resolver: Resolver
+    registry: RegistryStatus
+    cache: LookupCache
+    metrics: ProcessorMetrics
+    clock: Clock = time.time
+
+    def __post_init__(self, kafka: KafkaSettings) -> None:
         self.raw_topic = kafka.kafka_raw_topic
         self.processed_topic = kafka.kafka_processed_topic
         self.dlq_topic = kafka.kafka_deadletter_topic
-        self.core = core
-        self.output = output
-        self.latest = latest
-        self.inflight = inflight
-        self.holes = holes
-        self.listener = listener
-        self.resolver = resolver
-        self.registry = registry
-        self.cache = cache
-        self.metrics = metrics
-        self._clock = clock
-        self.started_at = clock()
+        self.started_at = self.clock()
 
     async def handle(self, partition: int, offset: int, value: bytes | None, ack: Ack) -> None:
         """One raw record: process, output, latest values, deliver; ``ack`` when its turn comes."""
@@ -109,7 +98,7 @@ class ProcessorService:
             "output_failures": self.output.failures,
             "inflight_records": len(self.inflight),
             "cached_entries": self.resolver.cached,
-            "uptime_s": round(self._clock() - self.started_at),
+            "uptime_s": round(self.clock() - self.started_at),
         }
         if holes:
             # Records Faust skipped wait uncommitted: a restart processes them.

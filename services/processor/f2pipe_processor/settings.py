@@ -5,68 +5,52 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import ClassVar
 
-from pydantic import Field
+from pydantic import Field, PositiveFloat
 
-from f2pipe_shared.settings import (
-    CommonSettings,
-    F2Settings,
-    KafkaSettings,
-    ObservabilitySettings,
-    PostgresSettings,
-    RedisSettings,
-    ServiceSettings,
-    TelemetryPolicySettings,
-)
-
-# One port for /metrics, /healthz and /latest/<device_id>: Faust's web server, Faust's
-# conventional port. METRICS_PORT overrides it.
-DEFAULT_PORT = 6066
+from f2pipe_shared import settings as s
 
 _INTERVAL = re.compile(r"^(\d+) (hour|day|week|month|year)s?$")
 _UNIT_DAYS = {"hour": 1 / 24, "day": 1, "week": 7, "month": 30, "year": 365}
 
 
-class ProcessorSettings(F2Settings):
+class ProcessorSettings(s.F2Settings):
     processor_app_id: str = Field(
         "f2pipe-processor",
         pattern=r"^[A-Za-z0-9._-]{1,100}$",
         description="Faust app id: the consumer group, and the prefix of the table's changelog",
     )
-    processor_max_future_seconds: float = Field(
+    processor_max_future_seconds: PositiveFloat = Field(
         600.0,
-        gt=0,
         description="a device timestamp further ahead of the processor's clock is implausible",
     )
-    processor_max_age_days: float | None = Field(
-        None,
-        gt=0,
-        description="an older device timestamp is implausible; unset = TELEMETRY_RETENTION",
+    processor_max_age_days: PositiveFloat | None = Field(
+        None, description="an older device timestamp is implausible; unset = TELEMETRY_RETENTION"
     )
     processor_local_cache_size: int = Field(
         500_000, ge=100, description="in-process registry cache entries (cleared when full)"
     )
-    processor_cache_ttl_seconds: int = Field(
-        3600, ge=1, description="Redis registry entries expire after this (invalidation is NOTIFY)"
+    processor_cache_ttl_seconds: s.Count = Field(
+        3600, description="Redis registry entries expire after this (invalidation is NOTIFY)"
     )
     processor_redis_prefix: str = Field(
         "f2pipe:processor:", min_length=1, description="prefix of the processor's Redis keys"
     )
-    processor_redis_retry_seconds: float = Field(
-        5.0, gt=0, description="after a Redis failure, PostgreSQL alone answers this long"
+    processor_redis_retry_seconds: PositiveFloat = Field(
+        5.0, description="after a Redis failure, PostgreSQL alone answers this long"
     )
-    processor_postgres_retry_max_seconds: float = Field(
-        5.0, gt=0, description="longest wait between attempts while PostgreSQL is down"
+    processor_postgres_retry_max_seconds: PositiveFloat = Field(
+        5.0, description="longest wait between attempts while PostgreSQL is down"
     )
-    processor_commit_interval_seconds: float = Field(
-        1.0, gt=0, le=300, description="how often Faust commits the offsets already safe"
+    processor_commit_interval_seconds: PositiveFloat = Field(
+        1.0, le=300, description="how often Faust commits the offsets already safe"
     )
-    processor_max_inflight: int = Field(
-        32, ge=1, le=10_000, description="raw records whose output may await Kafka's ack at once"
+    processor_max_inflight: s.Count = Field(
+        32, le=10_000, description="raw records whose output may await Kafka's ack at once"
     )
-    processor_latest_flush_seconds: float = Field(
+    processor_latest_flush_seconds: PositiveFloat = Field(
         5.0,
-        gt=0,
         le=300,
         description="how often the latest-value table's changes go to its changelog (a "
         "restarted worker replays the changelog; /latest itself is always current)",
@@ -83,19 +67,21 @@ class ProcessorSettings(F2Settings):
 
 
 @dataclass(frozen=True)
-class Settings(ServiceSettings):
-    common: CommonSettings
-    observability: ObservabilitySettings
-    kafka: KafkaSettings
-    postgres: PostgresSettings
-    redis: RedisSettings
-    telemetry: TelemetryPolicySettings
+class Settings(s.ObservedServiceSettings):
+    # One port for /metrics, /healthz and /latest/<device_id>: Faust's web server, Faust's
+    # conventional port. METRICS_PORT overrides it.
+    DEFAULT_METRICS_PORT: ClassVar[int] = 6066
+
+    kafka: s.KafkaSettings
+    postgres: s.PostgresSettings
+    redis: s.RedisSettings
+    telemetry: s.TelemetryPolicySettings
     processor: ProcessorSettings
 
     @property
     def port(self) -> int:
-        port = self.observability.metrics_port
-        return DEFAULT_PORT if port is None else port
+        """The Faust web server's port: `metrics_port`, by the name the worker uses."""
+        return self.metrics_port
 
 
 def interval_to_timedelta(interval: str) -> timedelta:

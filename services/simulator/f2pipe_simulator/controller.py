@@ -93,9 +93,7 @@ class _Source:
         self.component = component
         self.topic = topic
 
-    def change(
-        self, rng: random.Random, ts: datetime
-    ) -> tuple[bytes, dict[str, bool] | None, str | None]:
+    def change(self, rng: random.Random, ts: datetime) -> Change:
         raise NotImplementedError
 
     def delay(self, rng: random.Random, mean: float) -> float:
@@ -110,9 +108,7 @@ class _DoorPair(_Source):
         super().__init__(component, topic)
         self.open = [False, False]
 
-    def change(
-        self, rng: random.Random, ts: datetime
-    ) -> tuple[bytes, dict[str, bool] | None, str | None]:
+    def change(self, rng: random.Random, ts: datetime) -> Change:
         if any(self.open):
             self.open = [False, False]  # the door swings shut
         else:
@@ -134,9 +130,7 @@ class _ExitButtons(_Source):
         super().__init__(component, topic)
         self.pressed = [False, False]
 
-    def change(
-        self, rng: random.Random, ts: datetime
-    ) -> tuple[bytes, dict[str, bool] | None, str | None]:
+    def change(self, rng: random.Random, ts: datetime) -> Change:
         if any(self.pressed):
             self.pressed = [False, False]
         else:
@@ -158,9 +152,7 @@ class _Motion(_Source):
         super().__init__(component, topic)
         self.active = False
 
-    def change(
-        self, rng: random.Random, ts: datetime
-    ) -> tuple[bytes, dict[str, bool] | None, str | None]:
+    def change(self, rng: random.Random, ts: datetime) -> Change:
         self.active = not self.active
         return (
             encode_payload(Status(timestamp=ts, status=self.active)),
@@ -182,9 +174,7 @@ class _Reader(_Source):
             rng.randbytes(7 if rng.random() < 0.8 else 4).hex().upper() for _ in range(12)
         ]
 
-    def change(
-        self, rng: random.Random, ts: datetime
-    ) -> tuple[bytes, dict[str, bool] | None, str | None]:
+    def change(self, rng: random.Random, ts: datetime) -> Change:
         if rng.random() < 0.1:
             data = f"F2-VISITOR-{rng.randbytes(6).hex().upper()}"  # a QR code from an invitation
         else:

@@ -22,7 +22,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -94,25 +94,17 @@ class EnrolmentError(Exception):
         self.retry_after = retry_after
 
 
+@dataclass(eq=False)
 class CertgenEnrolment:
     """Enrolment through certgen; keys and certificates in ``state`` (created if missing)."""
 
-    def __init__(
-        self,
-        certgen_url: str,
-        state: StateDir,
-        *,
-        concurrency: int,
-        renew_before: timedelta,
-        on_result: Callable[[str], None] | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.certgen_url = certgen_url
-        self.state = state
-        self.concurrency = concurrency
-        self.renew_before = renew_before
-        self.on_result = on_result
-        self.transport = transport
+    certgen_url: str
+    state: StateDir
+    _: KW_ONLY
+    concurrency: int
+    renew_before: timedelta
+    on_result: Callable[[str], None] | None = None
+    transport: httpx.AsyncBaseTransport | None = None
 
     async def enrol(self, macs: Sequence[str], codes: Mapping[str, str]) -> EnrolmentReport:
         self.state.create()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from f2pipe_simulator.fleet import RunningFleet
@@ -24,26 +25,16 @@ DRAIN_SECONDS = 120.0  # after a run that ended by itself: wait this long for th
 BACKPRESSURE_POLL = 0.002  # seconds between two tries of a full queue
 
 
+@dataclass(eq=False, kw_only=True)
 class LoadRun:
-    def __init__(
-        self,
-        *,
-        clock: Clock,
-        rate: float | None = None,
-        count: int | None = None,
-        duration: float | None = None,
-        event_share: float = 0.1,
-        connect_timeout: float = 120.0,
-        seed: int | None = None,
-    ) -> None:
-        self.clock = clock
-        self.rate = rate
-        self.count = count
-        self.duration = duration
-        self.event_share = event_share
-        self.connect_timeout = connect_timeout
-        self.seed = seed  # for the log: the fleet's controllers were seeded with it
-        self.stats: dict[str, Any] = {}  # for the ledger's summary, once run
+    clock: Clock
+    rate: float | None = None
+    count: int | None = None
+    duration: float | None = None
+    event_share: float = 0.1
+    connect_timeout: float = 120.0
+    seed: int | None = None  # for the log: the fleet's controllers were seeded with it
+    stats: dict[str, Any] = field(default_factory=dict, init=False)  # the ledger's summary
 
     async def run(self, fleet: RunningFleet, stop: asyncio.Event) -> int:
         """Once every controller is connected (or after the connect timeout), publish the

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
+from f2pipe_shared.lifecycle import serve
 from f2pipe_shared.logs import configure_logging
-from f2pipe_shared.observability import ObservabilityServer, on_shutdown_signal
 from f2pipe_shared.settings import SettingsError
 from f2pipe_shared.timestamps import parse_device_timestamp
 from f2pipe_shared.topics import normalize_mac
@@ -27,7 +27,7 @@ from f2pipe_simulator.ledger import Ledger
 from f2pipe_simulator.load import LoadRun
 from f2pipe_simulator.metrics import SimulatorMetrics
 from f2pipe_simulator.mqtt import Backoff, BrokerAddress, PahoBroker
-from f2pipe_simulator.options import DEFAULT_METRICS_PORT, Options, add_arguments
+from f2pipe_simulator.options import Options, add_arguments
 from f2pipe_simulator.registry import load_fleet
 from f2pipe_simulator.service import SimulatorService
 from f2pipe_simulator.settings import Settings
@@ -51,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
 
 def options_from(args: argparse.Namespace, settings: Settings) -> Options:
     """The run's options: the command line, the environment's defaults for what it omits."""
-    env, obs, ca = settings.simulator, settings.observability, settings.ca
+    env, ca = settings.simulator, settings.ca
     if not args.load and any(
         v is not None for v in (args.rate, args.count, args.duration, args.start_time)
     ):
@@ -66,10 +66,7 @@ def options_from(args: argparse.Namespace, settings: Settings) -> Options:
             start_time = parse_device_timestamp(args.start_time)
         except ValueError as exc:
             raise SettingsError(f"--start-time: {exc}") from None
-    if args.metrics_port is not None:
-        port = args.metrics_port
-    else:
-        port = DEFAULT_METRICS_PORT if obs.metrics_port is None else obs.metrics_port
+    port = settings.metrics_port if args.metrics_port is None else args.metrics_port
     claim_codes = args.claim_codes or (
         Path(env.simulator_claim_codes) if env.simulator_claim_codes else None
     )
@@ -180,24 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             extra={"claim_codes": str(options.claim_codes), "state_dir": str(options.state_dir)},
         )
         return 1
-    server = ObservabilityServer(
-        settings.observability.metrics_host,
-        options.metrics_port,
-        service.health,
-        service.metrics.registry,
-    )
-    server.start()
-    on_shutdown_signal(service.stop)
-    log.info(
-        "simulator starting",
-        extra={
-            "controllers": len(service.specs),
-            "mode": "load" if options.load else "normal",
-            "seed": options.seed,
-            "metrics_port": server.port,
-        },
-    )
-    try:
-        return asyncio.run(service.run())
-    finally:
-        server.stop()
+    return serve(
+        "simulator", service, lambda: asyncio.run(service.run()),
+        host=settings.observability.metrics_host, port=options.metrics_port,
+        registry=service.metrics.registry, controllers=len(service.specs),
+        mode="load" if options.load else "normal", seed=options.seed,
+    )  # fmt: skip

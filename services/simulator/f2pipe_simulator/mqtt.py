@@ -31,7 +31,7 @@ import random
 import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -181,27 +181,21 @@ async def _ready(loop: asyncio.AbstractEventLoop, sock: socket.socket, *, write:
             loop.remove_reader(fd)
 
 
+@dataclass(eq=False)
 class PahoBroker:
-    """Opens controllers' connections to one broker (`ports.Broker`)."""
+    """Opens controllers' connections to one broker (`ports.Broker`).
 
-    def __init__(
-        self,
-        address: BrokerAddress,
-        *,
-        contexts: Callable[[str], ssl.SSLContext] | None,
-        connect_concurrency: int,
-        backoff: Backoff,
-        queue_size: int,
-        metrics: SimulatorMetrics,
-    ) -> None:
-        """``contexts`` gives a controller's TLS context by CN; None: plain MQTT."""
-        self.address = address
-        self.contexts = contexts
-        self.connect_concurrency = connect_concurrency
-        self.backoff = backoff
-        self.queue_size = queue_size
-        self.metrics = metrics
-        self._gate: asyncio.Semaphore | None = None
+    ``contexts`` gives a controller's TLS context by CN; None: plain MQTT.
+    """
+
+    address: BrokerAddress
+    _: KW_ONLY
+    contexts: Callable[[str], ssl.SSLContext] | None
+    connect_concurrency: int
+    backoff: Backoff
+    queue_size: int
+    metrics: SimulatorMetrics
+    _gate: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
 
     def connection(self, cn: str, *, on_command: CommandHandler, on_ack: AckHandler) -> Connection:
         """A connection for controller ``cn``, made on the running loop; its ``run`` connects."""
@@ -220,35 +214,28 @@ class PahoBroker:
         )
 
 
+@dataclass(eq=False)
 class Connection:
     """One controller's MQTT connection: connect, stay connected, publish, take commands."""
 
-    def __init__(
-        self,
-        cn: str,
-        broker: BrokerAddress,
-        context: ssl.SSLContext | None,
-        *,
-        gate: asyncio.Semaphore,
-        backoff: Backoff,
-        queue_size: int,
-        on_command: CommandHandler,
-        on_ack: AckHandler,
-        metrics: SimulatorMetrics,
-        inflight: int = 100,
-    ) -> None:
-        self.cn = cn
-        self.broker = broker
-        self.context = context
-        self.gate = gate
-        self.backoff = backoff
-        self.on_command = on_command
-        self.on_ack = on_ack
-        self.metrics = metrics
-        self.connected = False
+    cn: str
+    broker: BrokerAddress
+    context: ssl.SSLContext | None
+    _: KW_ONLY
+    gate: asyncio.Semaphore
+    backoff: Backoff
+    queue_size: InitVar[int]
+    on_command: CommandHandler
+    on_ack: AckHandler
+    metrics: SimulatorMetrics
+    inflight: InitVar[int] = 100
+    connected: bool = field(default=False, init=False)
+    last_error: str | None = field(default=None, init=False)  # the last failure's kind
+    pending: dict[int, Message] = field(default_factory=dict, init=False)
+
+    def __post_init__(self, queue_size: int, inflight: int) -> None:
+        cn, context, broker = self.cn, self.context, self.broker
         self.ever_connected = asyncio.Event()
-        self.last_error: str | None = None  # kind of the last failed attempt, while failing
-        self.pending: dict[int, Message] = {}
         self._loop = asyncio.get_running_loop()
         self._fd: int | None = None
         self._writing = False  # the loop watches the socket for writability
@@ -379,12 +366,7 @@ class Connection:
     # --- paho callbacks ----------------------------------------------------------------------
 
     def _on_connect(
-        self,
-        client: mqtt.Client,
-        _userdata: object,
-        _flags: object,
-        reason: ReasonCode,
-        _properties: Properties | None,
+        self, client: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
     ) -> None:
         waiter = self._connack
         if reason.is_failure:
@@ -400,12 +382,7 @@ class Connection:
             waiter.set_result(None)
 
     def _on_disconnect(
-        self,
-        _client: mqtt.Client,
-        _userdata: object,
-        _flags: object,
-        reason: ReasonCode,
-        _properties: Properties | None,
+        self, _c: mqtt.Client, _u: object, _f: object, reason: ReasonCode, _p: object
     ) -> None:
         waiter = self._connack
         if waiter is not None and not waiter.done():

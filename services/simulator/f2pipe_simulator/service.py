@@ -16,6 +16,7 @@ import logging
 import resource
 import time
 from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,32 +35,23 @@ from f2pipe_simulator.startup import enrol_fleet
 log = logging.getLogger("f2pipe.simulator")
 
 
+@dataclass(eq=False)
 class SimulatorService:
-    def __init__(
-        self,
-        specs: list[ControllerSpec],
-        codes: Mapping[str, str],
-        *,
-        options: Options,
-        settings: SimulatorSettings,
-        enrolment: EnrolmentEndpoint | None,
-        broker: Broker,
-        clock: Clock,
-        metrics: SimulatorMetrics,
-        ledger: Ledger | None = None,
-        load: LoadRun | None = None,
-    ) -> None:
-        """``enrolment`` None: plain MQTT, no certificates; ``load`` None: normal mode."""
-        self.specs = specs
-        self.codes = codes
-        self.options = options
-        self.settings = settings
-        self.enrolment = enrolment
-        self.broker = broker
-        self.clock = clock
-        self.metrics = metrics
-        self.ledger = ledger
-        self.load = load
+    """``enrolment`` None: plain MQTT, no certificates; ``load`` None: normal mode."""
+
+    specs: list[ControllerSpec]
+    codes: Mapping[str, str]
+    _: KW_ONLY
+    options: Options
+    settings: SimulatorSettings
+    enrolment: EnrolmentEndpoint | None
+    broker: Broker
+    clock: Clock
+    metrics: SimulatorMetrics
+    ledger: Ledger | None = None
+    load: LoadRun | None = None
+
+    def __post_init__(self) -> None:
         self.phase = "starting"
         self.fleet: RunningFleet | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from confluent_kafka import Consumer, KafkaException
 
 from f2pipe_shared.kafka import consumer_config, ensure_topics
+from f2pipe_shared.lifecycle import serve
 from f2pipe_shared.logs import configure_logging
-from f2pipe_shared.observability import ObservabilityServer, on_shutdown_signal
 from f2pipe_sink.dlq import DeadLetterProducer
 from f2pipe_sink.metrics import SinkMetrics
 from f2pipe_sink.ports import DeadLetters, RecordConsumer, RowWriter
@@ -74,24 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     service = build(settings)
-    server = ObservabilityServer(
-        settings.observability.metrics_host,
-        settings.metrics_port,
-        service.health,
-        service.metrics.registry,
-    ).start()
-    on_shutdown_signal(service.stop)
-    log.info(
-        "sink started",
-        extra={
-            "topic": service.topic,
-            "group": sink.sink_group_id,
-            "batch_size": sink.batch_size,
-            "flush_interval": sink.flush_interval,
-            "metrics_port": server.port,
-        },
-    )
-    try:
-        return service.run()
-    finally:
-        server.stop()
+    return serve(
+        "sink", service, service.run,
+        host=settings.observability.metrics_host, port=settings.metrics_port,
+        registry=service.metrics.registry, topic=service.topic, group=sink.sink_group_id,
+        batch_size=sink.batch_size, flush_interval=sink.flush_interval,
+    )  # fmt: skip

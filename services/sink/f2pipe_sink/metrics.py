@@ -9,18 +9,12 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    PlatformCollector,
-    ProcessCollector,
-)
+from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from f2pipe_shared.deadletters import DeadLetter, Reason
+from f2pipe_shared.metrics import ServiceMetrics
 from f2pipe_sink.batch import Batch
 from f2pipe_sink.writer import WriteResult
 
@@ -84,100 +78,67 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
-class SinkMetrics:
+class SinkMetrics(ServiceMetrics):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        self.records = Counter(
-            "f2pipe_sink_records", "processed-iot-data records consumed", registry=r
-        )
-        self.rows_written = Counter(
-            "f2pipe_sink_rows_written",
+        super().__init__("f2pipe_sink_", registry)
+        self.records = self.counter("records", "processed-iot-data records consumed")
+        self.rows_written = self.counter(
+            "rows_written",
             "Rows inserted, by table (a key already stored is not inserted again)",
             ["table"],
-            registry=r,
         )
-        self.rows_duplicate = Counter(
-            "f2pipe_sink_rows_duplicate",
+        self.rows_duplicate = self.counter(
+            "rows_duplicate",
             "Rows skipped because their key was already stored (replays, duplicated messages)",
             ["table"],
-            registry=r,
         )
-        self.batches = Counter(
-            "f2pipe_sink_batches", "Batches written and committed", ["path"], registry=r
+        self.batches = self.counter("batches", "Batches written and committed", ["path"])
+        self.batch_rows = self.histogram("batch_rows", "Rows per written batch", BATCH_ROWS_BUCKETS)
+        self.write_seconds = self.histogram(
+            "write_seconds", "Database time per batch, all its transactions", WRITE_BUCKETS
         )
-        self.batch_rows = Histogram(
-            "f2pipe_sink_batch_rows", "Rows per written batch", buckets=BATCH_ROWS_BUCKETS,
-            registry=r,
-        )  # fmt: skip
-        self.write_seconds = Histogram(
-            "f2pipe_sink_write_seconds",
-            "Database time per batch, all its transactions",
-            buckets=WRITE_BUCKETS,
-            registry=r,
-        )
-        self.transactions = Counter(
-            "f2pipe_sink_transactions",
+        self.transactions = self.counter(
+            "transactions",
             "Database transactions committed (more than batches while bisecting refused rows)",
-            registry=r,
         )
-        self.retries = Counter(
-            "f2pipe_sink_write_retries",
+        self.retries = self.counter(
+            "write_retries",
             "Batch writes retried after the database or the dead-letter topic failed",
-            registry=r,
         )
-        self.outages = Counter(
-            "f2pipe_sink_db_outages",
+        self.outages = self.counter(
+            "db_outages",
             "Times the database became unreachable (consumption paused until it returned)",
-            registry=r,
         )
-        self.db_up = Gauge(
-            "f2pipe_sink_db_up", "1 when the last database operation succeeded", registry=r
+        self.db_up = self.gauge("db_up", "1 when the last database operation succeeded")
+        self.paused = self.gauge("paused", "1 while consumption is paused (holding a batch)")
+        self.held_rows = self.gauge("held_rows", "Rows consumed and not yet committed")
+        self.dead_letters = self.counter(
+            "dead_letters", "Records dead-lettered, by reason", ["reason"]
         )
-        self.paused = Gauge(
-            "f2pipe_sink_paused", "1 while consumption is paused (holding a batch)", registry=r
-        )
-        self.held_rows = Gauge(
-            "f2pipe_sink_held_rows", "Rows consumed and not yet committed", registry=r
-        )
-        self.dead_letters = Counter(
-            "f2pipe_sink_dead_letters", "Records dead-lettered, by reason", ["reason"], registry=r
-        )
-        self.commit_failures = Counter(
-            "f2pipe_sink_offset_commit_failures",
+        self.commit_failures = self.counter(
+            "offset_commit_failures",
             "Offset commits Kafka refused (rows were written; the next owner replays them)",
-            registry=r,
         )
-        self.assigned = Gauge(
-            "f2pipe_sink_assigned_partitions", "Partitions assigned to this sink", registry=r
+        self.assigned = self.gauge("assigned_partitions", "Partitions assigned to this sink")
+        partition = ["topic", "partition"]
+        self.consumed_offset = self.gauge(
+            "consumed_offset", "Next offset to consume, per partition", partition
         )
-        self.consumed_offset = Gauge(
-            "f2pipe_sink_consumed_offset",
-            "Next offset to consume, per partition",
-            ["topic", "partition"],
-            registry=r,
+        self.committed_offset = self.gauge(
+            "committed_offset", "Offset last committed, per partition", partition
         )
-        self.committed_offset = Gauge(
-            "f2pipe_sink_committed_offset",
-            "Offset last committed, per partition",
-            ["topic", "partition"],
-            registry=r,
-        )
-        self.lag = Gauge(
-            "f2pipe_sink_consumer_lag",
+        self.lag = self.gauge(
+            "consumer_lag",
             "Records consumed but not yet committed, per partition (consumed - committed "
             "offset; not from the broker's high watermark, which Tansu reports wrong)",
-            ["topic", "partition"],
-            registry=r,
+            partition,
         )
         self.end_to_end = BulkHistogram(
             "f2pipe_sink_end_to_end_latency_seconds",
             "Commit time minus the device timestamp, per reading",
             LATENCY_BUCKETS,
         )
-        r.register(self.end_to_end)
+        self.registry.register(self.end_to_end)
         for table in TABLES:
             self.rows_written.labels(table)
             self.rows_duplicate.labels(table)

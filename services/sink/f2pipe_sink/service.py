@@ -21,6 +21,7 @@ import random
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -40,32 +41,25 @@ PING_SECONDS = 5.0  # an idle sink checks the database this often, for /healthz
 DRAIN_MESSAGES = 1000  # records taken from the local queue per call
 
 
+@dataclass(eq=False)
 class SinkService:
     """One sink: consumes `topic`, writes with `writer`, dead-letters with `dead_letters`.
 
     main.build() hands it the real adapters; unit tests hand it fakes of the same ports.
     """
 
-    def __init__(
-        self,
-        settings: SinkSettings,
-        topic: str,
-        *,
-        consumer: RecordConsumer,
-        writer: RowWriter,
-        dead_letters: DeadLetters,
-        metrics: SinkMetrics,
-        clock: Clock = time,
-    ) -> None:
-        self.topic = topic
-        self.batch_size = settings.batch_size
-        self.flush_interval = settings.flush_interval
-        self.settings = settings
-        self.consumer = consumer
-        self.writer = writer
-        self.dead_letters = dead_letters
-        self.metrics = metrics
-        self.clock = clock
+    settings: SinkSettings
+    topic: str
+    _: KW_ONLY
+    consumer: RecordConsumer
+    writer: RowWriter
+    dead_letters: DeadLetters
+    metrics: SinkMetrics
+    clock: Clock = time
+
+    def __post_init__(self) -> None:
+        self.batch_size = self.settings.batch_size
+        self.flush_interval = self.settings.flush_interval
         self.batch = self._new_batch()
         self.assignment: set[Partition] = set()
         self.committed: dict[Partition, int] = {}
