@@ -65,7 +65,10 @@ class CommonSettings(F2Settings):
 
 
 class ObservabilitySettings(F2Settings):
-    metrics_host: str = Field("0.0.0.0", description="where /metrics and /healthz listen")  # noqa: S104
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="where /metrics and /healthz listen (containers: 0.0.0.0, for Prometheus)",
+    )
     metrics_port: ListenPort | None = Field(
         None, description="their port; unset = the service's default"
     )

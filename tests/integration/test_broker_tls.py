@@ -398,6 +398,32 @@ def test_tls_1_3_is_negotiated_and_tls_1_1_is_refused(
     assert caught.value.reason == "TLSV1_ALERT_PROTOCOL_VERSION"
 
 
+@pytest.mark.parametrize(
+    ("suites", "accepted"),
+    [
+        ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256", True),
+        ("ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305", True),
+        ("ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA", False),  # CBC with SHA-1
+        ("ECDHE-ECDSA-AES128-SHA256:ECDHE-RSA-AES128-SHA256", False),  # CBC
+        ("AES128-GCM-SHA256", False),  # no forward secrecy
+    ],
+)
+def test_tls_1_2_accepts_only_forward_secret_aead_suites(
+    broker: SupervisedMosquitto, pki: Pki, device_a: Identity, suites: str, accepted: bool
+) -> None:
+    context = tls_context(pki.ca_file, device_a, ssl.TLSVersion.TLSv1_2)
+    context.set_ciphers(suites + ":@SECLEVEL=0")  # our side offers exactly these
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="suites")
+    client.tls_set_context(context)
+    if accepted:
+        client.connect(HOST, broker.port)
+        client.disconnect()
+        return
+    with pytest.raises(ssl.SSLError) as caught:
+        client.connect(HOST, broker.port)
+    assert caught.value.reason == "SSLV3_ALERT_HANDSHAKE_FAILURE"
+
+
 # --- queues for the bridge --------------------------------------------------------------------
 
 

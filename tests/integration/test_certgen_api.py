@@ -230,6 +230,37 @@ def test_invalid_json_body_is_a_problem(certgen: Certgen) -> None:
     assert_problem(response, 422, "invalid_json")
 
 
+def test_a_body_over_64_kib_is_refused_unread_whether_sized_or_chunked(certgen: Certgen) -> None:
+    json_type = {"content-type": "application/json"}
+    big = b'{"mac": "' + b"a" * (64 * 1024) + b'"}'
+    assert_problem(certgen.http.post("/v1/enroll", content=big, headers=json_type), 413,
+                   "body_too_large")  # fmt: skip
+
+    def chunks() -> Iterator[bytes]:
+        yield from (b"a" * 65_536 for _ in range(1600))  # 100 MiB if it were all read
+
+    chunked = certgen.http.post("/v1/enroll", content=chunks(), headers=json_type)
+    assert "content-length" not in chunked.request.headers
+    assert_problem(chunked, 413, "body_too_large")
+    assert certgen.http.get("/healthz").status_code == 200
+
+
+def test_a_body_that_is_not_utf8_is_invalid_json(certgen: Certgen) -> None:
+    response = certgen.http.post(
+        "/v1/enroll", content=b'{"mac": "\xff"}', headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 422, "invalid_json")
+
+
+def test_a_refused_mac_is_not_echoed(certgen: Certgen) -> None:
+    response = certgen.http.post(
+        "/v1/enroll", json={"mac": "aabbccddee01\n'; DROP TABLE devices; --", "claim_code": "x" * 8}
+    )
+    assert_problem(response, 422, "invalid_mac")
+    assert "DROP TABLE" not in response.text
+    assert "\\n" not in response.text
+
+
 def test_missing_field_is_a_problem_naming_it(certgen: Certgen) -> None:
     response = certgen.http.post("/v1/enroll", json={"mac": MAC1})
     problem = assert_problem(response, 422, "invalid_request")
@@ -304,6 +335,19 @@ def test_unknown_route_and_wrong_method_are_problems(certgen: Certgen) -> None:
     assert wrong.headers["allow"] == "POST"
 
 
+def test_the_docs_ui_is_off_and_the_access_log_leaves_query_strings_out(
+    certgen: Certgen,
+) -> None:
+    assert_problem(certgen.http.get("/docs"), 404, "not_found")
+    assert_problem(certgen.http.get("/redoc"), 404, "not_found")
+    assert (
+        certgen.http.get("/v1/ca.pem", params={"claim_code": "QUERY-SECRET-1"}).status_code == 200
+    )
+    access = [line for line in certgen.process.log().splitlines() if "uvicorn.access" in line]
+    assert any("GET /v1/ca.pem HTTP/1.1" in line for line in access), access[-5:]
+    assert "QUERY-SECRET-1" not in certgen.process.log()
+
+
 def test_openapi_describes_every_endpoint_with_its_problems(certgen: Certgen) -> None:
     schema = certgen.http.get("/openapi.json").json()
     assert set(schema["paths"]) == {
@@ -323,9 +367,11 @@ def test_openapi_describes_every_endpoint_with_its_problems(certgen: Certgen) ->
         "$ref": "#/components/schemas/Problem"
     }
     assert "locked_out" in enroll["responses"]["429"]["description"]
+    assert "body_too_large" in enroll["responses"]["413"]["description"]
     components = schema["components"]["schemas"]
     assert {"Problem", "EnrollRequest", "EnrollResponse", "CertificatePage"} <= set(components)
     assert "HTTPValidationError" not in components  # every 422 is documented as a problem
+    assert components["EnrollRequest"]["properties"]["mac"]["pattern"].startswith("^(?:")
     revoke = schema["paths"]["/v1/devices/{mac}/revoke"]["post"]
     assert {"401", "403", "404", "422"} <= set(revoke["responses"])
     assert revoke["security"] == [{"adminToken": []}]

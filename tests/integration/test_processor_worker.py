@@ -266,6 +266,9 @@ def test_kill_9_mid_stream_loses_no_reading_and_latest_is_served(
         assert {p["key"] for p in body["datapoints"]} <= frame_keys
         assert second.get("/latest/999999999")[0] == 404
         assert second.get("/latest/abc")[0] == 400
+        # None of Faust's own views: cluster URLs, table data, its index.
+        for path in ("/router/", "/router/topics", "/table/", "/table/latest/1/", "/"):
+            assert second.get(path)[0] == 404, path
 
         status, health = second.get("/healthz")
         assert status == 200

@@ -4,6 +4,7 @@ window, metrics, and what Kafka refuses."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import queue
 import threading
 import time
@@ -81,6 +82,8 @@ class FakeProducer:
         self.delivery_errors: list[KafkaError | None] = []
         self.pending: list[tuple[str, bytes, dict[str, Any]]] = []
         self.delivered: list[tuple[str, bytes, dict[str, Any]]] = []
+        self.away = False  # Kafka unreachable: nothing is delivered until purged
+        self.purged = 0
 
     def produce(self, topic: str, value: bytes | None = None, **kwargs: Any) -> None:
         value = value or b""
@@ -98,9 +101,16 @@ class FakeProducer:
         return len(pending)
 
     def flush(self, timeout: float = 0) -> int:
+        if self.away:
+            return len(self.pending)
         while self.pending:
             self.poll()
         return 0
+
+    def purge(self, in_queue: bool = True, in_flight: bool = True, blocking: bool = True) -> None:
+        self.purged += len(self.pending)
+        self.delivery_errors = [KafkaError(KafkaError._PURGE_QUEUE)] * len(self.pending)
+        self.away = False
 
     def list_topics(self, topic: str | None = None, timeout: float = 0) -> Any:
         return SimpleNamespace(topics={topic: SimpleNamespace(partitions={0: None, 1: None})})
@@ -601,3 +611,64 @@ def test_build_wires_the_given_ports_and_a_registry_of_its_own() -> None:
     assert first.outbox.producer is producer
     assert first.partitions == 2
     assert first.metrics.registry is not second.metrics.registry
+
+
+def test_dead_letters_are_logged_grouped_per_reason_and_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from f2pipe_bridge.outbox import LOG_INTERVAL_S, LOGGED_DEVICES
+
+    producer, clock = FakeProducer(), FakeClock()
+    bridge, mqtt = make(producer, clock, bridge_max_payload_bytes=64)
+    bad_topics = [inbound(i, b"{}", f"tele/f2-{i:012x}/nonsense") for i in range(2000)]
+    oversize = [inbound(5000 + i, b"x" * 100, TOPIC) for i in range(3)]
+
+    def lines() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith("dead-lettered")]
+
+    with caplog.at_level(logging.WARNING, logger="f2pipe_bridge"):
+        run(bridge, mqtt, [*bad_topics, *oversize])
+        clock.advance(LOG_INTERVAL_S - 1)
+        bridge.pump(timeout=0)
+        assert lines() == []  # nothing until the interval has passed
+        clock.advance(1)
+        bridge.pump(timeout=0)
+        bridge.pump(timeout=0)
+        by_reason = {r.reason: r for r in lines()}  # type: ignore[attr-defined]
+        assert len(lines()) == 2
+        bad = by_reason["bad_topic"]
+        assert bad.count == 2000  # type: ignore[attr-defined]
+        assert "2000" in bad.getMessage()
+        assert bad.devices == [f"f2-{i:012x}" for i in range(LOGGED_DEVICES)]  # type: ignore[attr-defined]
+        assert bad.more_devices is True  # type: ignore[attr-defined]
+        assert bad.detail  # type: ignore[attr-defined]
+        big = by_reason["oversize"]
+        assert (big.count, big.devices) == (3, ["f2-aabbccddee01"])  # type: ignore[attr-defined]
+        assert "exceeds BRIDGE_MAX_PAYLOAD_BYTES" in big.detail  # type: ignore[attr-defined]
+        assert len(producer.letters()) == 2003  # every letter still goes to Kafka
+
+        caplog.clear()
+        run(bridge, mqtt, bad_topics[:5])
+        clock.advance(LOG_INTERVAL_S)
+        bridge.pump(timeout=0)
+        [again] = lines()
+        assert again.count == 5  # type: ignore[attr-defined]
+
+        caplog.clear()
+        run(bridge, mqtt, oversize[:1])
+        bridge.shutdown(timeout=0)  # what is held is logged at shutdown
+        [last] = lines()
+        assert last.reason == "oversize"  # type: ignore[attr-defined]
+
+
+def test_shutdown_with_kafka_away_purges_and_acknowledges_nothing() -> None:
+    producer = FakeProducer()
+    bridge, mqtt = make(producer, bridge_batch_linger_ms=60_000)
+    producer.away = True
+    run(bridge, mqtt, [inbound(1, b"one"), inbound(2, b"two")], rounds=1)
+    bridge.shutdown(timeout=0.01)
+    # Exit is not held by what Kafka never confirmed, and none of it was acknowledged: the
+    # broker delivers it again to the next bridge.
+    assert producer.purged == 1
+    assert mqtt.settled == []
+    assert producer.raw_payloads() == []

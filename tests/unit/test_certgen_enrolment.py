@@ -5,24 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
+import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fastapi import FastAPI
+from pydantic import SecretStr
 
+from f2pipe_certgen import service
 from f2pipe_certgen.app import create_app
 from f2pipe_certgen.ca import CertificateAuthority, IssuedCertificate, RevokedEntry
 from f2pipe_certgen.enrolment import Enrolment
+from f2pipe_certgen.limits import MAX_BODY_BYTES
 from f2pipe_certgen.lockout import LockoutPolicy, Lockouts
 from f2pipe_certgen.metrics import CertgenMetrics
 from f2pipe_certgen.ports import (
@@ -33,9 +39,11 @@ from f2pipe_certgen.ports import (
 )
 from f2pipe_certgen.problems import ProblemError
 from f2pipe_certgen.settings import Settings
+from f2pipe_certgen.store import PostgresStore
 from f2pipe_shared.certificates import EnrollRequest, EnrollResponse
 from f2pipe_shared.claimcodes import hash_claim_code
 from f2pipe_shared.settings import CaSettings, CommonSettings, PostgresSettings
+from f2pipe_shared.topics import normalize_mac
 from tests.unit.certgen_fakes import T0, FakeClock, FakeLockoutState
 
 MAC, OTHER_MAC, NO_CODE_MAC = "aabbccddee01", "aabbccddee02", "aabbccddee03"
@@ -370,22 +378,21 @@ class Client:
         return self.request("POST", path, **options)
 
 
-@pytest.fixture
-def client(world: World, tmp_path: Path) -> Client:
+def app_client(world: World, tmp_path: Path, **ca: object) -> Client:
+    """The app in memory over `world`, with these CA settings changed."""
     settings = Settings(
         common=CommonSettings(),
-        ca=ca_settings(tmp_path).model_copy(update={"device_expiry": DEVICE_DAYS}),
+        ca=ca_settings(tmp_path).model_copy(update=ca),
         postgres=PostgresSettings(),
     )
-    app = create_app(
-        world.ca,
-        settings=settings,
-        db=world.store,
-        metrics=world.metrics,
-        lockout=POLICY,
-        clock=world.clock,
-    )
+    app = create_app(world.ca, settings=settings, db=world.store, metrics=world.metrics,
+                     lockout=POLICY, clock=world.clock)  # fmt: skip
     return Client(app)
+
+
+@pytest.fixture
+def client(world: World, tmp_path: Path) -> Client:
+    return app_client(world, tmp_path, device_expiry=DEVICE_DAYS)
 
 
 def test_the_app_enrols_through_its_dependencies(world: World, client: Client) -> None:
@@ -418,3 +425,133 @@ def test_the_admin_api_is_off_without_a_token(client: Client) -> None:
     response = client.get("/v1/certificates", headers={"Authorization": "Bearer anything"})
     assert response.status_code == 403
     assert response.json()["reason"] == "admin_disabled"
+
+
+# --- what the app refuses before enrolment ------------------------------------------------------
+
+
+def assert_problem(response: httpx.Response, status: int, reason: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["reason"] == reason
+    assert body["type"] == f"urn:f2pipe:certgen:problem:{reason}"
+    return body
+
+
+def test_a_body_over_the_limit_is_refused_by_its_content_length(client: Client) -> None:
+    big = b'{"mac": "' + b"a" * (MAX_BODY_BYTES + 1) + b'"}'
+    response = client.post("/v1/enroll", content=big, headers={"Content-Type": "application/json"})
+    assert_problem(response, 413, "body_too_large")
+
+
+def test_a_chunked_body_over_the_limit_is_refused_without_reading_the_rest(
+    client: Client,
+) -> None:
+    chunk = b"a" * 4096
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(10 * MAX_BODY_BYTES // len(chunk)):
+            sent += len(chunk)
+            yield chunk
+
+    # An async iterator is sent chunked, without Content-Length.
+    response = client.post(
+        "/v1/enroll", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert_problem(response, 413, "body_too_large")
+    assert "content-length" not in response.request.headers
+    assert sent <= MAX_BODY_BYTES + 2 * len(chunk)
+
+
+def test_a_body_under_the_limit_is_still_read(client: Client) -> None:
+    response = client.post("/v1/enroll", json={"mac": MAC, "claim_code": CODE})
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("mac", ["aabbccddee01\n", "aabbccddee01'; DROP TABLE controllers; --"])
+def test_a_validation_problem_names_the_field_and_rule_never_the_value(
+    client: Client, mac: str
+) -> None:
+    response = client.post(
+        "/v1/enroll",
+        json={"mac": mac, "claim_code": CODE, "'; DROP TABLE x; --": 1},
+    )
+    body = assert_problem(response, 422, "invalid_mac")
+    assert "\\n" not in response.text
+    assert "DROP TABLE" not in response.text
+    assert ["body", "mac"] in [e["loc"] for e in body["errors"]]
+    assert "12 hex digits" in " ".join(e["msg"] for e in body["errors"])
+
+
+def test_a_body_that_is_not_utf8_is_invalid_json(client: Client) -> None:
+    response = client.post(
+        "/v1/enroll",
+        content=b'{"mac": "\xff\xfe", "claim_code": "x"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert_problem(response, 422, "invalid_json")
+
+
+def test_the_schema_carries_the_mac_pattern_certgen_enforces(client: Client) -> None:
+    schema = client.get("/openapi.json").json()
+    mac = schema["components"]["schemas"]["EnrollRequest"]["properties"]["mac"]
+    pattern = re.compile(mac["pattern"])
+    for accepted in ("aabbccddee01", "AA:BB:CC:DD:EE:01", "aa-bb-cc-dd-ee-01"):
+        assert pattern.fullmatch(accepted)
+        assert normalize_mac(accepted) == MAC
+    for refused in ("aa:bb-cc:dd:ee:01", "aabbccddee0", "aabbccddee0g", "aa:bb:cc:dd:ee:01:"):
+        assert not pattern.fullmatch(refused)
+
+
+def test_the_docs_ui_is_off_but_the_schema_is_served(client: Client) -> None:
+    assert_problem(client.get("/docs"), 404, "not_found")
+    assert_problem(client.get("/redoc"), 404, "not_found")
+    assert client.get("/openapi.json").status_code == 200
+
+
+def test_the_access_log_leaves_query_strings_out(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Server:
+        """Stands in for uvicorn.Server: logs one access line the way uvicorn does."""
+
+        def __init__(self, config: object) -> None:
+            del config
+
+        def run(self) -> None:
+            logging.getLogger("uvicorn.access").info(
+                '%s - "%s %s HTTP/%s" %d',
+                "10.0.0.1:5000",
+                "GET",
+                "/v1/crl.pem?claim_code=7KQM-X4RT",
+                "1.1",
+                200,
+            )
+
+    monkeypatch.setattr(uvicorn, "Server", Server)
+    certgen = service.CertgenService(
+        registry=cast(PostgresStore, None),
+        open_ca=lambda: (cast(CertificateAuthority, None), []),
+        ca_dir="unused",
+        make_app=lambda ca: FastAPI(),
+        host="127.0.0.1",
+        port=0,
+    )
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        certgen.serve(cast(CertificateAuthority, None))
+    lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
+    assert lines == ['10.0.0.1:5000 - "GET /v1/crl.pem HTTP/1.1" 200']
+
+
+def test_an_admin_call_with_a_bad_mac_does_not_echo_it(world: World, tmp_path: Path) -> None:
+    token = "admin-token-0123456789abcdef"
+    response = app_client(world, tmp_path, certgen_admin_token=SecretStr(token)).post(
+        "/v1/devices/aabbccddee01'; DROP TABLE devices; --/revoke",
+        json={"reason": "key_compromise"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert_problem(response, 422, "invalid_mac")
+    assert "DROP TABLE" not in response.text

@@ -524,6 +524,14 @@ def test_every_dashboard_metric_is_exported_by_a_service() -> None:
         assert needed in used, needed
 
 
+def test_every_service_serving_metrics_listens_on_the_compose_network() -> None:
+    # The services' default is 127.0.0.1, which Prometheus (another container) cannot reach.
+    for name in METRICS_PORTS:
+        assert environment(name)["METRICS_HOST"] == "0.0.0.0", name
+    # Fixed, not taken from .env: a loopback METRICS_HOST there would blind Prometheus.
+    assert compose()["x-f2pipe-env"]["METRICS_HOST"] == "0.0.0.0"
+
+
 def test_prometheus_scrapes_every_service_on_its_port() -> None:
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
     targets = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from f2pipe_devtools.dev import status
 from f2pipe_devtools.dev.options import DEFAULT_BASE
 from f2pipe_devtools.dev.ports import OFFSETS, Ports
-from f2pipe_devtools.dev.procs import Console, Service
+from f2pipe_devtools.dev.procs import Console, Service, open_private_log
 from f2pipe_devtools.dev.stack import DevOptions, DevStack
 
 
@@ -110,3 +111,29 @@ def test_the_stack_settings_point_every_service_at_the_local_servers(tmp_path: P
     assert token.stat().st_mode & 0o777 == 0o600
     again = DevStack(DevOptions(tmp_path / "dev", ports), Console(io.StringIO())).env()
     assert again["CERTGEN_ADMIN_TOKEN"] == env["CERTGEN_ADMIN_TOKEN"]  # kept across runs
+
+
+def test_service_logs_are_this_user_s_only(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir(mode=0o755)
+    (logs / "old.log").write_text("from before\n")
+    (logs / "old.log").chmod(0o644)
+    for name in ("talker", "old"):
+        service = Service(name, [sys.executable, "-c", "print('hi')"], {}, logs / f"{name}.log",
+                          Console(io.StringIO()))  # fmt: skip
+        service.start()
+        assert service.proc is not None
+        service.proc.wait(10)
+    assert stat.S_IMODE(logs.stat().st_mode) == 0o700  # narrowed, though it existed
+    for name in ("talker", "old"):
+        assert stat.S_IMODE((logs / f"{name}.log").stat().st_mode) == 0o600, name
+
+
+def test_the_detached_stack_s_dev_log_is_created_0600(tmp_path: Path) -> None:
+    path = tmp_path / "dev.log"
+    with open_private_log(path) as log:  # what `f2pipe dev up --detach` writes to
+        log.write(b"x\n")
+    with open_private_log(path) as log:
+        log.write(b"y\n")
+    assert path.read_bytes() == b"x\ny\n"  # appended
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -751,6 +751,24 @@ def test_build_wires_one_metrics_registry_into_the_service_and_faust(
         processor.output.close(0)
 
 
+def test_the_processor_port_routes_only_our_pages_none_of_faust_s_views() -> None:
+    from f2pipe_processor.main import build
+    from f2pipe_processor.settings import Settings
+
+    processor = build(Settings.load(), partitions=3)  # no server is contacted
+    try:
+        web = processor.app.web
+        web.blueprints.apply(web)  # what the worker does when its web server starts
+        ours = {"/healthz", "/metrics", "/latest/{device_id}"}
+        # Not /router/… (the cluster's URLs), /table/… (table data), "/", /graph, /stats.
+        assert set(web.views) == ours
+        aiohttp_app = cast(Any, web).web_app  # the aiohttp driver's application
+        routed = {route.resource.canonical for route in aiohttp_app.router.routes()}
+        assert routed == ours
+    finally:
+        processor.output.close(0)
+
+
 def test_only_the_faust_adapter_imports_faust() -> None:
     package = Path(faust_adapter.__file__).parent
     importers = set()

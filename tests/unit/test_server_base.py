@@ -53,3 +53,13 @@ def test_a_server_that_never_listens_times_out_and_is_stopped(tmp_path: Path) ->
     with pytest.raises(ServerError, match="not ready on port"):
         server.start(timeout=0.5)
     assert not server.running
+
+
+def test_a_servers_log_is_readable_by_us_only(tmp_path: Path) -> None:
+    old = tmp_path / "dies.log"
+    old.write_text("from an older run\n")
+    old.chmod(0o644)
+    with pytest.raises(ServerError):
+        DiesOnStart(tmp_path).start(timeout=10)
+    assert old.stat().st_mode & 0o777 == 0o600
+    assert old.read_text().startswith("from an older run\n")  # appended, not replaced

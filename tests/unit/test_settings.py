@@ -142,6 +142,16 @@ def test_metrics_port_is_the_service_default_unless_metrics_port_is_set(
     assert settings_cls.load().metrics_port == 9999
 
 
+def test_metrics_listen_on_loopback_unless_metrics_host_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Outside a container /metrics and /healthz stay on this machine; compose sets 0.0.0.0.
+    monkeypatch.delenv("METRICS_HOST", raising=False)
+    assert s.load(s.ObservabilitySettings).metrics_host == "127.0.0.1"
+    monkeypatch.setenv("METRICS_HOST", "0.0.0.0")
+    assert s.load(s.ObservabilitySettings).metrics_host == "0.0.0.0"
+
+
 def test_the_processor_port_is_its_metrics_port(monkeypatch: pytest.MonkeyPatch) -> None:
     from f2pipe_processor.settings import Settings as Processor
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from f2pipe_devtools.dev import http, status
 from f2pipe_devtools.dev.ports import Ports
-from f2pipe_devtools.dev.procs import Console
+from f2pipe_devtools.dev.procs import Console, open_private_log
 from f2pipe_devtools.dev.stack import HOST, SERVICES, DevOptions, DevStack
 
 STATE_FILE = "state.json"
@@ -165,7 +165,7 @@ def detach(args: argparse.Namespace) -> int:
             "--status-interval", str(args.status_interval)]  # fmt: skip
     if args.no_simulator:
         argv.append("--no-simulator")
-    with log_path.open("ab") as log:
+    with open_private_log(log_path) as log:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                  stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 600

@@ -15,6 +15,10 @@ from typing import IO, TextIO
 
 from f2pipe_devtools.dev import http
 
+# Logs hold device names, tokens in error messages, and the like: this user's only.
+LOG_DIR_MODE = 0o700
+LOG_MODE = 0o600
+
 # Restarting a service that keeps dying only fills the log: give up after this many exits
 # within RESTART_WINDOW seconds.
 MAX_RESTARTS = 5
@@ -106,25 +110,30 @@ class Service:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self) -> Service:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.log_path.parent)
+        log = open_private_log(self.log_path)
         self.stopping = False
-        self.proc = subprocess.Popen(
-            self.argv,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except BaseException:
+            log.close()
+            raise
         assert self.proc.stdout is not None
         self._pump = threading.Thread(
-            target=self._copy, args=(self.proc.stdout,), name=f"out-{self.name}", daemon=True
+            target=self._copy, args=(self.proc.stdout, log), name=f"out-{self.name}", daemon=True
         )
         self._pump.start()
         return self
 
-    def _copy(self, stream: IO[bytes]) -> None:
-        with self.log_path.open("ab") as log:
+    def _copy(self, stream: IO[bytes], log: IO[bytes]) -> None:
+        with log:
             for raw in stream:
                 log.write(raw)
                 log.flush()
@@ -183,3 +192,20 @@ class Service:
         if self._pump is not None:
             self._pump.join(5)
         return proc.returncode
+
+
+def private_dir(path: Path) -> None:
+    """Create `path` (and its parents) if need be; itself 0700, also when it existed."""
+    path.mkdir(mode=LOG_DIR_MODE, parents=True, exist_ok=True)
+    path.chmod(LOG_DIR_MODE)
+
+
+def open_private_log(path: Path) -> IO[bytes]:
+    """`path` opened to append, 0600: created so, or narrowed when an older run left it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, LOG_MODE)
+    try:
+        os.fchmod(fd, LOG_MODE)
+        return os.fdopen(fd, "ab")
+    except BaseException:
+        os.close(fd)
+        raise

@@ -23,7 +23,7 @@ import psycopg
 
 from f2pipe.brokerconfig import supervisor_command, write
 from f2pipe_devtools.dev.ports import Ports
-from f2pipe_devtools.dev.procs import Console, Follower, Service
+from f2pipe_devtools.dev.procs import Console, Follower, Service, private_dir
 from f2pipe_devtools.env import kafka_env, mqtt_env, postgres_env, redis_env, stack_env
 from f2pipe_devtools.servers import KafkaBroker, PostgresServer, RedisServer, ServerProcess
 
@@ -100,6 +100,7 @@ class DevStack:
         """Start everything; on failure stop what started, then raise."""
         self.root.mkdir(parents=True, exist_ok=True)
         check_enterable(self.root)
+        private_dir(self.root / "logs")  # 0700, its files 0600 (procs.open_private_log)
         try:
             self._start_servers()
             self._prepare()

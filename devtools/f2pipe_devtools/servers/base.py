@@ -103,7 +103,10 @@ class ServerProcess:
         if self.running:
             return self
         self.prepare()
-        self._log = self.log_path.open("ab")
+        # Readable by us only: a server's log can name users, databases and clients.
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)  # also a log left by an older run
+        self._log = os.fdopen(fd, "ab")
         self._proc = subprocess.Popen(  # type: ignore[call-overload]
             self.command(),
             stdout=self._log,

@@ -6,6 +6,12 @@ halves until the message it will not take is alone, and that one dead-lettered; 
 Kafka refuses goes again without the original's bytes; anything else (Kafka away, busy) is
 tried again after RETRY_DELAY_S. Nothing is dropped.
 
+Dead letters are logged grouped, not one line each (`DeadLetterLog`): a flood of bad messages
+(2,000 from one misconfigured device, say) gives one warning per reason per LOG_INTERVAL_S,
+once the interval its first letter opened has passed (`emit_due`, called by the service loop):
+how many, up to LOGGED_DEVICES devices (`f2-<mac>`, the topic's second level) and the first
+letter's detail. The metric `dead_letters{reason}` still counts every letter.
+
 Delivery callbacks run inside `poll`/`flush`, on the thread that calls them (the service's),
 so none of this state needs a lock.
 """
@@ -31,6 +37,11 @@ from f2pipe_shared.settings import KafkaSettings
 log = logging.getLogger(__name__)
 
 RETRY_DELAY_S = 1.0
+# Dead letters are logged grouped (DeadLetterLog): one line per reason per LOG_INTERVAL_S.
+LOG_INTERVAL_S = 10.0
+LOGGED_DEVICES = 20
+DEVICE_MAX = 64  # characters of a device name as logged (bad topics can hold anything)
+DETAIL_MAX = 200
 
 Attempt = Callable[[], None]
 
@@ -44,6 +55,10 @@ class Outbox:
     settle: Callable[[Inbound], None]  # called once Kafka has a message
     unconfirmed: dict[int, float] = field(default_factory=dict, init=False)  # id(batch) -> sent
     retries: list[tuple[float, Attempt]] = field(default_factory=list, init=False)  # (due, try)
+    dead_log: DeadLetterLog = field(init=False)  # grouped log lines, not one per letter
+
+    def __post_init__(self) -> None:
+        self.dead_log = DeadLetterLog(self.clock)
 
     # --- raw-iot-data -------------------------------------------------------------------
 
@@ -110,10 +125,7 @@ class Outbox:
             original=message.payload,
             mqtt_topic=message.topic,
         )
-        log.warning(
-            "dead-lettered",
-            extra={"reason": reason.value, "topic": message.topic[:200], "detail": detail},
-        )
+        self.dead_log.add(reason, message.topic, detail)
         self._send_letter(message, letter)
 
     def _send_letter(self, message: Inbound, letter: DeadLetter) -> None:
@@ -170,7 +182,14 @@ class Outbox:
             self.send(batch)
         for _, attempt in retries:
             attempt()
-        return self.producer.flush(timeout)
+        remaining = self.producer.flush(timeout)
+        if remaining:
+            # Drop what Kafka did not confirm in time (never acknowledged: the broker sends
+            # it again) so that exit is not held by librdkafka waiting out message.timeout.ms.
+            self.retries.clear()
+            self.producer.purge()
+            self.producer.poll(0)
+        return remaining
 
     def oldest_unconfirmed(self) -> float | None:
         """When the batch waiting longest for Kafka's confirmation was produced (monotonic)."""
@@ -190,3 +209,73 @@ class Outbox:
         self.retries = [(t, a) for t, a in self.retries if t > now]
         for attempt in due:
             attempt()
+
+
+# --- dead letters in the log -----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Group:
+    started: float
+    detail: str
+    topic: str
+    count: int = 0
+    devices: dict[str, None] = field(default_factory=dict)  # first seen, at most LOGGED_DEVICES
+    more_devices: bool = False
+
+
+@dataclass(eq=False)
+class DeadLetterLog:
+    clock: Clock
+    interval: float = LOG_INTERVAL_S
+    groups: dict[Reason, _Group] = field(default_factory=dict, init=False)
+
+    def add(self, reason: Reason, topic: str, detail: str) -> None:
+        group = self.groups.get(reason)
+        if group is None:
+            group = self.groups[reason] = _Group(
+                self.clock.monotonic(), detail[:DETAIL_MAX], topic[:DETAIL_MAX]
+            )
+        group.count += 1
+        device = _device(topic)
+        if device in group.devices:
+            return
+        if len(group.devices) < LOGGED_DEVICES:
+            group.devices[device] = None
+        else:
+            group.more_devices = True
+
+    def emit_due(self) -> None:
+        """Log the groups whose interval has passed."""
+        if not self.groups:
+            return
+        now = self.clock.monotonic()
+        for reason in [r for r, g in self.groups.items() if now - g.started >= self.interval]:
+            self._emit(reason, self.groups.pop(reason))
+
+    def emit_all(self) -> None:
+        """Log every group now (at shutdown)."""
+        groups, self.groups = self.groups, {}
+        for reason, group in groups.items():
+            self._emit(reason, group)
+
+    @staticmethod
+    def _emit(reason: Reason, group: _Group) -> None:
+        log.warning(
+            "dead-lettered %d message(s): %s",
+            group.count,
+            reason.value,
+            extra={
+                "reason": reason.value,
+                "count": group.count,
+                "devices": list(group.devices),
+                "more_devices": group.more_devices,
+                "topic": group.topic,
+                "detail": group.detail,
+            },
+        )
+
+
+def _device(topic: str) -> str:
+    levels = topic.split("/")
+    return (levels[1] if len(levels) > 1 else topic)[:DEVICE_MAX]

@@ -66,6 +66,7 @@ class BridgeService:
             self.outbox.send(batch)
         self.outbox.resend_due()
         self.outbox.poll()
+        self.outbox.dead_log.emit_due()
         self.metrics.in_flight.set(self.in_flight)
 
     def shutdown(self, timeout: float = 30.0) -> None:
@@ -73,6 +74,7 @@ class BridgeService:
         self.mqtt.accepting = False
         self._receive(wait=0.0, limit=None)
         remaining = self.outbox.flush(self.batcher.drain(), timeout)
+        self.outbox.dead_log.emit_all()
         if remaining:
             log.warning(
                 "Kafka did not confirm everything before shutdown; the broker keeps those",

@@ -35,7 +35,7 @@ from f2pipe_certgen.ports import (
     RevocationReason,
     Status,
 )
-from f2pipe_certgen.problems import ProblemError
+from f2pipe_certgen.problems import FIELD_RULES, ProblemError
 from f2pipe_shared.settings import CaSettings
 from f2pipe_shared.topics import device_cn, mac_from_cn, normalize_mac
 
@@ -308,8 +308,9 @@ async def issue_service_certificate(
 def _mac(raw: str) -> str:
     try:
         return normalize_mac(raw)
-    except ValueError as exc:
-        raise ProblemError("invalid_mac", str(exc)) from None
+    except ValueError:
+        # The value is not repeated: a path or query parameter may carry anything.
+        raise ProblemError("invalid_mac", f"mac: {FIELD_RULES['mac']}.") from None
 
 
 def _mac_of(cn: str) -> str | None:

@@ -2,7 +2,8 @@
 dependencies (deps.py) find them, and includes the routes.
 
 Routes: enrolment (enrolment.py), admin (admin.py), and the public ones here: the CA
-certificate, the CRL, health and metrics. Errors are problem details (problems.py).
+certificate, the CRL, health and metrics. Errors are problem details (problems.py). Request
+bodies are limited (limits.py). The schema is served at /openapi.json; there is no docs UI.
 
 While it runs, the app opens the registry's pool and rewrites the CRL from the registry at
 start-up and then every `crl_refresh` seconds (crl.py).
@@ -25,6 +26,7 @@ from f2pipe_certgen import admin, deps, enrolment, problems
 from f2pipe_certgen.ca import CaError, CertificateAuthority
 from f2pipe_certgen.crl import REFRESH_SECONDS, keep_fresh
 from f2pipe_certgen.deps import CaDep, DbDep, MetricsDep
+from f2pipe_certgen.limits import MAX_BODY_BYTES, BodyLimit
 from f2pipe_certgen.lockout import LockoutPolicy, Lockouts
 from f2pipe_certgen.metrics import CertgenMetrics
 from f2pipe_certgen.ports import CertificateStore, Clock
@@ -60,6 +62,7 @@ def create_app(
     lockout: LockoutPolicy,
     clock: Clock,
     crl_refresh: float = REFRESH_SECONDS,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -76,7 +79,12 @@ def create_app(
         version=version("f2pipe-certgen"),
         description=DESCRIPTION,
         lifespan=lifespan,
+        # The schema stays at /openapi.json; the UI pages would load their scripts from a CDN
+        # (empty offline, and a third party's code next to the admin token).
+        docs_url=None,
+        redoc_url=None,
     )
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     deps.attach(
         app,
         deps.Parts(

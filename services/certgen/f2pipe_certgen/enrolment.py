@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Response
+from pydantic import Field
 
 from f2pipe_certgen import crl, problems
 from f2pipe_certgen.ca import CertificateAuthority, CsrError, IssuedCertificate
@@ -33,13 +34,29 @@ from f2pipe_certgen.lockout import Lockout, Lockouts
 from f2pipe_certgen.metrics import CertgenMetrics
 from f2pipe_certgen.ports import CertificateStore, Controller, StoreTransaction
 from f2pipe_certgen.problems import ProblemError
-from f2pipe_shared.certificates import EnrollRequest, EnrollResponse
+from f2pipe_shared import certificates
+from f2pipe_shared.certificates import EnrollResponse
 from f2pipe_shared.claimcodes import verify_claim_code
 from f2pipe_shared.topics import device_cn
 
 log = logging.getLogger(__name__)
 
 PATH = "/v1/enroll"
+# What `normalize_mac` accepts: 12 hex digits, or six pairs all separated by ':' or all by '-'.
+# In the schema so that a schema-valid request is one certgen accepts.
+_HEX2 = "[0-9A-Fa-f]{2}"
+MAC_PATTERN = f"^(?:[0-9A-Fa-f]{{12}}|{_HEX2}(?::{_HEX2}){{5}}|{_HEX2}(?:-{_HEX2}){{5}})$"
+
+
+class EnrollRequest(certificates.EnrollRequest):
+    """The shared request, with the MAC's pattern in the schema (/openapi.json)."""
+
+    mac: str = Field(
+        pattern=MAC_PATTERN,
+        description="the controller's eth0 MAC: 12 hex digits, optionally in pairs separated "
+        "by ':' or '-'",
+        examples=["aa:bb:cc:dd:ee:01"],
+    )
 
 
 @dataclass(frozen=True)
@@ -50,7 +67,7 @@ class Enrolment:
     lockouts: Lockouts
     device_days: int
 
-    async def enrol(self, request: EnrollRequest) -> EnrollResponse:
+    async def enrol(self, request: certificates.EnrollRequest) -> EnrollResponse:
         controller = await self.authenticate(request.mac, request.claim_code)
         cert, key_pem = await self.issue(request)
         superseded = await self.record(cert, controller)
@@ -117,7 +134,9 @@ class Enrolment:
             detail += f" Too many wrong codes: enrolment is locked for {locked.retry_after} s."
         return ProblemError("wrong_claim_code", detail)
 
-    async def issue(self, request: EnrollRequest) -> tuple[IssuedCertificate, str | None]:
+    async def issue(
+        self, request: certificates.EnrollRequest
+    ) -> tuple[IssuedCertificate, str | None]:
         cn = device_cn(request.mac)
         try:
             if request.csr_pem is None:
@@ -176,6 +195,7 @@ router = APIRouter(tags=["enrolment"])
         "Enrolling again revokes the controller's previous certificate (`superseded`)."
     ),
     responses=problems.responses(
+        "body_too_large",
         "invalid_json",
         "invalid_request",
         "invalid_mac",

@@ -9,9 +9,10 @@ rewritten into the same shape, so a client parses one format whatever went wrong
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,6 +29,15 @@ MEDIA_TYPE = "application/problem+json"
 # An absolute URI naming the problem kind, without inventing a web address that nobody serves;
 # docs/certgen.md documents each one.
 TYPE_PREFIX = "urn:f2pipe:certgen:problem:"
+# The rule a field's own validator enforces, said instead of its message (which may quote the
+# value sent); pydantic's other messages name only the rule (length, pattern, type).
+FIELD_RULES: Final[Mapping[str, str]] = {
+    "mac": "must be 12 hex digits, optionally in pairs separated by ':' or '-'",
+}
+_CUSTOM_MESSAGE_TYPES = frozenset({"value_error", "assertion_error"})
+_MAC_ERROR_TYPES = frozenset({"value_error", "string_pattern_mismatch"})
+# A location part that is not a plain name (an extra key sent) is not echoed either.
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class Reason:
 
 # Every reason certgen answers with. A reason's status never changes: clients may rely on it.
 REASONS: Mapping[str, Reason] = {
+    "body_too_large": Reason(413, "The request body is too large"),
     "invalid_json": Reason(422, "The request body is not valid JSON"),
     "invalid_request": Reason(422, "The request does not match the schema"),
     "invalid_mac": Reason(422, "Not a MAC address"),
@@ -160,9 +171,18 @@ def install_handlers(app: FastAPI, on_invalid: Callable[[str, str], None]) -> No
         on_invalid(request.url.path, reason)
         return problem_response(reason, detail, errors=errors)
 
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeError):
+            # FastAPI's answer to a JSON body that is not UTF-8: it is not JSON either.
+            log.info("request refused", extra={"path": request.url.path, "reason": "invalid_json"})
+            on_invalid(request.url.path, "invalid_json")
+            return problem_response("invalid_json", _INVALID_JSON)
+        return await _on_http(request, exc)
+
     app.add_exception_handler(ProblemError, _on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(StarletteHTTPException, _on_http)
+    app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(OperationalError, _on_unavailable)
     app.add_exception_handler(PoolTimeout, _on_unavailable)
     app.add_exception_handler(Exception, _on_unexpected)
@@ -179,15 +199,32 @@ async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _field_error(error: Mapping[str, Any]) -> FieldError:
-    # Only where and what: the input itself is left out, as it may be a claim code.
-    loc: Sequence[str | int] = error.get("loc", ())
-    return FieldError(loc=list(loc), msg=str(error.get("msg", "")), type=str(error.get("type")))
+    """Where and which rule, never the input: it may be a claim code, or text meant to end
+    up in a log or a query."""
+    loc = [_shown_loc(part) for part in error.get("loc", ())]
+    kind = str(error.get("type"))
+    field = loc[-1] if loc else ""
+    msg = str(error.get("msg", ""))
+    if isinstance(field, str) and field in FIELD_RULES and kind in _MAC_ERROR_TYPES:
+        msg = FIELD_RULES[field]
+    elif kind in _CUSTOM_MESSAGE_TYPES:
+        msg = FIELD_RULES.get(str(field), "the value is not valid")
+    return FieldError(loc=loc, msg=msg, type=kind)
+
+
+def _shown_loc(part: object) -> str | int:
+    if isinstance(part, int) or (isinstance(part, str) and _PLAIN_NAME.fullmatch(part)):
+        return part
+    return "<field>"
+
+
+_INVALID_JSON = "The body must be a UTF-8 JSON object (Content-Type: application/json)."
 
 
 def _classify(errors: list[FieldError]) -> tuple[str, str]:
     if any(e.type == "json_invalid" for e in errors):
-        return "invalid_json", "The body must be a JSON object (Content-Type: application/json)."
-    if any(e.loc[-1:] == ["mac"] and e.type == "value_error" for e in errors):
+        return "invalid_json", _INVALID_JSON
+    if any(e.loc[-1:] == ["mac"] and e.type in _MAC_ERROR_TYPES for e in errors):
         return "invalid_mac", (
             "A MAC is 12 hex digits, optionally in pairs separated by ':' or '-' "
             "(aa:bb:cc:dd:ee:01)."
@@ -207,7 +244,7 @@ async def _on_http(request: Request, exc: Exception) -> JSONResponse:
         )
     if exc.status_code == 404:
         return problem_response(
-            "not_found", f"No endpoint at {request.url.path}; see /docs.", headers=headers
+            "not_found", f"No endpoint at {request.url.path}; see /openapi.json.", headers=headers
         )
     # Other statuses Starlette raises by itself keep their status, in our format.
     return JSONResponse(

@@ -5,7 +5,8 @@
    certificate is never made while the database that must record it is away. A CA that
    cannot be used (damaged, unreadable, mismatched) stops start-up with one clear line and
    exit status 1; certgen never overwrites an existing CA.
-2. serve: uvicorn until SIGTERM or SIGINT (or `stop()`), finishing the requests in flight.
+2. serve: uvicorn until SIGTERM or SIGINT (or `stop()`), finishing the requests in flight;
+   its access log names paths without their query strings (accesslog.py).
 
 `main.build()` makes the parts; this class only puts them in order.
 """
@@ -18,6 +19,7 @@ from collections.abc import Callable
 import uvicorn
 from fastapi import FastAPI
 
+from f2pipe_certgen.accesslog import drop_query_strings
 from f2pipe_certgen.ca import CaError, CertificateAuthority, IssuedCertificate
 from f2pipe_certgen.store import PostgresStore, RegistryNotMigratedError
 
@@ -69,6 +71,7 @@ class CertgenService:
 
     def serve(self, ca: CertificateAuthority) -> None:
         """Serve the API with this CA until stopped."""
+        drop_query_strings()
         self.server = uvicorn.Server(self._config(self.make_app(ca)))
         self.server.run()
         log.info("certgen stopped")

@@ -53,6 +53,7 @@ from faust.topics import Topic as FaustTopic
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 from faust.web import Request, Response, View
+from faust.web.base import BlueprintManager, Web
 
 from f2pipe_processor.acks import Ack, Holes
 from f2pipe_processor.latest import CHANGELOG_CONFIG, TABLE_NAME, Entry, render
@@ -127,6 +128,15 @@ class ProcessorApp(faust.App):
         # Faust's own aiokafka transport (the broker URLs are kafka://), with our consumer.
         return SafeSeekTransport(self.conf.broker_consumer, self)
 
+    def _new_web(self) -> Web:
+        # The port serves our pages only (/latest, /healthz, /metrics): none of Faust's
+        # built-in views (/router, /table, "/", stats, /graph, /performance), which show the
+        # cluster's URLs, table data and internal state. The web_*_enabled settings turn off
+        # all but the "/" index, which Faust adds whenever its statistics are off.
+        web = super()._new_web()
+        web.blueprints = BlueprintManager()
+        return web
+
 
 def create_app(settings: Settings, partitions: int) -> ProcessorApp:
     """The Faust app for ``partitions`` raw partitions (the latest table gets as many)."""
@@ -138,6 +148,13 @@ def create_app(settings: Settings, partitions: int) -> ProcessorApp:
         datadir=processor.processor_data_dir
         or str(Path(tempfile.gettempdir()) / f"{processor.processor_app_id}-data"),
         web_enabled=True,
+        # Only our pages (ProcessorApp._new_web); table_route forwards /latest through
+        # app.router in-process, not through the /router views.
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
         web_bind=settings.observability.metrics_host,
         web_port=settings.port,
         canonical_url=f"http://{socket.gethostname()}:{settings.port}",
@@ -326,6 +343,11 @@ HOOKS: tuple[Hook, ...] = (
          ProcessorApp),
     Hook("faust-streaming", faust.App, "_new_transport",
          "overridden: the transport that creates SafeSeekConsumer", ProcessorApp),
+    Hook("faust-streaming", faust.App, "_new_web",
+         "overridden: the web driver without Faust's built-in views (/router, /table, /)",
+         ProcessorApp),
+    Hook("faust-streaming", Web, "blueprints",
+         "replaced: an empty BlueprintManager, so only our pages are routed"),
     Hook("faust-streaming", aiokafka_driver.Transport, "Consumer",
          "replaced: the consumer class the aiokafka transport instantiates", SafeSeekTransport),
     Hook("faust-streaming", aiokafka_driver.Consumer, "perform_seek",
