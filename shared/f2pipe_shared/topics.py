@@ -187,6 +187,14 @@ def _parse_cached(topic: str) -> Topic:
     return Topic(kind, mac, mode, connector, levels[4], rule.kind, index, sub)
 
 
+def device_level(topic: str) -> str:
+    """The second level of any topic string (the device, `f2-<mac>`, when the topic is
+    valid), for naming the sender in logs of topics that may not parse; the whole string
+    when it has no second level."""
+    levels = topic.split("/", 2)
+    return levels[1] if len(levels) > 1 else topic
+
+
 def make_topic(
     kind: str, mac: str, connector: str, component: str, sub: str | None = None
 ) -> Topic:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import subprocess
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -523,3 +525,30 @@ def test_crl_replaces_the_file_atomically(settings: CaSettings, ca: CertificateA
     # A new file renamed into place: a reader holding the old one never sees it half-written.
     assert path.stat().st_ino != inode
     assert [p.name for p in Path(settings.ca_dir).iterdir() if p.name.startswith(".")] == []
+
+
+def test_sign_csr_refuses_a_sha1_signed_csr_saying_so(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    # cryptography will not sign with SHA-1; the openssl command line still does.
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("the openssl command is needed to make a SHA-1 CSR")
+    key = tmp_path / "key.pem"
+    key.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    made = subprocess.run(
+        [openssl, "req", "-new", "-key", str(key), "-subj", f"/CN={DEVICE}", "-sha1"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+
+    with pytest.raises(CsrError, match="signed with SHA-1") as caught:
+        ca.sign_csr(made.stdout, cn=DEVICE, days=30)
+
+    assert caught.value.reason == "bad_csr"
+    assert "altered" not in str(caught.value)

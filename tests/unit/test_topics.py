@@ -8,6 +8,7 @@ from f2pipe_shared.topics import (
     Topic,
     TopicError,
     device_cn,
+    device_level,
     iter_topics,
     mac_from_cn,
     make_topic,
@@ -247,3 +248,16 @@ def test_device_cn_and_mac_from_cn_are_inverse() -> None:
 def test_mac_from_cn_rejects_anything_but_the_topic_level_form(cn: str) -> None:
     with pytest.raises(ValueError, match="not a device CN"):
         mac_from_cn(cn)
+
+
+@pytest.mark.parametrize(
+    ("topic", "device"),
+    [
+        ("tele/f2-aabbccddee01/sensor-mode/J3/sensor-1", "f2-aabbccddee01"),
+        ("stat/not-a-device/alarm-mode/J1/siren-1", "not-a-device"),
+        ("garbage", "garbage"),
+        ("a/b", "b"),
+    ],
+)
+def test_device_level_names_the_sender_of_any_topic(topic: str, device: str) -> None:
+    assert device_level(topic) == device

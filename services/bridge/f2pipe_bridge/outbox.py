@@ -33,6 +33,7 @@ from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
 from f2pipe_shared.kafka import kafka_error, record_refused
 from f2pipe_shared.records import RawMessage, encode_raw_batch
 from f2pipe_shared.settings import KafkaSettings
+from f2pipe_shared.topics import device_level
 
 log = logging.getLogger(__name__)
 
@@ -277,5 +278,4 @@ class DeadLetterLog:
 
 
 def _device(topic: str) -> str:
-    levels = topic.split("/")
-    return (levels[1] if len(levels) > 1 else topic)[:DEVICE_MAX]
+    return device_level(topic)[:DEVICE_MAX]

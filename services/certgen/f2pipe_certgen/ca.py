@@ -47,6 +47,8 @@ SERVICE_PREFIX = "svc-"
 _SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,30}$")
 # Devices and servers whose clocks run a little behind still accept a fresh certificate.
 CLOCK_SKEW = timedelta(minutes=5)
+# CSR signature hashes refused by name (cryptography cannot verify them either).
+_HASH_NAMES = {"sha1": "SHA-1", "md5": "MD5"}
 # RFC 5280 reason names, spelled as cryptography's ReasonFlags members: what an operator may
 # give (ports.RevocationReason), and certificate_hold, which only the CRL format knows.
 REVOCATION_REASONS: tuple[str, ...] = (*get_args(RevocationReason), "certificate_hold")
@@ -305,6 +307,14 @@ class CertificateAuthority:
         problem = keys.unacceptable(public)
         if problem is not None:
             raise CsrError("weak_key", problem)
+        weak = csr.signature_hash_algorithm
+        if isinstance(weak, hashes.SHA1 | hashes.MD5):
+            # Verifying would fail anyway (cryptography refuses these hashes): say why.
+            raise CsrError(
+                "bad_csr",
+                f"the CSR is signed with {_HASH_NAMES[weak.name]}, which certgen does not accept; "
+                "sign it with SHA-256 or stronger",
+            )
         try:
             signed = csr.is_signature_valid
         except (ValueError, UnsupportedAlgorithm):

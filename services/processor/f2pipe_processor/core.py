@@ -26,6 +26,7 @@ from f2pipe_processor.ports import Clock
 from f2pipe_processor.resolver import Resolver
 from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
 from f2pipe_shared.records import FramingError, ProcessedBatch, decode_raw_batch
+from f2pipe_shared.topics import device_level
 
 log = logging.getLogger(__name__)
 
@@ -161,5 +162,4 @@ LOGGED_TOPICS = 5
 
 
 def _device(mqtt_topic: str) -> str:
-    levels = mqtt_topic.split("/")
-    return levels[1] if len(levels) > 1 else mqtt_topic
+    return device_level(mqtt_topic)
