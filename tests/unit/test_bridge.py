@@ -672,3 +672,16 @@ def test_shutdown_with_kafka_away_purges_and_acknowledges_nothing() -> None:
     assert producer.purged == 1
     assert mqtt.settled == []
     assert producer.raw_payloads() == []
+
+
+def test_stop_wakes_a_waiting_loop_and_the_wake_up_is_no_message() -> None:
+    producer = FakeProducer()
+    bridge, _ = make(producer)
+    threading.Timer(0.2, bridge.stop).start()
+    started = time.monotonic()
+    bridge._receive(wait=30.0, limit=None)  # returns once stop() put its wake-up
+    assert time.monotonic() - started < 5
+    assert bridge.stopping.is_set()
+    assert bridge.in_flight == 0
+    assert producer.raw_payloads() == []
+    assert producer.letters() == []

@@ -29,6 +29,7 @@ from f2pipe_shared.topics import TopicError, parse_topic
 log = logging.getLogger(__name__)
 
 DRAIN_AT_ONCE = 5_000
+WAKE = Inbound("", b"", 0, -1, 0, -1)  # not a message: wakes the loop when it must stop
 UNCONFIRMED_HEALTHY_S = 60
 
 
@@ -84,7 +85,11 @@ class BridgeService:
         log.info("bridge stopped", extra={"unacknowledged": self.in_flight})
 
     def stop(self) -> None:
+        """Called from the SIGTERM handler: the loop ends and hands over what it holds."""
         self.stopping.set()
+        # Wake a get() that the signal interrupted: SimpleQueue.put is reentrant, and a
+        # blocked get() was seen (rarely, under load) to wait on long after the signal.
+        self.mqtt.inbox.put(WAKE)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         oldest = self.outbox.oldest_unconfirmed()
@@ -145,10 +150,14 @@ class BridgeService:
         to `limit` more (all, for None) without waiting."""
         inbox = self.mqtt.inbox
         try:
-            self.handle(inbox.get(timeout=wait))
+            message = inbox.get(timeout=wait)
             taken = 0
-            while limit is None or taken < limit:
-                self.handle(inbox.get_nowait())
+            while True:
+                if message is not WAKE:
+                    self.handle(message)
+                if limit is not None and taken >= limit:
+                    return
+                message = inbox.get_nowait()
                 taken += 1
         except queue.Empty:
             pass
