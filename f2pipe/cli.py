@@ -76,10 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for name, help_text in SERVICES.items():
-        # The service parses the rest itself: `f2pipe <service> --help` shows its options.
-        p = sub.add_parser(name, help=help_text, add_help=False)
-        p.add_argument("argv", nargs=argparse.REMAINDER)
-        p.set_defaults(handler=_service(name))
+        # Listed for `f2pipe --help` only: main() hands a service its arguments before
+        # argparse sees them, and `f2pipe <service> --help` shows the service's own options.
+        sub.add_parser(name, help=help_text, add_help=False)
 
     p = sub.add_parser("migrate", help="apply the SQL migrations (safe to run again)")
     p.add_argument("--conninfo", help="libpq conninfo; default: POSTGRES_*/TIMESCALE_* settings")

@@ -149,7 +149,7 @@ def log_dead_letters(dead: list[DeadLetter]) -> None:
             extra={
                 "reason": reason.value,
                 "count": len(letters),
-                "devices": sorted({_device(t) for t in topics})[:LOGGED_TOPICS],
+                "devices": sorted({device_level(t) for t in topics})[:LOGGED_TOPICS],
                 "topics": topics[:LOGGED_TOPICS],
                 "detail": first.detail[:200],
                 "partition": first.source_partition,
@@ -159,7 +159,3 @@ def log_dead_letters(dead: list[DeadLetter]) -> None:
 
 
 LOGGED_TOPICS = 5
-
-
-def _device(mqtt_topic: str) -> str:
-    return device_level(mqtt_topic)

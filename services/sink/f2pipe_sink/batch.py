@@ -21,8 +21,6 @@ log = logging.getLogger(__name__)
 
 Partition = tuple[str, int]  # (topic, partition)
 
-_DETAIL_MAX = 2000  # DeadLetter.detail's limit
-
 
 class Record(NamedTuple):
     """One `processed-iot-data` Kafka record, its valid rows encoded for COPY."""
@@ -45,7 +43,7 @@ def dead_letter(record: Record, reason: Reason, detail: str) -> DeadLetter:
     return DeadLetter(
         stage=Stage.sink,
         reason=reason,
-        detail=detail if len(detail) <= _DETAIL_MAX else detail[: _DETAIL_MAX - 1] + "…",
+        detail=detail,  # DeadLetter cuts an overlong one to DETAIL_MAX, ending with "…"
         original=record.value,
         source_topic=record.topic,
         source_partition=record.partition,
