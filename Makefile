@@ -41,8 +41,11 @@ format: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The suite on TimescaleDB (when `make setup` installed it), then the database layer again on
+# plain PostgreSQL: migrations and the sink must work on both.
 test: setup lint
 	$(BIN)/python -m pytest
+	F2PIPE_TIMESCALEDB=off $(BIN)/python -m pytest -m database
 
 test-unit: venv
 	$(BIN)/python -m pytest tests/unit

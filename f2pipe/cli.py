@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 
+from f2pipe_shared.dblogin import LoginRefused
 from f2pipe_shared.settings import SettingsError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -30,12 +31,34 @@ SERVICES = {
 }
 
 
+# The services that log into PostgreSQL, and which database: the registry (POSTGRES_*) or
+# the telemetry database (TIMESCALE_*, each unset one taking its POSTGRES_* twin).
+DATABASE_OF = {"certgen": "registry", "processor": "registry", "simulator": "registry",
+               "sink": "telemetry"}  # fmt: skip
+
+
 def _service(name: str) -> Handler:
     def run(args: argparse.Namespace) -> int:
+        if name in DATABASE_OF and not {"-h", "--help"} & set(args.argv):
+            _check_login(name)
         main: Callable[[Sequence[str]], int] = importlib.import_module(f"f2pipe_{name}.main").main
         return main(args.argv)
 
     return run
+
+
+def _check_login(service: str) -> None:
+    """One login before the service starts: refused credentials stop it at once, with the
+    settings named (LoginRefused). A server that is down is the service's to wait for."""
+    from f2pipe_shared import settings as s
+    from f2pipe_shared.dblogin import check_login, registry_login, telemetry_login
+
+    postgres = s.load(s.PostgresSettings)
+    if DATABASE_OF[service] == "telemetry":
+        login = telemetry_login(s.load(s.TimescaleSettings), postgres)
+    else:
+        login = registry_login(postgres)
+    check_login(login, application_name=f"f2pipe-{service}")
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -44,12 +67,24 @@ def _migrate(args: argparse.Namespace) -> int:
     return migrate(conninfo=args.conninfo, directory=args.directory)
 
 
+def _db_check(args: argparse.Namespace) -> int:
+    from f2pipe.commands import db_check
+
+    return db_check(conninfo=args.conninfo, directory=args.directory)
+
+
 def _seed_demo(args: argparse.Namespace) -> int:
     from f2pipe.commands import seed_demo
 
     return seed_demo(
         conninfo=args.conninfo, controllers=args.controllers, claim_codes=args.claim_codes
     )
+
+
+def _db_roles(args: argparse.Namespace) -> int:
+    from f2pipe.commands import db_roles
+
+    return db_roles(conninfo=args.conninfo)
 
 
 def _broker_config(args: argparse.Namespace) -> int:
@@ -87,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_migrate)
 
+    p = sub.add_parser(
+        "db-check",
+        help="migrations up to date? how did each TimescaleDB job's last run end? (exit 1 if not)",
+    )
+    p.add_argument("--conninfo", help="libpq conninfo; default: POSTGRES_*/TIMESCALE_* settings")
+    p.add_argument(
+        "--directory", type=Path, help="migrations directory (default: the ones f2pipe ships)"
+    )
+    p.set_defaults(handler=_db_check)
+
     p = sub.add_parser("seed-demo", help="register a demo fleet (idempotent)")
     p.add_argument("--controllers", type=int, default=10, help="how many controllers (default 10)")
     p.add_argument("--conninfo", help="libpq conninfo; default: POSTGRES_* settings")
@@ -97,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="write new controllers' claim codes here (mode 0600) instead of printing them",
     )
     p.set_defaults(handler=_seed_demo)
+
+    p = sub.add_parser(
+        "db-roles",
+        help="create or update each service's login role (POSTGRES_<SERVICE>_USER/_PASSWORD)",
+    )
+    p.add_argument("--conninfo", help="libpq conninfo; default: POSTGRES_*/TIMESCALE_* settings")
+    p.set_defaults(handler=_db_roles)
 
     p = sub.add_parser(
         "broker-config", help="render Mosquitto's configuration and ACL for local paths and ports"
@@ -137,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"f2pipe {args.command}: {exc}", file=sys.stderr)
         return 2
+    except LoginRefused as exc:
+        print(f"f2pipe {args.command}: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         print(f"f2pipe {args.command}: {exc}", file=sys.stderr)
         return 1

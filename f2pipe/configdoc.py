@@ -36,16 +36,20 @@ def _default(field: FieldInfo) -> str:
 
 def _service_groups() -> list[tuple[type[BaseSettings], str]]:
     """Settings that only one service reads live in its package, beside the code using them."""
+    from f2pipe.dbroles import DbRolesSettings
     from f2pipe_bridge.settings import BridgeSettings
+    from f2pipe_certgen.settings import CertgenSettings
     from f2pipe_processor.settings import ProcessorSettings
     from f2pipe_simulator.settings import SimulatorSettings
     from f2pipe_sink.settings import SinkSettings
 
     return [
         (BridgeSettings, "bridge"),
+        (CertgenSettings, "certgen"),
         (ProcessorSettings, "processor"),
         (SinkSettings, "sink"),
         (SimulatorSettings, "simulator"),
+        (DbRolesSettings, "db-roles (each service reads its own as POSTGRES_USER/_PASSWORD)"),
     ]
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,10 +44,15 @@ Connection = psycopg.Connection[TupleRow]
 MIGRATIONS_DIR = Path(str(files("f2pipe") / "migrations"))
 NO_TRANSACTION_MARK = "-- f2pipe:no-transaction"
 
+# Seconds between the tries of a no-transaction statement refused for a lock another session
+# holds (55P03): about two minutes in all.
+LOCK_RETRY_PAUSES: tuple[float, ...] = (1, 2, 5, 10, 20, 30, 30, 30)
+
 # Any constant works as long as no other tool locks it: 'f2pipe' in ASCII.
 ADVISORY_LOCK_KEY = 0x663270697065
 
-# The f2pipe.* settings the migrations read, with the defaults the SQL applies when unset.
+# The f2pipe.* settings the migrations read, with the defaults the SQL applies when a setting
+# is neither given nor remembered (f2pipe_meta.policy_settings, migration 0010).
 SETTINGS: Mapping[str, str] = {
     "timescaledb": "auto",
     "chunk_interval": "1 day",
@@ -59,6 +65,8 @@ SETTINGS: Mapping[str, str] = {
     "cagg_refresh_start_offset": "3 days",
     "cagg_refresh_end_offset": "1 hour",
     "cagg_refresh_schedule_interval": "30 minutes",
+    "cagg_backfill_start_offset": "auto",
+    "cagg_backfill_schedule_interval": "1 day",
 }
 
 _FILE_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -166,17 +174,21 @@ def setting_commands(settings: Mapping[str, str] | None) -> list[tuple[str, str]
 
 
 def policy_gucs(policy: TelemetryPolicySettings) -> dict[str, str]:
-    """The settings for the migrations from TELEMETRY_* (shared settings).
+    """The settings for the migrations from the TELEMETRY_* variables that are set.
 
     TELEMETRY_RETENTION covers readings and events alike; the hourly aggregate keeps its own,
-    longer default.
+    longer default. A variable that is not set is left out, so the database keeps what is in
+    effect (what was given before, else the default) rather than being reset to the default.
     """
-    return {
-        "retention": policy.telemetry_retention,
-        "events_retention": policy.telemetry_retention,
-        "compress_after": policy.telemetry_compress_after,
-        "chunk_interval": policy.telemetry_chunk_interval,
-    }
+    given = policy.model_fields_set
+    gucs: dict[str, str] = {}
+    if "telemetry_retention" in given:
+        gucs["retention"] = gucs["events_retention"] = policy.telemetry_retention
+    if "telemetry_compress_after" in given:
+        gucs["compress_after"] = policy.telemetry_compress_after
+    if "telemetry_chunk_interval" in given:
+        gucs["chunk_interval"] = policy.telemetry_chunk_interval
+    return gucs
 
 
 def apply_migrations(
@@ -222,10 +234,12 @@ def migration_status(conninfo: str, directory: Path | None = None) -> MigrationS
 
 
 def apply_settings(conninfo: str, settings: Mapping[str, str]) -> dict[str, Any]:
-    """Re-apply chunking, compression, retention and refresh policies from ``settings``.
+    """Change chunking, compression, retention and refresh policies: those named in ``settings``.
 
     Migrations read the settings once, when they run; this is how a later change takes effect.
-    Returns the settings in effect, as telemetry.apply_policies() reports them.
+    A setting not in ``settings`` keeps what is in effect; ``"default"`` goes back to the
+    default. TimescaleDB's jobs are altered in place (same ids). Returns the settings in
+    effect, as telemetry.apply_policies() reports them.
     """
     commands = setting_commands(settings)
     with _connect(conninfo) as conn, _advisory_lock(conn):
@@ -235,6 +249,102 @@ def apply_settings(conninfo: str, settings: Mapping[str, str]) -> dict[str, Any]
     assert row is not None
     effective: dict[str, Any] = row[0]
     return effective
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One TimescaleDB background job and how its last run ended (job_stats, job_errors)."""
+
+    job_id: int
+    name: str  # application_name, e.g. "Columnstore Policy [1000]"
+    proc: str  # schema.procedure
+    relation: str | None  # the hypertable or continuous aggregate it works on
+    scheduled: bool
+    last_run_status: str | None  # "Success", "Failed", or None: never ran
+    last_run_started_at: datetime | None
+    last_successful_finish: datetime | None
+    next_start: datetime | None
+    total_runs: int
+    total_failures: int
+    error: str | None  # the most recent failure: "SQLSTATE: message"
+    error_at: datetime | None
+
+    @property
+    def failing(self) -> bool:
+        return self.last_run_status == "Failed"
+
+    @property
+    def known_portal_issue(self) -> bool:
+        """The failure TimescaleDB 2.28.x reports on PostgreSQL 15.20 after the job did its
+        work (docs/operations.md)."""
+        return self.failing and (self.error or "").startswith(
+            '24000: cannot drop portal "" while it is being set up'
+        )
+
+    def describe(self) -> str:
+        """One line: which job, on what, its last run."""
+        on = f" on {self.relation}" if self.relation else ""
+        if self.last_run_status is None:
+            last = "never ran"
+        else:
+            started = _when(self.last_run_started_at)
+            last = f"last run {self.last_run_status.lower()} ({started})"
+        state = "" if self.scheduled else ", paused"
+        failures = ""
+        if self.total_failures:
+            failures = f", {self.total_failures} of {self.total_runs} runs failed"
+        line = f"job {self.job_id} {self.name} ({self.proc}{on}): {last}{failures}{state}"
+        if self.failing:
+            line += f"; error: {self.error or 'none recorded'}"
+            if self.known_portal_issue:
+                line += (
+                    " [known TimescaleDB 2.28 issue on PostgreSQL 15.20: the job did its work"
+                    " before this error; see docs/operations.md]"
+                )
+        return line
+
+
+_JOBS_QUERY = """
+SELECT j.job_id, j.application_name, j.proc_schema || '.' || j.proc_name,
+       CASE WHEN j.hypertable_name IS NOT NULL
+            THEN format('%I.%I', j.hypertable_schema, j.hypertable_name) END,
+       j.scheduled, nullif(s.last_run_status, ''),
+       CASE WHEN s.last_run_started_at > '-infinity' THEN s.last_run_started_at END,
+       CASE WHEN s.last_successful_finish > '-infinity' THEN s.last_successful_finish END,
+       CASE WHEN s.next_start > '-infinity' AND s.next_start < 'infinity' THEN s.next_start END,
+       coalesce(s.total_runs, 0), coalesce(s.total_failures, 0),
+       e.sqlerrcode || ': ' || e.err_message, e.finish_time
+FROM timescaledb_information.jobs AS j
+LEFT JOIN timescaledb_information.job_stats AS s ON s.job_id = j.job_id
+LEFT JOIN LATERAL (
+    SELECT er.sqlerrcode, er.err_message, er.finish_time
+    FROM timescaledb_information.job_errors AS er
+    WHERE er.job_id = j.job_id
+    ORDER BY er.start_time DESC
+    LIMIT 1
+) AS e ON true
+ORDER BY j.job_id
+"""
+
+
+def job_report(conninfo: str) -> list[JobStatus] | None:
+    """Every TimescaleDB job with its last status; None without TimescaleDB (no jobs there).
+
+    The scheduler's record, not the work: a job can be recorded failed after doing its work
+    (TimescaleDB 2.28 on PostgreSQL 15.20), and a failing job is retried with back-off.
+    """
+    with _connect(conninfo) as conn:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')"
+        ).fetchone()
+        if row is None or not row[0]:
+            return None
+        rows = conn.execute(_JOBS_QUERY).fetchall()
+    return [JobStatus(*row) for row in rows]
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
 
 
 def _connect(conninfo: str) -> Connection:
@@ -303,10 +413,25 @@ def _apply_one(conn: Connection, migration: Migration) -> None:
                 _record(conn, migration)
         else:
             for statement in split_statements(migration.sql):
-                conn.execute(statement)
+                _execute_retrying_locks(conn, statement)
             _record(conn, migration)
     except psycopg.Error as exc:
         raise MigrationError(f"{migration.name}: {_describe(exc)}") from exc
+
+
+def _execute_retrying_locks(conn: Connection, statement: str) -> None:
+    """Run one statement of a no-transaction file; when a lock another session holds refuses
+    it (55P03: e.g. TimescaleDB's refresh of an aggregate its own job is refreshing), wait and
+    try again, LOCK_RETRY_PAUSES, then give up (the file is safe to run again)."""
+    for pause in (*LOCK_RETRY_PAUSES, None):
+        try:
+            conn.execute(statement)
+            return
+        except pg_errors.LockNotAvailable as exc:
+            if pause is None:
+                raise
+            log.info("%s; trying again in %.0f s", exc.diag.message_primary, pause)
+            time.sleep(pause)
 
 
 def _record(conn: Connection, migration: Migration) -> None:

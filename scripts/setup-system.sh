@@ -15,7 +15,7 @@ command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2
   || need+=(docker-compose)
 
 if [ ${#need[@]} -eq 0 ]; then
-  exit 0
+  exec "$(dirname "$0")/setup-timescaledb.sh"
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "setup: missing ${need[*]}; install them with your package manager" >&2
@@ -35,3 +35,4 @@ apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 for svc in mosquitto redis-server postgresql; do
   (command -v service >/dev/null 2>&1 && service "$svc" stop >/dev/null 2>&1) || true
 done
+exec "$(dirname "$0")/setup-timescaledb.sh"

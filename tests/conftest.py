@@ -58,18 +58,57 @@ def running(start: Callable[[], S]) -> Iterator[S]:
         yield server
 
 
+# The TimescaleDB build `make setup` installs (scripts/setup-timescaledb.sh).
+TIMESCALEDB_TARBALLS = sorted(
+    (Path(__file__).resolve().parents[1].parent / "shared" / "timescaledb").glob(
+        "timescaledb-*-pg15-*.tar.gz"
+    )
+)
+
+
 @pytest.fixture(scope="session")
 def postgres_server(servers_dir: Path) -> Iterator[PostgresServer]:
-    yield from running(lambda: PostgresServer(servers_dir / "postgres"))
+    """PostgreSQL with TimescaleDB preloaded when it is installed (F2PIPE_TIMESCALEDB=off:
+    plain PostgreSQL, the second pass of `make test`)."""
+    for server in running(lambda: PostgresServer(servers_dir / "postgres")):
+        wanted_off = os.environ.get("F2PIPE_TIMESCALEDB", "auto").lower() in {"off", "0", "false"}
+        if IN_CI and TIMESCALEDB_TARBALLS and not wanted_off and not server.timescaledb:
+            pytest.fail(
+                "CI=true, ../shared/timescaledb/ holds TimescaleDB, but it is not installed: "
+                "run `make setup` as root",
+                pytrace=False,
+            )
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pg_engine(postgres_server: PostgresServer) -> str:
+    """`timescaledb` or `postgres`: the storage engine this session's databases get."""
+    return "timescaledb" if postgres_server.timescaledb else "postgres"
+
+
+@pytest.fixture(autouse=True)
+def _only_on_its_engine(request: pytest.FixtureRequest) -> None:
+    """`@pytest.mark.engine("postgres")`: a test of one engine's branch, skipped on the other
+    (the other pass of `make test` runs it)."""
+    marker = request.node.get_closest_marker("engine")
+    if marker is None:
+        return
+    engine = request.getfixturevalue("pg_engine")
+    if engine != marker.args[0]:
+        pytest.skip(f"a test of the {marker.args[0]} branch; this pass runs on {engine}")
 
 
 _db_numbers = itertools.count(1)
 
 
 @pytest.fixture
-def pg_conninfo(postgres_server: PostgresServer) -> str:
-    """A fresh, empty database for one test."""
-    return postgres_server.create_database(f"test_{os.getpid()}_{next(_db_numbers)}")
+def pg_conninfo(postgres_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database for one test, dropped after it: with TimescaleDB each database
+    keeps a job scheduler in one of a few background workers."""
+    name = f"test_{os.getpid()}_{next(_db_numbers)}"
+    yield postgres_server.create_database(name)
+    postgres_server.drop_database(name)
 
 
 @pytest.fixture(scope="session")

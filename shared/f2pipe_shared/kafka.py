@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
-from f2pipe_shared.settings import KafkaSettings
+from f2pipe_shared.settings import KafkaSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,18 @@ _RECORD_ERRORS = frozenset(
 )
 
 
+_AUTH_ERRORS = frozenset(
+    {
+        KafkaError._AUTHENTICATION,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError._SSL,
+    }
+)
+
+
 def record_refused(err: KafkaError | None) -> bool:
     """True when Kafka refuses the record itself, so a retry would fail the same way."""
     return err is not None and err.code() in _RECORD_ERRORS
@@ -37,10 +50,94 @@ def kafka_error(exc: KafkaException) -> KafkaError | None:
     return err if isinstance(err, KafkaError) else None
 
 
+class KafkaAuthError(SettingsError):
+    """Kafka refused this service's credentials: a settings problem, named as one."""
+
+
+class AuthFailureLog:
+    """librdkafka's error_cb: a refused login becomes one clear log line per minute.
+
+    librdkafka retries a refused login forever and says so on stderr in its own words;
+    this names the settings to check, and `seen` lets start-up fail with the same words.
+    """
+
+    def __init__(self, settings: KafkaSettings, every: float = 60.0) -> None:
+        self.message = describe_auth_failure(settings)
+        self.seen = False
+        self._every = every
+        self._last = -every
+
+    def __call__(self, err: KafkaError) -> None:
+        if not authentication_failed(err):
+            return
+        self.seen = True
+        now = time.monotonic()
+        if now - self._last >= self._every:
+            self._last = now
+            log.error(self.message, extra={"kafka_error": err.name()})
+
+
+def client_config(settings: KafkaSettings) -> dict[str, Any]:
+    """Where Kafka is and how this service proves who it is: every client starts from it."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "security.protocol": settings.kafka_security_protocol,
+        "error_cb": AuthFailureLog(settings),
+    }
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        password = settings.kafka_sasl_password
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl.username"] = settings.kafka_sasl_username
+        config["sasl.password"] = password.get_secret_value() if password else ""
+    if settings.kafka_security_protocol.endswith("SSL"):
+        # Verify the broker's certificate and name (librdkafka's defaults, made explicit).
+        config["enable.ssl.certificate.verification"] = True
+        config["ssl.endpoint.identification.algorithm"] = "https"
+        if settings.kafka_ssl_ca_file:
+            config["ssl.ca.location"] = settings.kafka_ssl_ca_file
+    return config
+
+
+def list_topics(settings: KafkaSettings, timeout: float = 30.0) -> ClusterMetadata:
+    """The cluster's topics; KafkaAuthError, naming the settings, when the login is refused."""
+    config = client_config(settings)
+    auth: AuthFailureLog = config["error_cb"]
+    admin = AdminClient(config)
+    deadline = time.monotonic() + timeout
+    while True:  # in slices: a refused login ends the wait at once
+        try:
+            return admin.list_topics(timeout=min(2.0, max(deadline - time.monotonic(), 0.1)))
+        except KafkaException:
+            admin.poll(0.1)  # serves error_cb
+            if auth.seen:
+                raise KafkaAuthError(auth.message) from None
+            if time.monotonic() >= deadline:
+                raise
+
+
+def authentication_failed(err: KafkaError | None) -> bool:
+    """True when Kafka refused this service's credentials (or its TLS handshake)."""
+    return err is not None and err.code() in _AUTH_ERRORS
+
+
+def describe_auth_failure(settings: KafkaSettings) -> str:
+    """One line for the log: what was refused and which settings to check (no secret)."""
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        return (
+            f"Kafka refused the login of KAFKA_SASL_USERNAME={settings.kafka_sasl_username!r} "
+            f"({settings.kafka_sasl_mechanism}): check KAFKA_SASL_PASSWORD"
+        )
+    return (
+        f"Kafka refused the connection (KAFKA_SECURITY_PROTOCOL="
+        f"{settings.kafka_security_protocol}): check KAFKA_SECURITY_PROTOCOL, the SASL user "
+        "and KAFKA_SSL_CA_FILE against the broker's listener"
+    )
+
+
 def producer_config(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]:
     """An idempotent producer: acks=all, retries without duplicates or reordering."""
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        **client_config(settings),
         "enable.idempotence": True,
         "acks": "all",
         "compression.type": "lz4",
@@ -54,7 +151,7 @@ def producer_config(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]
 def consumer_config(settings: KafkaSettings, group_id: str, **overrides: Any) -> dict[str, Any]:
     """Manual commits only: a stage commits after its output is safe."""
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        **client_config(settings),
         "group.id": group_id,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -85,8 +182,8 @@ def ensure_topics(
     settings: KafkaSettings, topics: Mapping[str, int], timeout: float = 30.0
 ) -> list[str]:
     """Create the missing topics; return the names created now. Existing ones are kept."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
-    existing = set(admin.list_topics(timeout=timeout).topics)
+    existing = set(list_topics(settings, timeout).topics)
+    admin = AdminClient(client_config(settings))
     wanted = [
         NewTopic(
             name, num_partitions=partitions, replication_factor=settings.kafka_replication_factor

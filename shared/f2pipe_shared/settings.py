@@ -15,7 +15,7 @@ from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, get_type_hints
 
 from psycopg.conninfo import make_conninfo
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Field types for shapes several settings share. A field gives its default and description
@@ -106,6 +106,34 @@ class KafkaSettings(F2Settings):
     kafka_session_timeout_ms: int = Field(
         45_000, ge=1_000, description="consumer session.timeout.ms"
     )
+    # docs/security.md: compose runs Kafka with SASL_SSL and one user per service; the local
+    # stack's Tansu can do neither, so PLAINTEXT on loopback is the default.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (production)"
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism when the protocol is SASL_*"
+    )
+    kafka_sasl_username: str | None = Field(
+        None, description="this service's Kafka user (SASL_*; required there)"
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="its password (secret; required with SASL_*)"
+    )
+    kafka_ssl_ca_file: str | None = Field(
+        None, description="CA certificate Kafka's is checked against (SSL, SASL_SSL)"
+    )
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> Self:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD"
+            )
+        return self
 
 
 class PostgresSettings(F2Settings):
@@ -178,12 +206,21 @@ class RedisSettings(F2Settings):
     redis_host: str = Field("localhost", description="Redis host (device-id cache)")
     redis_port: Port = Field(6379, description="Redis port")
     redis_db: int = Field(0, ge=0, le=15, description="Redis database number")
+    redis_username: str | None = Field(
+        None, description="Redis ACL user (docker-compose: `processor`); unset = `default`"
+    )
     redis_password: SecretStr | None = Field(None, description="Redis password (secret)")
 
     @property
     def url(self) -> str:
-        auth = f":{self.redis_password.get_secret_value()}@" if self.redis_password else ""
-        return f"redis://{auth}{self.redis_host}:{self.redis_port}/{self.redis_db}"
+        """Where Redis is; the credentials travel apart (`credentials`), never in a URL."""
+        return f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        password = self.redis_password.get_secret_value() if self.redis_password else ""
+        user = {"username": self.redis_username} if self.redis_username else {}
+        return {**user, "password": password} if password else user
 
 
 class MqttSettings(F2Settings):
@@ -213,7 +250,10 @@ class CaSettings(F2Settings):
     device_expiry: Count = Field(365, le=3650, description="device certificate lifetime, days")
     ca_dir: str = Field("ca", description="where the CA key and certificate live (key mode 0600)")
     issued_dir: str = Field("issued", description="where issued service certificates are written")
-    certgen_api_host: str = Field("localhost", description="certgen's host, for clients")
+    certgen_api_host: str = Field(
+        "localhost",
+        description="certgen's host, for clients (also a name in certgen's server certificate)",
+    )
     certgen_api_port: Port = Field(8080, description="certgen's port")
     ca_key_algorithm: Literal["ec", "rsa"] = Field(
         "ec", description="key type of the CA and broker: `ec` (P-256) or `rsa` (3072 bits)"
@@ -223,11 +263,6 @@ class CaSettings(F2Settings):
         pattern=r"^[A-Za-z0-9.:*,-]*$",
         description="extra DNS names/IPs for the broker certificate, comma-separated",
     )
-    certgen_lockout_failures: Count = Field(
-        5, le=1000, description="wrong claim codes within the window that lock a MAC"
-    )
-    certgen_lockout_window: Count = Field(900, description="that window, seconds")
-    certgen_lockout_duration: Count = Field(900, description="how long the lock lasts, seconds")
     certgen_admin_token: SecretStr | None = Field(
         None, description="bearer token for certgen's admin API (secret; required in production)"
     )
@@ -293,11 +328,18 @@ def load(cls: type[S], **overrides: Any) -> S:
         raise SettingsError(_describe(exc)) from None
 
 
+_SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "KEY")
+
+
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
-        variable = str(error["loc"][0]).upper() if error["loc"] else "?"
+        if not error["loc"]:  # a check across fields: its message names them
+            problems.append(str(error["msg"]).removeprefix("Value error, "))
+            continue
+        variable = str(error["loc"][0]).upper()
         value = error.get("input")
-        shown = "" if isinstance(value, dict) or value is None else f"={value!r}"
+        secret = any(word in variable for word in _SECRET_WORDS)
+        shown = "" if secret or isinstance(value, dict) or value is None else f"={value!r}"
         problems.append(f"{variable}{shown}: {error['msg']}")
     return "invalid settings: " + "; ".join(problems)

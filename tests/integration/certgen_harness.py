@@ -1,8 +1,13 @@
-"""Run `python -m f2pipe certgen` as an operator would, for tests: env, process, CSRs, metrics."""
+"""Run `python -m f2pipe certgen` as an operator would, for tests: env, process, CSRs, metrics.
+
+`start_https` runs it with TLS (the default) and waits until its /healthz answers over a
+connection verified against the CA's certificate alone, as a device's would be.
+"""
 
 from __future__ import annotations
 
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -21,6 +26,7 @@ from f2pipe_devtools.env import postgres_env, service_env
 from f2pipe_devtools.servers import free_port
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+HOST = "127.0.0.1"
 
 
 def certgen_env(conninfo: str, ca_dir: Path, issued_dir: Path, **extra: str) -> dict[str, str]:
@@ -52,29 +58,6 @@ class CertgenProcess:
     url: str
     log_path: Path
 
-    @classmethod
-    def start(cls, env: Mapping[str, str], log_path: Path, timeout: float = 30) -> CertgenProcess:
-        port = free_port()
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "f2pipe",
-                    "certgen",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
-                env=dict(env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        started = cls(process, f"http://127.0.0.1:{port}", log_path)
-        started.wait_healthy(timeout)
-        return started
-
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -101,6 +84,60 @@ class CertgenProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class HttpsCertgen:
+    process: CertgenProcess  # its url is https://127.0.0.1:<port>
+    ca_file: Path
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def context(self) -> ssl.SSLContext:
+        """What a device holds: the CA certificate provisioned with it, and nothing else."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, verify=self.context(), timeout=30)
+
+    def stop(self) -> int:
+        return self.process.stop()
+
+    def log(self) -> str:
+        return self.process.log()
+
+
+def start_https(env: Mapping[str, str], log_path: Path, timeout: float = 30) -> HttpsCertgen:
+    """certgen on 127.0.0.1 and a free port, serving HTTPS; returned once /healthz answers 200
+    over a connection verified against CA_DIR/ca.crt."""
+    port = free_port()
+    argv = [sys.executable, "-m", "f2pipe", "certgen", "--host", HOST, "--port", str(port)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(argv, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+    started = HttpsCertgen(
+        CertgenProcess(process, f"https://{HOST}:{port}", log_path),
+        Path(env["CA_DIR"]) / "ca.crt",
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"certgen exited with {process.returncode}:\n{started.log()}")
+        if started.ca_file.exists():
+            try:
+                with started.client() as http:
+                    if http.get("/healthz", timeout=1).status_code == 200:
+                        return started
+            except (httpx.TransportError, ssl.SSLError):
+                pass
+        time.sleep(0.1)
+    started.stop()
+    raise RuntimeError(f"certgen not healthy over HTTPS after {timeout} s:\n{started.log()}")
 
 
 def ec_key() -> ec.EllipticCurvePrivateKey:

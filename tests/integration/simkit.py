@@ -38,7 +38,7 @@ from f2pipe.migrate import apply_migrations
 from f2pipe.seed import seed_demo
 from f2pipe_devtools.env import mqtt_env, postgres_env, service_env
 from f2pipe_devtools.servers import free_port
-from tests.integration.certgen_harness import ADMIN_TOKEN, CertgenProcess, certgen_env
+from tests.integration.certgen_harness import ADMIN_TOKEN, HttpsCertgen, certgen_env, start_https
 from tests.integration.tlskit import Pki, SupervisedMosquitto, start_broker
 
 HOST = "127.0.0.1"
@@ -50,7 +50,7 @@ class SimStack:
     root: Path
     conninfo: str
     pki: Pki
-    certgen: CertgenProcess
+    certgen: HttpsCertgen
     broker: SupervisedMosquitto
     claim_codes: Path
     controllers: int
@@ -70,7 +70,7 @@ class SimStack:
             CERTGEN_ADMIN_TOKEN=ADMIN_TOKEN,
             LOG_LEVEL="INFO",
         )
-        certgen = CertgenProcess.start(env, root / "certgen.log")
+        certgen = start_https(env, root / "certgen.log")
         try:
             broker = start_broker(root / "broker", pki)
         except BaseException:
@@ -86,7 +86,10 @@ class SimStack:
         return service_env(
             postgres_env(self.conninfo),
             mqtt_env(self.broker.port),
-            {"SIMULATOR_CERTGEN_URL": self.certgen.url, "SIMULATOR_STATE_DIR": str(state_dir),
+            # certgen's certificate is checked against the Pki's CA, as a device's would be.
+            {"SIMULATOR_CERTGEN_URL": self.certgen.url,
+             "SIMULATOR_CERTGEN_CA_FILE": str(self.pki.ca_file),
+             "SIMULATOR_STATE_DIR": str(state_dir),
              "SIMULATOR_CLAIM_CODES": str(self.claim_codes), "METRICS_PORT": str(metrics_port),
              "LOG_FORMAT": "json", "LOG_LEVEL": "INFO"},
             extra,  # a test's own settings win

@@ -1,7 +1,11 @@
-"""certgen start-up as an operator meets it: refusals with one clear line, bootstrap, SIGTERM."""
+"""certgen start-up as an operator meets it: refusals with one clear line, bootstrap, SIGTERM;
+HTTPS by default, plain HTTP on loopback only when asked for."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -9,12 +13,14 @@ import psycopg
 import pytest
 
 from f2pipe.migrate import apply_migrations
+from f2pipe_devtools.servers import free_port
 from tests.integration.certgen_harness import (
     ADMIN_TOKEN,
     CertgenProcess,
     certgen_env,
     run_certgen,
 )
+from tests.integration.test_certgen_tls import start_https
 
 pytestmark = pytest.mark.integration
 
@@ -45,12 +51,11 @@ def test_development_without_token_starts_with_the_admin_api_off(
     migrated: str, tmp_path: Path
 ) -> None:
     env = certgen_env(migrated, tmp_path / "ca", tmp_path / "issued", F2PIPE_ENV="development")
-    service = CertgenProcess.start(env, tmp_path / "certgen.log")
+    service = start_https(env, tmp_path / "certgen.log")
     try:
-        assert httpx.get(service.url + "/healthz").status_code == 200
-        admin = httpx.get(
-            service.url + "/v1/certificates", headers={"Authorization": "Bearer anything"}
-        )
+        with service.client() as http:
+            assert http.get("/healthz").status_code == 200
+            admin = http.get("/v1/certificates", headers={"Authorization": "Bearer anything"})
         assert admin.status_code == 403
         assert admin.json()["reason"] == "admin_disabled"
     finally:
@@ -61,7 +66,7 @@ def test_sigterm_stops_it_gracefully_with_status_0(migrated: str, tmp_path: Path
     env = certgen_env(
         migrated, tmp_path / "ca", tmp_path / "issued", CERTGEN_ADMIN_TOKEN=ADMIN_TOKEN
     )
-    service = CertgenProcess.start(env, tmp_path / "certgen.log")
+    service = start_https(env, tmp_path / "certgen.log")
     assert service.stop() == 0
     assert '"msg": "certgen stopped"' in service.log()
 
@@ -98,28 +103,37 @@ def test_bootstrap_only_creates_and_records_the_ca_once(migrated: str, tmp_path:
     env = certgen_env(migrated, tmp_path / "ca", tmp_path / "issued")
     first = run_certgen(env, "--bootstrap-only")
     assert first.returncode == 0, first.stderr
-    expected = [("broker", "mqtt_broker"), ("service", "svc-bridge"), ("service", "svc-operator")]
+    expected = [
+        ("broker", "certgen"),  # certgen's own HTTPS certificate
+        ("broker", "mqtt_broker"),
+        ("service", "svc-bridge"),
+        ("service", "svc-operator"),
+    ]
     assert certificate_rows(migrated) == expected
     ca_key = (tmp_path / "ca" / "ca.key").read_bytes()
-    assert (tmp_path / "ca" / "ca.key").stat().st_mode & 0o777 == 0o600
+    certgen_crt = (tmp_path / "issued" / "certgen.crt").read_bytes()
+    for key in (tmp_path / "ca" / "ca.key", tmp_path / "issued" / "certgen.key"):
+        assert key.stat().st_mode & 0o777 == 0o600
 
     second = run_certgen(env, "--bootstrap-only")
     assert second.returncode == 0, second.stderr
     assert certificate_rows(migrated) == expected
     assert (tmp_path / "ca" / "ca.key").read_bytes() == ca_key
+    assert (tmp_path / "issued" / "certgen.crt").read_bytes() == certgen_crt  # issued once
 
 
 def test_healthz_is_503_when_the_database_is_gone(migrated: str, tmp_path: Path) -> None:
     env = certgen_env(
         migrated, tmp_path / "ca", tmp_path / "issued", CERTGEN_ADMIN_TOKEN=ADMIN_TOKEN
     )
-    service = CertgenProcess.start(env, tmp_path / "certgen.log")
+    service = start_https(env, tmp_path / "certgen.log")
     try:
         dbname = psycopg.conninfo.conninfo_to_dict(migrated)["dbname"]
         admin = migrated.replace(f"dbname={dbname}", "dbname=postgres")
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{dbname}" WITH (FORCE)')
-        response = httpx.get(service.url + "/healthz", timeout=10)
+        with service.client() as http:
+            response = http.get("/healthz", timeout=10)
         assert response.status_code == 503
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["reason"] == "unavailable"
@@ -127,7 +141,7 @@ def test_healthz_is_503_when_the_database_is_gone(migrated: str, tmp_path: Path)
         service.stop()
 
 
-def test_lockout_and_key_settings_take_effect(migrated: str, tmp_path: Path) -> None:
+def test_throttle_and_key_settings_take_effect(migrated: str, tmp_path: Path) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -139,21 +153,54 @@ def test_lockout_and_key_settings_take_effect(migrated: str, tmp_path: Path) -> 
         tmp_path / "ca",
         tmp_path / "issued",
         CERTGEN_ADMIN_TOKEN=ADMIN_TOKEN,
-        CERTGEN_LOCKOUT_FAILURES="2",
+        CERTGEN_SOURCE_FAILURES="2",
         CA_KEY_ALGORITHM="rsa",
         BROKER_SANS="mqtt.example.org,10.1.2.3",
+        CERTGEN_TLS_SANS="certgen.example.org",
     )
-    service = CertgenProcess.start(env, tmp_path / "certgen.log")
+    service = start_https(env, tmp_path / "certgen.log")
     try:
         mac = next(iter(seeded.claim_codes))
         body = {"mac": mac, "claim_code": "WRONG-CODE-0000"}
-        statuses = [httpx.post(service.url + "/v1/enroll", json=body).status_code for _ in range(3)]
+        with service.client() as http:
+            statuses = [http.post("/v1/enroll", json=body).status_code for _ in range(3)]
     finally:
         service.stop()
-    assert statuses == [403, 403, 429]  # locked after 2 wrong codes, not the default 5
+    assert statuses == [403, 403, 429]  # throttled after 2 failures, not the default 10
     ca = x509.load_pem_x509_certificate((tmp_path / "ca" / "ca.crt").read_bytes())
     assert isinstance(ca.public_key(), rsa.RSAPublicKey)
     broker = x509.load_pem_x509_certificate((tmp_path / "issued" / "broker.crt").read_bytes())
     sans = broker.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "mqtt.example.org" in sans.get_values_for_type(x509.DNSName)
     assert "10.1.2.3" in [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    own = x509.load_pem_x509_certificate((tmp_path / "issued" / "certgen.crt").read_bytes())
+    assert isinstance(own.public_key(), rsa.RSAPublicKey)  # served with ECDHE-RSA suites
+    names = own.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"certgen", "certgen.example.org", "localhost"} <= set(
+        names.get_values_for_type(x509.DNSName)
+    )
+
+
+def test_without_tls_it_serves_plain_http_on_loopback_only(migrated: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = certgen_env(
+        migrated,
+        tmp_path / "ca",
+        tmp_path / "issued",
+        CERTGEN_ADMIN_TOKEN=ADMIN_TOKEN,
+        CERTGEN_TLS="false",
+        CERTGEN_API_PORT=str(port),
+    )
+    log_path = tmp_path / "certgen.log"
+    with log_path.open("wb") as log:  # no --host: the default
+        process = subprocess.Popen([sys.executable, "-m", "f2pipe", "certgen"], env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    service = CertgenProcess(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        service.wait_healthy(30)
+        assert httpx.get(service.url + "/healthz").status_code == 200
+    finally:
+        service.stop()
+    serving = [json.loads(line) for line in service.log().splitlines() if '"serving"' in line]
+    assert [(s["host"], s["scheme"]) for s in serving] == [("127.0.0.1", "http")]
+    assert not (tmp_path / "issued" / "certgen.crt").exists()  # nothing to serve it with

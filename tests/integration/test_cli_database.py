@@ -11,7 +11,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-pytestmark = pytest.mark.integration
+# The database layer: run on TimescaleDB and again on plain PostgreSQL (Makefile `test`).
+pytestmark = [pytest.mark.integration, pytest.mark.database]
 
 
 def f2pipe(conninfo: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -23,6 +24,7 @@ def f2pipe(conninfo: str, *args: str) -> subprocess.CompletedProcess[str]:
         "POSTGRES_USER": str(params["user"]),
         "POSTGRES_DB": str(params["dbname"]),
         "POSTGRES_SSLMODE": "disable",
+        "POSTGRES_PASSWORD": str(params.get("password", "")),
     }
     for var in [v for v in env if v.startswith("TIMESCALE_")]:
         del env[var]

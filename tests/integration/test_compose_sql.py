@@ -23,7 +23,8 @@ from psycopg import sql
 from f2pipe.migrate import apply_migrations
 from f2pipe.seed import seed_demo
 
-pytestmark = pytest.mark.integration
+# The database layer: run on TimescaleDB and again on plain PostgreSQL (Makefile `test`).
+pytestmark = [pytest.mark.integration, pytest.mark.database]
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"

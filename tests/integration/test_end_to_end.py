@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import random
 import re
 import shutil
@@ -69,7 +70,9 @@ class Stack:
 
     @property
     def conninfo(self) -> str:
-        return f"host=127.0.0.1 port={self.env['POSTGRES_PORT']} user=postgres dbname=f2pipe"
+        passfile = self.state_dir / "postgres" / "pgpass"  # the superuser's password (dev up)
+        port = self.env["POSTGRES_PORT"]
+        return f"host=127.0.0.1 port={port} user=postgres dbname=f2pipe passfile={passfile}"
 
     def dev(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -104,8 +107,10 @@ def stack() -> Iterator[Stack]:
                    str(CONTROLLERS), "--no-simulator", "--status-interval", "1")  # fmt: skip
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        # What every process of the stack was given (the same computation).
-        stack.env = DevStack(DevOptions(state_dir, Ports.from_base(base)), Console()).env()
+        # What every process of the stack was given (the same computation), with the
+        # simulator's own database login: run_simulator starts one.
+        dev = DevStack(DevOptions(state_dir, Ports.from_base(base)), Console())
+        stack.env = {**dev.env(), **dev.database_env("simulator")}
         yield stack
     finally:
         down = stack.dev("down")
@@ -391,3 +396,35 @@ def test_no_payload_from_a_device_stops_ingestion_and_a_valid_message_after_is_s
     with (stack.state_dir / "dev.log").open("rb") as log:
         log.seek(log_from)
         assert b"exited with" not in log.read()
+
+
+def test_the_local_broker_runs_unprivileged_and_cannot_read_the_ca_key(stack: Stack) -> None:
+    conf = str(stack.state_dir.resolve() / "broker" / "mosquitto.conf")
+    brokers = [
+        p for p in Path("/proc").iterdir()
+        if p.name.isdigit() and _status(p).get("Name") == "mosquitto" and conf in _cmdline(p)
+    ]  # fmt: skip
+    assert len(brokers) == 1, brokers
+    uid = int(_status(brokers[0])["Uid"].split()[1])  # effective uid
+    ca_key = Path(stack.env["CA_DIR"]) / "ca.key"
+    assert ca_key.stat().st_mode & 0o077 == 0, "ca.key is readable by others"
+    if os.geteuid() == 0:
+        assert uid == pwd.getpwnam("mosquitto").pw_uid
+        assert ca_key.stat().st_uid != uid
+    else:
+        assert uid == os.geteuid()  # a developer's own account, never more
+
+
+def _cmdline(proc: Path) -> list[str]:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def _status(proc: Path) -> dict[str, str]:
+    try:
+        lines = (proc / "status").read_text().splitlines()
+    except OSError:
+        return {}
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)

@@ -27,7 +27,8 @@ from f2pipe.migrate import (
 from f2pipe.seed import seed_demo
 from f2pipe_shared.settings import TelemetryPolicySettings
 
-pytestmark = pytest.mark.integration
+# The database layer: run on TimescaleDB and again on plain PostgreSQL (Makefile `test`).
+pytestmark = [pytest.mark.integration, pytest.mark.database]
 
 Conn = psycopg.Connection[Any]
 
@@ -188,7 +189,11 @@ def test_split_statements_respects_quotes_and_comments() -> None:
         ({"retention": "3 days"}, "must be longer than f2pipe.cagg_refresh_start_offset"),
         ({"chunk_interval": "off"}, "cannot be switched off"),
         ({"timescaledb": "maybe"}, "must be auto, on or off"),
-        ({"f2pipe.timescaledb": "on"}, "cannot load TimescaleDB"),
+        pytest.param(
+            {"f2pipe.timescaledb": "on"},
+            "cannot load TimescaleDB",
+            marks=pytest.mark.engine("postgres"),  # only where TimescaleDB is not loaded
+        ),
     ],
 )
 def test_bad_settings_stop_the_migration_even_without_timescaledb(
@@ -201,6 +206,7 @@ def test_bad_settings_stop_the_migration_even_without_timescaledb(
     assert migration_status(pg_conninfo).up_to_date
 
 
+@pytest.mark.engine("postgres")
 def test_apply_settings_reports_what_is_in_effect(migrated: str) -> None:
     effective = apply_settings(migrated, {"retention": "off", "compress_after": "14 days"})
     assert effective["timescaledb"] is False
@@ -224,6 +230,7 @@ def test_telemetry_settings_reach_the_migrations(pg_conninfo: str) -> None:
     assert effective["compress_after"] == "3 days"
 
 
+@pytest.mark.engine("postgres")
 def test_plain_postgres_has_no_hypertables_but_the_same_objects(
     conn: Conn,
 ) -> None:

@@ -44,7 +44,7 @@ def worker_env(
     suffix = uuid.uuid4().hex[:8]
     return service_env(
         postgres_env(pg_conninfo),
-        redis_env(redis_server.host, redis_server.port),
+        redis_env(redis_server.host, redis_server.port, redis_server.password),
         kafka_env(
             kafka_bootstrap,
             raw=f"raw-{suffix}",

@@ -16,7 +16,8 @@ from f2pipe_shared import registry
 from f2pipe_shared.decoding import ByteOrder, Encoding, FrameFormat
 from f2pipe_shared.registry import Connector, DeviceLocation, PinLookup
 
-pytestmark = pytest.mark.integration
+# The database layer: run on TimescaleDB and again on plain PostgreSQL (Makefile `test`).
+pytestmark = [pytest.mark.integration, pytest.mark.database]
 
 CONTROLLERS = 3
 MACS = [demo_mac(i) for i in range(1, CONTROLLERS + 1)]

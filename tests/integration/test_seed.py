@@ -14,7 +14,8 @@ import pytest
 from f2pipe.seed import CONNECTOR_MODES, LAYOUT, demo_mac, seed_demo
 from f2pipe_shared.claimcodes import generate_claim_code, verify_claim_code
 
-pytestmark = pytest.mark.integration
+# The database layer: run on TimescaleDB and again on plain PostgreSQL (Makefile `test`).
+pytestmark = [pytest.mark.integration, pytest.mark.database]
 
 Conn = psycopg.Connection[Any]
 

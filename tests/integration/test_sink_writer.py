@@ -15,7 +15,8 @@ from f2pipe_shared.records import Event, ProcessedBatch, Reading, encode_process
 from f2pipe_sink.batch import Record, take
 from f2pipe_sink.writer import DatabaseUnavailable, Writer
 
-pytestmark = pytest.mark.integration
+# The database layer: run on TimescaleDB and again on plain PostgreSQL (Makefile `test`).
+pytestmark = [pytest.mark.integration, pytest.mark.database]
 
 T0 = 1_795_000_000_123_456  # 2026-11-18, with microseconds
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

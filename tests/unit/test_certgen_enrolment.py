@@ -1,5 +1,6 @@
 """certgen's enrolment decisions against a fake registry and a fake clock, no PostgreSQL; and
-the app's dependencies wired around them."""
+the app's dependencies wired around them (the throttle's own arithmetic:
+test_certgen_throttle.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,9 +28,10 @@ from pydantic import SecretStr
 from f2pipe_certgen import service
 from f2pipe_certgen.app import create_app
 from f2pipe_certgen.ca import CertificateAuthority, IssuedCertificate, RevokedEntry
-from f2pipe_certgen.enrolment import Enrolment
+from f2pipe_certgen.deps import Parts
+from f2pipe_certgen.enrolment import REFUSED, Enrolment
 from f2pipe_certgen.limits import MAX_BODY_BYTES
-from f2pipe_certgen.lockout import LockoutPolicy, Lockouts
+from f2pipe_certgen.lockout import ClaimCheck, Throttle, ThrottlePolicy
 from f2pipe_certgen.metrics import CertgenMetrics
 from f2pipe_certgen.ports import (
     CertificateQuery,
@@ -38,20 +40,26 @@ from f2pipe_certgen.ports import (
     RevocationReason,
 )
 from f2pipe_certgen.problems import ProblemError
-from f2pipe_certgen.settings import Settings
+from f2pipe_certgen.settings import CertgenSettings, Settings
 from f2pipe_certgen.store import PostgresStore
 from f2pipe_shared.certificates import EnrollRequest, EnrollResponse
-from f2pipe_shared.claimcodes import hash_claim_code
+from f2pipe_shared.claimcodes import hash_claim_code, verify_claim_code
 from f2pipe_shared.settings import CaSettings, CommonSettings, PostgresSettings
 from f2pipe_shared.topics import normalize_mac
-from tests.unit.certgen_fakes import T0, FakeClock, FakeLockoutState
+from tests.unit.certgen_fakes import T0, FakeClock
 
 MAC, OTHER_MAC, NO_CODE_MAC = "aabbccddee01", "aabbccddee02", "aabbccddee03"
 UNKNOWN_MAC = "aabbccddee99"
 CODE = "7KQM-X4RT-9ZHC-PW2N"
 WRONG = "2222-3333-4444-5555"
 DEVICE_DAYS = 30
-POLICY = LockoutPolicy(max_failures=3, window=timedelta(minutes=10), duration=timedelta(minutes=5))
+# Small numbers: a source may fail 3 times (one more every minute), a MAC 5 times.
+POLICY = ThrottlePolicy(
+    source_failures=3, source_refill=60, mac_failures=5, mac_refill=60, max_entries=100
+)
+ATTACKER, DEVICE = "203.0.113.66", "198.51.100.7"
+# A cheap work factor: scrypt's cost is not under test here (the dummy's must match it).
+CHEAP = {"n": 2**4}
 
 
 @dataclass
@@ -61,8 +69,6 @@ class FakeStore:
     clock: FakeClock
     controllers: dict[str, Controller] = field(default_factory=dict)
     certificates: dict[str, CertificateRow] = field(default_factory=dict)
-    failures: dict[str, list[datetime]] = field(default_factory=dict)
-    lockouts: dict[str, tuple[datetime, datetime, int]] = field(default_factory=dict)
     mac_locks: list[str] = field(default_factory=list)
     commits: int = 0
 
@@ -77,11 +83,11 @@ class FakeStore:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[FakeTransaction]:
-        before = copy.deepcopy((self.certificates, self.failures, self.lockouts))
+        before = copy.deepcopy(self.certificates)
         try:
-            yield FakeTransaction(failures=self.failures, lockouts=self.lockouts, store=self)
+            yield FakeTransaction(store=self)
         except BaseException:
-            self.certificates, self.failures, self.lockouts = before
+            self.certificates = before
             raise
         self.commits += 1
 
@@ -89,9 +95,9 @@ class FakeStore:
         return [row for row in self.certificates.values() if row.cn == cn]
 
 
-@dataclass(kw_only=True)
-class FakeTransaction(FakeLockoutState):
-    """A transaction of `FakeStore`: its lockout methods work on the store's dicts."""
+@dataclass
+class FakeTransaction:
+    """A transaction of `FakeStore`."""
 
     store: FakeStore
 
@@ -164,20 +170,38 @@ class FakeTransaction(FakeLockoutState):
 
 
 @dataclass
+class CountingVerifier:
+    """`verify_claim_code`, counting which stored hashes it was asked to check against."""
+
+    checked: list[str] = field(default_factory=list)
+
+    def __call__(self, code: str, stored: str) -> bool:
+        self.checked.append(stored)
+        return verify_claim_code(code, stored)
+
+
+@dataclass
 class World:
     clock: FakeClock
     store: FakeStore
     ca: CertificateAuthority
     metrics: CertgenMetrics
+    throttle: Throttle
+    claims: ClaimCheck
+    verifier: CountingVerifier
     enrolment: Enrolment
 
-    def enrol(self, mac: str = MAC, code: str = CODE, csr: str | None = None) -> EnrollResponse:
+    def enrol(
+        self, mac: str = MAC, code: str = CODE, csr: str | None = None, source: str = DEVICE
+    ) -> EnrollResponse:
         request = EnrollRequest(mac=mac, claim_code=code, csr_pem=csr)
-        return asyncio.run(self.enrolment.enrol(request))
+        return asyncio.run(self.enrolment.enrol(request, source))
 
-    def refusal(self, mac: str = MAC, code: str = CODE, csr: str | None = None) -> ProblemError:
+    def refusal(
+        self, mac: str = MAC, code: str = CODE, csr: str | None = None, source: str = DEVICE
+    ) -> ProblemError:
         with pytest.raises(ProblemError) as refused:
-            self.enrol(mac, code, csr)
+            self.enrol(mac, code, csr, source)
         return refused.value
 
     def count(self, name: str, **labels: str) -> float:
@@ -192,18 +216,20 @@ def ca_settings(tmp_path: Path) -> CaSettings:
 def world(tmp_path: Path) -> World:
     clock = FakeClock()
     store = FakeStore(clock)
-    # A cheap work factor: scrypt's cost is not under test here.
     store.controllers = {
-        MAC: Controller(1, MAC, hash_claim_code(CODE, n=2**4)),
-        OTHER_MAC: Controller(2, OTHER_MAC, hash_claim_code(CODE, n=2**4)),
+        MAC: Controller(1, MAC, hash_claim_code(CODE, **CHEAP)),
+        OTHER_MAC: Controller(2, OTHER_MAC, hash_claim_code(CODE, **CHEAP)),
         NO_CODE_MAC: Controller(3, NO_CODE_MAC, None),
     }
     ca, _ = CertificateAuthority.bootstrap(ca_settings(tmp_path), clock=clock)
     metrics = CertgenMetrics()
+    verifier = CountingVerifier()
+    claims = ClaimCheck(verify=verifier, dummy_hash=hash_claim_code("9999-9999-9999-9999", **CHEAP))
+    throttle = Throttle(POLICY, clock)
     enrolment = Enrolment(
-        ca=ca, db=store, metrics=metrics, lockouts=Lockouts(POLICY, clock), device_days=DEVICE_DAYS
+        ca=ca, db=store, metrics=metrics, throttle=throttle, claims=claims, device_days=DEVICE_DAYS
     )
-    return World(clock, store, ca, metrics, enrolment)
+    return World(clock, store, ca, metrics, throttle, claims, verifier, enrolment)
 
 
 def csr_for(cn: str, key: ec.EllipticCurvePrivateKey | None = None) -> str:
@@ -244,72 +270,114 @@ def test_without_a_csr_the_key_is_generated_and_returned(world: World) -> None:
     assert world.count("certgen_enrolments_total", flow="generated") == 1
 
 
-def test_an_unknown_mac_is_refused_and_nothing_is_counted(world: World) -> None:
-    refused = world.refusal(UNKNOWN_MAC, WRONG)
-    assert refused.reason == "unknown_mac"
-    assert UNKNOWN_MAC in refused.detail
-    assert world.store.failures == {}
+def test_an_unknown_mac_is_refused_as_a_wrong_code_would_be(world: World) -> None:
+    unknown = world.refusal(UNKNOWN_MAC, WRONG)
+    wrong = world.refusal(MAC, WRONG)
+    no_code = world.refusal(NO_CODE_MAC, CODE)
+    for refused in (unknown, wrong, no_code):
+        assert (refused.reason, refused.detail, refused.headers) == (
+            "enrolment_refused",
+            REFUSED,
+            {},
+        )
+        assert UNKNOWN_MAC not in refused.detail
+    # What the client is not told, the log line and the metrics are.
+    assert [r.cause for r in (unknown, wrong, no_code)] == [
+        "unknown_mac",
+        "wrong_claim_code",
+        "no_claim_code",
+    ]
 
 
-def test_a_controller_without_a_claim_code_is_refused_without_counting(world: World) -> None:
-    refused = world.refusal(NO_CODE_MAC)
-    assert refused.reason == "wrong_claim_code"
-    assert "no claim code" in refused.detail
-    assert world.store.failures == {}
-
-
-def test_a_wrong_code_is_refused_and_its_count_is_committed(world: World) -> None:
-    refused = world.refusal(code=WRONG)
-    assert refused.reason == "wrong_claim_code"
-    assert "locked" not in refused.detail
-    # The refusal is raised after the transaction: the failure survives it.
-    assert world.store.failures == {MAC: [T0]}
-    assert world.store.mac_locks == [MAC]
-    assert world.store.rows_of(f"f2-{MAC}") == []
-
-
-def test_the_right_code_clears_earlier_wrong_ones(world: World) -> None:
-    world.refusal(code=WRONG)
-    world.enrol()
-    assert world.store.failures == {}
-
-
-# --- lockout --------------------------------------------------------------------------------
-
-
-def test_the_last_allowed_wrong_code_says_the_mac_is_now_locked(world: World) -> None:
-    for _ in range(2):
-        world.refusal(code=WRONG)
-    refused = world.refusal(code=WRONG)
-    assert refused.reason == "wrong_claim_code"
-    assert "locked for 300 s" in refused.detail
-    assert world.store.lockouts == {MAC: (T0, T0 + timedelta(minutes=5), 3)}
-
-
-def test_a_locked_mac_is_refused_even_with_the_right_code_until_the_lockout_ends(
+def test_an_unknown_mac_and_a_controller_without_a_code_cost_a_dummy_hash_check(
     world: World,
 ) -> None:
-    for _ in range(3):
-        world.refusal(code=WRONG)
-    world.clock.advance(minutes=4)
+    world.refusal(UNKNOWN_MAC, WRONG)
+    world.refusal(NO_CODE_MAC, CODE)
+    world.refusal(MAC, WRONG)
+    dummy, stored = world.claims.dummy_hash, world.store.controllers[MAC].claim_code_hash
+    assert world.verifier.checked == [dummy, dummy, stored]
+    # Of the same work factor as a real code's: the time taken tells nothing either.
+    assert dummy.split("$")[:4] == (stored or "").split("$")[:4]
 
-    refused = world.refusal()
+
+def test_the_dummy_hash_never_lets_anyone_in(world: World) -> None:
+    # Even the dummy's own code: an unknown MAC has nothing to enrol.
+    refused = world.refusal(UNKNOWN_MAC, "9999-9999-9999-9999")
+    assert refused.cause == "unknown_mac"
+    assert world.verifier.checked == [world.claims.dummy_hash]
+
+
+def test_the_default_dummy_hash_has_the_registrys_work_factor() -> None:
+    dummy = ClaimCheck().dummy_hash
+    assert dummy.split("$")[:4] == hash_claim_code(CODE).split("$")[:4]
+
+
+def test_every_refused_claim_is_charged_to_the_source_and_the_mac(world: World) -> None:
+    world.refusal(UNKNOWN_MAC, WRONG, source=ATTACKER)
+    world.refusal(MAC, WRONG, source=ATTACKER)
+    sources, macs = world.throttle.sources, world.throttle.macs
+    assert sources.tokens(ATTACKER, T0.timestamp()) == 1
+    assert macs.tokens(UNKNOWN_MAC, T0.timestamp()) == macs.tokens(MAC, T0.timestamp()) == 4
+    assert DEVICE not in sources
+
+
+def test_the_right_code_is_not_charged(world: World) -> None:
+    world.enrol()
+    assert len(world.throttle.sources) == len(world.throttle.macs) == 0
+
+
+# --- throttling -----------------------------------------------------------------------------
+
+
+def test_a_source_out_of_tokens_is_throttled_before_its_code_is_checked(world: World) -> None:
+    for _ in range(3):
+        assert world.refusal(code=WRONG, source=ATTACKER).reason == "enrolment_refused"
+    checks = len(world.verifier.checked)
+
+    refused = world.refusal(source=ATTACKER)  # even with the right code
 
     assert refused.reason == "locked_out"
     assert refused.headers == {"Retry-After": "60"}
-    assert "2030-01-01T12:05:00" in refused.detail
-    assert world.store.failures == {}  # a locked MAC's guesses are not even checked
-    assert world.store.rows_of(f"f2-{MAC}") == []
+    assert len(world.verifier.checked) == checks  # no scrypt for a throttled source
+    world.clock.advance(seconds=59)
+    assert world.refusal(source=ATTACKER).headers == {"Retry-After": "1"}
+    world.clock.advance(seconds=1)
+    assert world.enrol(source=ATTACKER).cn == f"f2-{MAC}"
 
+
+def test_an_attacker_cannot_keep_the_device_from_enrolling(world: World) -> None:
+    # An attacker hammering one MAC from many addresses, for hours.
+    for hour in range(5):
+        for n in range(50):
+            with pytest.raises(ProblemError):
+                world.enrol(MAC, WRONG, source=f"203.0.113.{n}")
+        world.clock.advance(minutes=60)
+        # The device, from its own address, with the right code: in, at once, every time.
+        assert world.enrol(MAC, CODE, source=DEVICE).cn == f"f2-{MAC}", hour
+    assert DEVICE not in world.throttle.sources
+
+
+def test_a_mac_under_attack_allows_each_source_one_wrong_code_per_refill(world: World) -> None:
+    for n in range(5):  # the MAC's budget, spent by five sources
+        world.refusal(code=WRONG, source=f"203.0.113.{n}")
+    # The next wrong code costs its source everything: throttled at once, not after three.
+    world.refusal(code=WRONG, source=ATTACKER)
+    assert world.refusal(code=WRONG, source=ATTACKER).reason == "locked_out"
+    # Another MAC's failures from a fresh source cost one token, as before.
+    world.refusal(OTHER_MAC, WRONG, source="192.0.2.99")
+    assert world.throttle.sources.tokens("192.0.2.99", T0.timestamp()) == 2
+    # And the device with the right code, from its own address, enrols.
+    assert world.enrol(source=DEVICE).cn == f"f2-{MAC}"
+
+
+def test_a_device_that_mistypes_on_a_mac_under_attack_waits_one_refill(world: World) -> None:
+    for n in range(5):
+        world.refusal(code=WRONG, source=f"203.0.113.{n}")
+    world.refusal(code=WRONG, source=DEVICE)
+    assert world.refusal(source=DEVICE).headers == {"Retry-After": "60"}
     world.clock.advance(minutes=1)
-    assert world.enrol().cn == f"f2-{MAC}"
-    assert world.store.lockouts == {}  # the ended lockout is cleared by the success
-
-
-def test_the_lockout_is_per_mac(world: World) -> None:
-    for _ in range(3):
-        world.refusal(code=WRONG)
-    assert world.enrol(OTHER_MAC).cn == f"f2-{OTHER_MAC}"
+    assert world.enrol(source=DEVICE).cn == f"f2-{MAC}"
 
 
 # --- what is issued -------------------------------------------------------------------------
@@ -345,12 +413,11 @@ def test_re_enrolment_supersedes_the_previous_certificate_and_lists_it_on_the_cr
 def test_an_unusable_csr_is_refused_after_the_code_was_accepted(
     world: World, csr: Callable[[], str], reason: str
 ) -> None:
-    world.refusal(code=WRONG)
     refused = world.refusal(csr=csr())
     assert refused.reason == reason
     assert refused.detail[0].isupper()
     assert refused.detail.endswith(".")
-    assert world.store.failures == {}  # the code was right
+    assert len(world.throttle.sources) == 0  # the code was right: nothing charged
     assert world.store.rows_of(f"f2-{MAC}") == []
 
 
@@ -358,14 +425,22 @@ def test_an_unusable_csr_is_refused_after_the_code_was_accepted(
 
 
 class Client:
-    """Requests to the app in memory (no lifespan: the fake store needs no opening)."""
+    """Requests to the app in memory (no lifespan: the fake store needs no opening), each
+    from the client address `source`."""
 
     def __init__(self, app: FastAPI) -> None:
         self.app = app
 
-    def request(self, method: str, path: str, **options: Any) -> httpx.Response:
+    @property
+    def throttle(self) -> Throttle:
+        parts: Parts = self.app.state.certgen
+        return parts.throttle
+
+    def request(
+        self, method: str, path: str, *, source: str = DEVICE, **options: Any
+    ) -> httpx.Response:
         async def send() -> httpx.Response:
-            transport = httpx.ASGITransport(app=self.app)
+            transport = httpx.ASGITransport(app=self.app, client=(source, 50_000))
             async with httpx.AsyncClient(transport=transport, base_url="http://certgen") as http:
                 return await http.request(method, path, **options)
 
@@ -378,15 +453,17 @@ class Client:
         return self.request("POST", path, **options)
 
 
-def app_client(world: World, tmp_path: Path, **ca: object) -> Client:
+def app_client(world: World, tmp_path: Path, *, own: CertgenSettings | None = None,
+               **ca: object) -> Client:  # fmt: skip
     """The app in memory over `world`, with these CA settings changed."""
     settings = Settings(
         common=CommonSettings(),
         ca=ca_settings(tmp_path).model_copy(update=ca),
         postgres=PostgresSettings(),
+        certgen=own or CertgenSettings(),
     )
     app = create_app(world.ca, settings=settings, db=world.store, metrics=world.metrics,
-                     lockout=POLICY, clock=world.clock)  # fmt: skip
+                     throttle=POLICY, clock=world.clock, claims=world.claims)  # fmt: skip
     return Client(app)
 
 
@@ -403,22 +480,101 @@ def test_the_app_enrols_through_its_dependencies(world: World, client: Client) -
     assert client.get("/healthz").json() == {"status": "ok", "database": "ok", "ca": "ok"}
 
 
-def test_the_app_answers_a_lockout_with_retry_after_and_counts_it(
+def enrol_body(mac: str = MAC, code: str = CODE) -> dict[str, str]:
+    return {"mac": mac, "claim_code": code}
+
+
+def test_the_app_throttles_the_attacking_address_only_and_counts_it(
     world: World, client: Client
 ) -> None:
     for _ in range(3):
-        wrong = client.post("/v1/enroll", json={"mac": MAC, "claim_code": WRONG})
+        wrong = client.post("/v1/enroll", json=enrol_body(code=WRONG), source=ATTACKER)
         assert wrong.status_code == 403
-    world.clock.advance(seconds=299.5)
-    refused = client.post("/v1/enroll", json={"mac": MAC, "claim_code": CODE})
-    assert refused.status_code == 429
+    world.clock.advance(seconds=59.5)
+
+    refused = client.post("/v1/enroll", json=enrol_body(), source=ATTACKER)
+    device = client.post("/v1/enroll", json=enrol_body(), source=DEVICE)
+
+    body = assert_problem(refused, 429, "locked_out")
     assert refused.headers["retry-after"] == "1"
-    assert refused.json()["reason"] == "locked_out"
+    assert "1 s" in body["detail"]
+    assert device.status_code == 200, device.text
     assert world.count("certgen_enrolment_failures_total", reason="wrong_claim_code") == 3
     assert world.count("certgen_enrolment_failures_total", reason="locked_out") == 1
     assert (
         'certgen_enrolment_failures_total{reason="locked_out"} 1.0' in client.get("/metrics").text
     )
+
+
+def test_the_app_answers_an_unknown_mac_byte_for_byte_as_a_wrong_code(
+    world: World, client: Client
+) -> None:
+    unknown = client.post("/v1/enroll", json=enrol_body(UNKNOWN_MAC, WRONG))
+    wrong = client.post("/v1/enroll", json=enrol_body(MAC, WRONG))
+    no_code = client.post("/v1/enroll", json=enrol_body(NO_CODE_MAC, CODE))
+
+    for response in (wrong, no_code):
+        assert response.status_code == unknown.status_code == 403
+        assert response.headers.multi_items() == unknown.headers.multi_items()
+        assert response.content == unknown.content
+    body = assert_problem(unknown, 403, "enrolment_refused")
+    assert body["detail"] == REFUSED
+    assert "retry-after" not in unknown.headers
+    assert world.count("certgen_enrolment_failures_total", reason="unknown_mac") == 1
+    assert world.count("certgen_enrolment_failures_total", reason="wrong_claim_code") == 1
+    assert world.count("certgen_enrolment_failures_total", reason="no_claim_code") == 1
+
+
+def test_the_log_keeps_the_real_reason_and_the_source_never_the_code(
+    client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        client.post("/v1/enroll", json=enrol_body(UNKNOWN_MAC, WRONG), source=ATTACKER)
+        client.post("/v1/enroll", json=enrol_body(MAC, WRONG), source=ATTACKER)
+    refusals = [r.__dict__ for r in caplog.records if r.getMessage() == "request refused"]
+    assert [(r["reason"], r["answered"], r["mac"], r["source"]) for r in refusals] == [
+        ("unknown_mac", "enrolment_refused", UNKNOWN_MAC, ATTACKER),
+        ("wrong_claim_code", "enrolment_refused", MAC, ATTACKER),
+    ]
+    assert WRONG not in caplog.text
+    assert WRONG.replace("-", "") not in caplog.text
+
+
+def test_x_forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy(
+    world: World, tmp_path: Path
+) -> None:
+    proxy = "10.0.0.2"
+    trusting = app_client(world, tmp_path, own=CertgenSettings(certgen_trusted_proxies=proxy))
+    for n in range(3):  # the attacker, through the proxy
+        trusting.post("/v1/enroll", json=enrol_body(code=WRONG), source=proxy,
+                      headers={"X-Forwarded-For": f"192.0.2.{n}, {ATTACKER}"})  # fmt: skip
+    assert trusting.throttle.check(ATTACKER) is not None
+    assert trusting.throttle.check(proxy) is None
+    # The device behind the same proxy is not the attacker.
+    device = trusting.post("/v1/enroll", json=enrol_body(), source=proxy,
+                           headers={"X-Forwarded-For": DEVICE})  # fmt: skip
+    assert device.status_code == 200, device.text
+
+    # Not trusted (the default): the header is the client's word, and counts for nothing.
+    plain = app_client(world, tmp_path)
+    for _ in range(3):
+        plain.post("/v1/enroll", json=enrol_body(code=WRONG), source=DEVICE,
+                   headers={"X-Forwarded-For": "192.0.2.200"})  # fmt: skip
+    assert plain.throttle.check(DEVICE) is not None
+    assert plain.throttle.check("192.0.2.200") is None
+
+
+def test_spraying_macs_from_many_addresses_keeps_the_tables_at_their_cap(
+    world: World, client: Client
+) -> None:
+    for n in range(POLICY.max_entries + 50):
+        mac = f"0000{n:08x}"
+        response = client.post(
+            "/v1/enroll", json=enrol_body(mac, WRONG), source=f"10.1.{n // 256}.{n % 256}"
+        )
+        assert response.status_code == 403
+    assert len(client.throttle.macs) == POLICY.max_entries
+    assert len(client.throttle.sources) == POLICY.max_entries
 
 
 def test_the_admin_api_is_off_without_a_token(client: Client) -> None:

@@ -42,7 +42,7 @@ F2PIPE_SERVERS = {"certgen", "bridge", "processor", "sink", "simulator"}
 F2PIPE_SERVICES = F2PIPE_INIT_JOBS | F2PIPE_SERVERS
 # Third-party init job: copies the broker's key pair to Mosquitto's uid (runs as root,
 # without a network).
-OTHER_INIT_JOBS = {"broker-certs"}
+OTHER_INIT_JOBS = {"broker-certs", "kafka-certs"}
 INIT_JOBS = F2PIPE_INIT_JOBS | OTHER_INIT_JOBS
 
 # Where each service serves /metrics and /healthz (certgen: its API port).
@@ -67,11 +67,22 @@ COMPOSE_ONLY = {
     "GRAFANA_DB_PASSWORD",
     "PROMETHEUS_RETENTION",
     "CRL_POLL_SECONDS",
+    "KAFKA_BRIDGE_PASSWORD",
+    "KAFKA_PROCESSOR_PASSWORD",
+    "KAFKA_SINK_PASSWORD",
 }
 SECRETS = {
     "POSTGRES_PASSWORD",
     "TIMESCALE_PASSWORD",
     "REDIS_PASSWORD",
+    "KAFKA_SASL_PASSWORD",
+    "KAFKA_BRIDGE_PASSWORD",
+    "KAFKA_PROCESSOR_PASSWORD",
+    "KAFKA_SINK_PASSWORD",
+    "POSTGRES_SINK_PASSWORD",
+    "POSTGRES_PROCESSOR_PASSWORD",
+    "POSTGRES_CERTGEN_PASSWORD",
+    "POSTGRES_SIMULATOR_PASSWORD",
     "CERTGEN_ADMIN_TOKEN",
     "GRAFANA_ADMIN_PASSWORD",
     "GRAFANA_DB_PASSWORD",
@@ -84,8 +95,9 @@ COMPOSE_VALUES = {
     "REDIS_HOST": "redis",
     "MQTT_BROKER_HOST": "mqtt_broker",
     "CERTGEN_API_HOST": "certgen",
-    "BROKER_SANS": "localhost",
-    "SIMULATOR_CERTGEN_URL": "http://certgen:8080",
+    "BROKER_SANS": "localhost,kafka",
+    "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "SIMULATOR_CERTGEN_URL": "https://certgen:8080",
 }
 # Prometheus' own series, not a service's.
 PROMETHEUS_BUILTIN = {"up"}
@@ -262,7 +274,8 @@ def test_f2pipe_healthchecks_ask_each_service_s_healthz_on_its_port() -> None:
     for name in F2PIPE_SERVERS:
         port = METRICS_PORTS.get(name, CERTGEN_PORT)
         test = " ".join(services()[name]["healthcheck"]["test"])
-        assert f"http://127.0.0.1:{port}/healthz" in test, name
+        scheme = "https" if name == "certgen" else "http"  # certgen serves HTTPS only
+        assert f"{scheme}://127.0.0.1:{port}/healthz" in test, name
         assert "curl" not in test, f"{name}: the image has python only"
         assert "wget" not in test, f"{name}: the image has python only"
         if name in METRICS_PORTS:
@@ -541,7 +554,15 @@ def test_prometheus_scrapes_every_service_on_its_port() -> None:
     for name in F2PIPE_SERVERS:
         port = METRICS_PORTS.get(name, CERTGEN_PORT)
         assert targets.get(name) == [f"{name}:{port}"], name
-    assert "./deploy/prometheus:/etc/prometheus:ro" in services()["prometheus"]["volumes"]
+    prometheus = services()["prometheus"]
+    assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    # certgen's /metrics is HTTPS: checked against ca.crt from the trust volume, by its name.
+    certgen = next(job for job in config["scrape_configs"] if job["job_name"] == "certgen")
+    assert certgen["scheme"] == "https"
+    assert certgen["tls_config"]["server_name"] == "certgen"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"]}
+    assert mounts.get(str(Path(certgen["tls_config"]["ca_file"]).parent)) == "trust"
+    assert "kafka-certs" in prometheus["depends_on"]  # the job that fills the trust volume
 
 
 def test_dashboards_use_the_provisioned_datasources_and_defined_variables() -> None:
@@ -594,3 +615,66 @@ def test_the_image_build_context_holds_what_the_dockerfile_copies() -> None:
         assert private not in included, private
     for workspace_member in ("shared", "services/certgen", "services/sink"):
         assert f"COPY {workspace_member}/pyproject.toml" in DOCKERFILE.read_text()
+
+
+# --- Kafka: one user per service, ACLs, TLS ----------------------------------------------
+
+RUN_KAFKA = DEPLOY / "kafka" / "run-kafka.sh"
+KAFKA_USERS = {"bridge": "svc-bridge", "processor": "svc-processor", "sink": "svc-sink"}
+
+
+def kafka_acls() -> list[tuple[str, set[str], str]]:
+    """(principal, operations, resource) of every `acl` line in run-kafka.sh."""
+    acls = []
+    for line in RUN_KAFKA.read_text().splitlines():
+        if not line.startswith("acl svc-"):
+            continue
+        words = line.split()
+        operations = {words[i + 1] for i, w in enumerate(words) if w == "--operation"}
+        resource = next(
+            words[i + 1].strip('"') for i, w in enumerate(words) if w in ("--topic", "--group")
+        )
+        acls.append((words[1], operations, resource))
+    return acls
+
+
+def test_each_kafka_client_logs_in_as_its_own_user_over_tls() -> None:
+    common = compose()["x-f2pipe-env"]
+    assert common["KAFKA_SECURITY_PROTOCOL"].startswith("${KAFKA_SECURITY_PROTOCOL:-SASL_SSL}")
+    for service, user in KAFKA_USERS.items():
+        env = environment(service)
+        assert env["KAFKA_SASL_USERNAME"] == user
+        password = f"KAFKA_{service.upper()}_PASSWORD"
+        assert env["KAFKA_SASL_PASSWORD"].startswith(f"${{{password}:?"), service
+        assert environment("kafka")[password] == env["KAFKA_SASL_PASSWORD"]
+        ca_file = env["KAFKA_SSL_CA_FILE"]
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in services()[service]["volumes"]}
+        assert mounts.get(str(Path(ca_file).parent)) == "trust", service
+    # The one listener other containers reach needs SASL over TLS.
+    kafka = environment("kafka")
+    listeners = dict(item.split(":", 1) for item in kafka["KAFKA_LISTENERS"].split(","))
+    protocols = dict(
+        item.split(":") for item in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    )
+    for name, address in listeners.items():
+        assert protocols[name] == "SASL_SSL" or address.startswith("//127.0.0.1:"), name
+    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert "kafka" in compose()["x-f2pipe-env"]["BROKER_SANS"]  # the name clients verify
+
+
+def test_only_the_bridge_writes_the_raw_topic() -> None:
+    acls = kafka_acls()
+    writers = {who for who, ops, res in acls if res == "$RAW" and ops & {"Write", "All"}}
+    assert writers == {"svc-bridge"}
+    readers = {who for who, ops, res in acls if res == "$RAW" and ops & {"Read", "All"}}
+    assert readers == {"svc-processor"}
+    processed = {who for who, ops, res in acls if res == "$PROCESSED" and ops & {"Write", "All"}}
+    assert processed == {"svc-processor"}
+    assert {who for who, _, _ in acls} == set(KAFKA_USERS.values())
+
+
+def test_topics_exist_before_any_client_and_are_never_auto_created() -> None:
+    assert environment("kafka")["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    script = RUN_KAFKA.read_text()
+    for topic in ("$RAW", "$PROCESSED", "$DEAD"):
+        assert f'topic "{topic}"' in script

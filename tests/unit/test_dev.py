@@ -111,6 +111,12 @@ def test_the_stack_settings_point_every_service_at_the_local_servers(tmp_path: P
     assert token.stat().st_mode & 0o777 == 0o600
     again = DevStack(DevOptions(tmp_path / "dev", ports), Console(io.StringIO())).env()
     assert again["CERTGEN_ADMIN_TOKEN"] == env["CERTGEN_ADMIN_TOKEN"]  # kept across runs
+    # certgen serves HTTPS only: its health is asked over TLS, trusting the stack's CA alone.
+    stack = DevStack(DevOptions(tmp_path / "dev", ports), Console(io.StringIO()))
+    certgen = stack.service("certgen")
+    assert certgen.health_url == f"https://127.0.0.1:{ports.certgen}/healthz"
+    assert certgen.ca_file == stack.ca_dir / "ca.crt"
+    assert stack.service("sink").health_url == f"http://127.0.0.1:{ports.sink}/healthz"
 
 
 def test_service_logs_are_this_user_s_only(tmp_path: Path) -> None:
@@ -137,3 +143,44 @@ def test_the_detached_stack_s_dev_log_is_created_0600(tmp_path: Path) -> None:
         log.write(b"y\n")
     assert path.read_bytes() == b"x\ny\n"  # appended
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_health_checks_reach_certgen_over_https_trusting_the_stack_s_ca(tmp_path: Path) -> None:
+    import http.server
+    import ssl
+    import threading
+
+    from f2pipe_certgen.ca import CertificateAuthority
+    from f2pipe_devtools.dev import http as dev_http
+    from f2pipe_shared.settings import CaSettings
+
+    ca_dir, issued = tmp_path / "ca", tmp_path / "issued"
+    CertificateAuthority.bootstrap(
+        CaSettings(ca_dir=str(ca_dir), issued_dir=str(issued)), certgen_names=["certgen"]
+    )
+
+    class Healthz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(issued / "certgen.crt", issued / "certgen.key")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthz)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}/healthz"
+    try:
+        assert dev_http.get(url, ca_file=ca_dir / "ca.crt") == (200, "ok")
+        assert dev_http.ok(url, ca_file=ca_dir / "ca.crt")
+        assert not dev_http.ok(url)  # the system's CAs do not know ours
+        assert not dev_http.ok(url, ca_file=tmp_path / "missing.crt")  # not yet bootstrapped
+    finally:
+        server.shutdown()
+        server.server_close()
+    with pytest.raises(ValueError, match="http"):
+        dev_http.get("ftp://127.0.0.1/healthz")

@@ -39,7 +39,9 @@ def test_every_top_level_directory_is_in_the_layout_table() -> None:
 
 
 def test_nothing_refers_to_a_path_outside_the_repository() -> None:
-    outside = re.compile(r"\.\./shared|DESIGN\.md|F2_PROTOCOL")
+    # The one exception: the TimescaleDB build `make setup` installs, kept beside the
+    # repository (scripts/setup-timescaledb.sh), not a document the project depends on.
+    outside = re.compile(r"\.\./shared(?!/timescaledb)|DESIGN\.md|F2_PROTOCOL")
     offenders = [
         name
         for name in tracked()

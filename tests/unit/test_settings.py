@@ -163,7 +163,7 @@ def test_the_base_groups_come_first_in_load_order() -> None:
     from f2pipe_certgen.settings import Settings as Certgen
     from f2pipe_sink.settings import Settings as Sink
 
-    assert [f.name for f in dataclasses.fields(Certgen)] == ["common", "ca", "postgres"]
+    assert [f.name for f in dataclasses.fields(Certgen)] == ["common", "ca", "postgres", "certgen"]
     assert [f.name for f in dataclasses.fields(Sink)][:2] == ["common", "observability"]
 
 

@@ -9,6 +9,7 @@ import itertools
 import json
 import random
 import socket
+import ssl
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -624,7 +625,7 @@ class FakeCertgen:
             self.busy -= 1
             return self._problem(503, "unavailable", {"Retry-After": "0"})
         if self.codes.get(body["mac"]) != body["claim_code"]:
-            return self._problem(403, "wrong_claim_code")
+            return self._problem(403, "enrolment_refused")
         csr = x509.load_pem_x509_csr(body["csr_pem"].encode())
         cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
         assert cn == f"f2-{body['mac']}"
@@ -687,8 +688,47 @@ def test_a_refused_controller_fails_alone_and_busy_answers_are_retried(tmp_path:
     given = {**codes, "aabbccddee02": "WRONG-CODE"}
     report = enrol(state, certgen, [*codes, "aabbccddee03"], given)
     assert report.enrolled == ["aabbccddee01"]
-    assert report.failed == {"aabbccddee02": "wrong_claim_code", "aabbccddee03": "no_claim_code"}
+    assert report.failed == {"aabbccddee02": "enrolment_refused", "aabbccddee03": "no_claim_code"}
     assert len(certgen.requests) == 4  # two 503s retried, one refusal not retried
+
+
+def test_certgen_is_reached_over_https_and_checked_against_our_ca_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from f2pipe_shared.settings import SettingsError
+    from f2pipe_simulator.main import certgen_verify, options_from, parser
+    from f2pipe_simulator.settings import Settings
+
+    def ca_file(path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(make_ca()[1].public_bytes(serialization.Encoding.PEM))
+        return path
+
+    ca_dir = tmp_path / "ca"
+    ca_file(ca_dir / "ca.crt")
+    for name in ("MQTT_CA_FILE", "SIMULATOR_CERTGEN_CA_FILE", "SIMULATOR_CERTGEN_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CA_DIR", str(ca_dir))
+    monkeypatch.setenv("CERTGEN_API_HOST", "certgen")
+    settings = Settings.load()
+    url = options_from(parser().parse_args([]), settings).certgen_url
+    assert url == "https://certgen:8080"  # HTTPS unless told otherwise
+
+    def trusted(settings: Settings) -> list[object]:
+        context = certgen_verify(settings, url)
+        assert isinstance(context, ssl.SSLContext)  # our CA only, not the system's
+        assert context.verify_mode == ssl.CERT_REQUIRED
+        assert context.check_hostname
+        return [ca["subject"] for ca in context.get_ca_certs()]
+
+    assert trusted(settings) == [((("commonName", "test CA"),),)]  # CA_DIR/ca.crt
+    assert certgen_verify(settings, "http://certgen:8080") is True  # nothing to check
+    monkeypatch.setenv("MQTT_CA_FILE", str(ca_file(tmp_path / "mqtt" / "ca.crt")))
+    (ca_dir / "ca.crt").unlink()  # MQTT_CA_FILE, when set, comes first
+    assert len(trusted(Settings.load())) == 1
+    monkeypatch.setenv("SIMULATOR_CERTGEN_CA_FILE", str(tmp_path / "missing.crt"))
+    with pytest.raises(SettingsError, match=r"missing\.crt"):
+        certgen_verify(Settings.load(), url)
 
 
 # --- the ledger ----------------------------------------------------------------------------------

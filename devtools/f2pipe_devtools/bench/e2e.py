@@ -190,7 +190,8 @@ def process_stats(stack: DevStack) -> dict[str, tuple[float, float, float]]:
 
 def simulator(stack: DevStack, ledger: Path, seconds: float, rate: float | None,
               controllers: int) -> subprocess.Popen[bytes]:  # fmt: skip
-    env = {**stack.env(), "METRICS_PORT": str(free_port()), "LOG_LEVEL": "WARNING"}
+    env = {**stack.env(), **stack.database_env("simulator"), "METRICS_PORT": str(free_port()),
+           "LOG_LEVEL": "WARNING"}  # fmt: skip
     argv = [sys.executable, "-m", "f2pipe", "simulator", "--load", "--duration", str(seconds),
             "--controllers", str(controllers), "--seed", "1", "--ledger", str(ledger)]  # fmt: skip
     if rate is not None:

@@ -370,7 +370,7 @@ def worker_env(
 ) -> dict[str, str]:
     return service_env(
         postgres_env(conninfo),
-        redis_env(cache.host, cache.port),
+        redis_env(cache.host, cache.port, cache.password),
         kafka_env(
             kafka.kafka_bootstrap_servers,
             raw=kafka.kafka_raw_topic,

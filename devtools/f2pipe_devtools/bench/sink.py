@@ -41,6 +41,7 @@ from psycopg.rows import TupleRow
 from f2pipe.migrate import apply_migrations
 from f2pipe_devtools.bench.report import Measurement, Report, rate
 from f2pipe_devtools.servers import KafkaBroker, PostgresServer
+from f2pipe_devtools.servers.postgres import postgres_bin_dir, timescaledb_installed
 from f2pipe_shared.records import ProcessedBatch, Reading, encode_processed_batch
 from f2pipe_sink.batch import Record, take
 from f2pipe_sink.metrics import SinkMetrics
@@ -51,6 +52,7 @@ BATCH_ROWS = 5_000  # SinkSettings.batch_size's default
 RECORD_ROWS = 1_250
 PREFILL_ROWS = 1_000_000
 T0 = 1_795_000_000_000_000
+COMPRESSED_T0 = 1_767_247_200_000_000  # 2026-01-01 06:00 UTC: the prefill's day, after it
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Connection = psycopg.Connection[TupleRow]
@@ -189,18 +191,73 @@ def run(report: Report, repeats: int, min_seconds: float) -> None:
             f"{RECORD_ROWS:,}-reading record, no database",
         )
     )
+    # Production's engine and the plain one, in the same run: their ratios compare.
+    engines = ["postgres"]
+    if timescaledb_installed(postgres_bin_dir()):
+        engines.insert(0, "timescaledb")
     with tempfile.TemporaryDirectory(prefix="f2pipe-bench-sink-") as tmp:
         directory = Path(tmp)
         directory.chmod(0o755)  # PostgreSQL runs as `postgres` when we are root
-        with PostgresServer(directory / "postgres", durable=False) as server:
-            conninfo = server.create_database("bench")
-            apply_migrations(conninfo)
-            _prefill(conninfo)
-            _measure_writes(report, conninfo, n_rows, repeats)
-            _measure_end_to_end(report, directory, conninfo, n_rows, max(1, min(repeats, 3)))
+        for engine in engines:
+            tsdb = engine == "timescaledb"
+            with PostgresServer(
+                directory / f"postgres-{engine}", durable=False, timescaledb=tsdb
+            ) as server:
+                conninfo = server.create_database("bench")
+                apply_migrations(conninfo)
+                _prefill(conninfo)
+                _measure_writes(report, conninfo, n_rows, repeats, f" [{engine}]")
+                if tsdb:
+                    _measure_compressed(report, conninfo, n_rows, max(1, min(repeats, 3)))
+                if engine == engines[0]:
+                    e2e_repeats = max(1, min(repeats, 3))
+                    _measure_end_to_end(report, directory, conninfo, n_rows, e2e_repeats)
 
 
-def _measure_writes(report: Report, conninfo: str, n_rows: int, repeats: int) -> None:
+def _measure_compressed(report: Report, conninfo: str, n_rows: int, repeats: int) -> None:
+    """New rows, then the same rows again, into a chunk TimescaleDB has compressed (the
+    prefill's day): the direct COPY path, and the replay, which meets the stored keys in the
+    compressed data (23505 on COPY) and goes the merge path, landing nothing twice."""
+    step = (n_rows // RECORD_ROWS + 1) * 1_000_000  # each run a little later, same day
+    starts = itertools.count(COMPRESSED_T0, step)
+    writer = writer_method(conninfo)
+    direct: list[float] = []
+    replay: list[float] = []
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        (before,) = conn.execute("SELECT count(*) FROM telemetry.readings").fetchone() or (0,)
+        for _ in range(repeats):
+            _compress_prefill_day(conn)
+            batches = workload(n_rows, next(starts))
+            direct.append(_timed(conn, writer, batches))
+            _compress_prefill_day(conn)  # the new rows too: the replay meets compressed keys
+            replay.append(_timed(conn, writer, batches))
+        (total,) = conn.execute("SELECT count(*) FROM telemetry.readings").fetchone() or (0,)
+        (compressed,) = conn.execute(
+            "SELECT count(*) FROM timescaledb_information.chunks"
+            " WHERE hypertable_name = 'readings' AND is_compressed"
+        ).fetchone() or (0,)
+    if total != before + repeats * n_rows:  # a benchmark of a writer that loses or doubles
+        raise RuntimeError(f"compressed-chunk runs: {total - before:,} rows stored, "
+                           f"{repeats * n_rows:,} written once each")  # fmt: skip
+    shape = f"{n_rows // BATCH_ROWS} x {BATCH_ROWS:,}-row batches into a compressed chunk"
+    report.add(Measurement("sink writer, compressed chunk [timescaledb]", "rows/s", direct,
+                           f"{shape}; direct COPY path, new keys"))  # fmt: skip
+    report.add(Measurement("sink writer, replay into compressed chunk [timescaledb]", "rows/s",
+                           replay, f"{shape}; every key stored and compressed: merge path, "
+                           "0 inserted"))  # fmt: skip
+    print(f"compressed chunks: {compressed}; rows after the compressed-chunk runs: {total:,}")
+
+
+def _compress_prefill_day(conn: Connection) -> None:
+    conn.execute(
+        "SELECT compress_chunk(c, if_not_compressed => false)"
+        " FROM show_chunks('telemetry.readings', older_than => timestamptz '2026-01-02') AS c"
+    )
+
+
+def _measure_writes(
+    report: Report, conninfo: str, n_rows: int, repeats: int, engine: str = ""
+) -> None:
     writer = writer_method(conninfo)
     merge = writer_method(conninfo, force_merge=True)
     # name: (method, batch rows, note)
@@ -236,10 +293,10 @@ def _measure_writes(report: Report, conninfo: str, n_rows: int, repeats: int) ->
         (total,) = conn.execute("SELECT count(*) FROM telemetry.readings").fetchone() or (0,)
     for name, (_, size, note) in methods.items():
         shape = f"{n_rows // size} x {size:,}-row batches, a transaction each"
-        report.add(Measurement(name, "rows/s", runs[name], f"{shape}; {note}"))
+        report.add(Measurement(name + engine, "rows/s", runs[name], f"{shape}; {note}"))
     report.add(
         Measurement(
-            "sink writer, replay",
+            "sink writer, replay" + engine,
             "rows/s",
             replays,
             f"{n_rows // BATCH_ROWS} x {BATCH_ROWS:,}-row batches; every key stored (0 inserted)",
@@ -251,9 +308,9 @@ def _measure_writes(report: Report, conninfo: str, n_rows: int, repeats: int) ->
         (MERGE, "temp table + ON CONFLICT / bare COPY"),
     ):
         ratios = [m / b for m, b in zip(runs[name], bare, strict=True)]
-        report.add(Measurement(label, "ratio", ratios, "paired run by run"))
+        report.add(Measurement(label + engine, "ratio", ratios, "paired run by run"))
     print(
-        f"table: {PREFILL_ROWS:,} rows before, {total:,} after; medians: "
+        f"{engine.strip() or 'table'}: {PREFILL_ROWS:,} rows before, {total:,} after; medians: "
         + ", ".join(f"{name} {statistics.median(v):,.0f}" for name, v in runs.items())
     )
 

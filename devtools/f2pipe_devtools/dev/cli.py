@@ -146,7 +146,8 @@ def _announce(stack: DevStack) -> None:
         f'  data:     psql "{stack.conninfo}"',
         "            SELECT * FROM telemetry.readings_labeled ORDER BY timestamp DESC LIMIT 20;",
         f"  MQTT:     mqtts://{HOST}:{ports.mqtt} (CA {stack.ca_dir / 'ca.crt'})",
-        f"  certgen:  http://{HOST}:{ports.certgen} (admin token in {stack.root / 'admin-token'})",
+        f"  certgen:  https://{HOST}:{ports.certgen} (CA {stack.ca_dir / 'ca.crt'}, "
+        f"admin token in {stack.root / 'admin-token'})",
         f"  last values: http://{HOST}:{ports.processor}/latest/<device_id>",
         "  metrics:  " + ", ".join(f"{n} :{getattr(ports, n)}" for n in SERVICES),
         f"  logs:     {stack.root / 'logs'}/",
@@ -201,9 +202,12 @@ def show_status(state_dir: Path) -> int:
     ports: dict[str, int] = state["ports"]
     unhealthy = []
     print(f"f2pipe dev: running (pid {state['pid']}, {state['phase']})")
+    ca_file = state_dir.resolve() / "ca" / "ca.crt"  # DevStack.ca_dir: certgen's trust anchor
     for name in state["services"]:
-        url = f"http://{HOST}:{ports[name]}/healthz"
-        ok = http.ok(url)
+        if name == "certgen":  # HTTPS only
+            ok = http.ok(f"https://{HOST}:{ports[name]}/healthz", ca_file=ca_file)
+        else:
+            ok = http.ok(f"http://{HOST}:{ports[name]}/healthz")
         print(f"  {name:<10} :{ports[name]:<6} {'healthy' if ok else 'NOT HEALTHY'}")
         if not ok:
             unhealthy.append(name)

@@ -91,9 +91,11 @@ class Service:
         console: Console,
         *,
         health_url: str | None = None,
+        ca_file: Path | None = None,
     ) -> None:
         self.name, self.argv, self.env = name, argv, env
         self.log_path, self.console, self.health_url = log_path, console, health_url
+        self.ca_file = ca_file  # what an https health_url is verified against
         self.proc: subprocess.Popen[bytes] | None = None
         self.stopping = False
         self.gave_up = False
@@ -147,7 +149,7 @@ class Service:
     def healthy(self) -> bool:
         if self.health_url is None:
             return self.running
-        return http.ok(self.health_url)
+        return http.ok(self.health_url, ca_file=self.ca_file)
 
     def wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

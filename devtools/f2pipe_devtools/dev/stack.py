@@ -13,6 +13,7 @@ the Kafka-protocol broker keeps its topics in memory, so they start empty every 
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import subprocess
 import sys
@@ -26,6 +27,8 @@ from f2pipe_devtools.dev.ports import Ports
 from f2pipe_devtools.dev.procs import Console, Follower, Service, private_dir
 from f2pipe_devtools.env import kafka_env, mqtt_env, postgres_env, redis_env, stack_env
 from f2pipe_devtools.servers import KafkaBroker, PostgresServer, RedisServer, ServerProcess
+from f2pipe_devtools.servers.postgres import read_or_create_secret
+from f2pipe_devtools.servers.redis import processor_acl
 
 HOST = "127.0.0.1"
 DATABASE = "f2pipe"
@@ -33,6 +36,8 @@ DATABASE = "f2pipe"
 # the bridge flushes what it holds, then the processor and the sink drain theirs.
 SERVICES = ("certgen", "sink", "processor", "bridge", "simulator")
 START_TIMEOUT = {"simulator": 180.0}  # enrolment of the whole fleet on its first start
+# Each logs into PostgreSQL with a role of its own (docs/data_model.md#database-roles).
+DATABASE_SERVICES = ("certgen", "sink", "processor", "simulator")
 
 
 @dataclass
@@ -63,6 +68,9 @@ def check_enterable(root: Path) -> None:
             )
 
 
+BROKER_USER = "mosquitto"  # the account of Debian's package
+
+
 class DevBroker(ServerProcess):
     """Mosquitto with the production configuration rendered for the state directory."""
 
@@ -73,10 +81,36 @@ class DevBroker(ServerProcess):
         self.ca_dir, self.issued_dir = ca_dir, issued_dir
 
     def prepare(self) -> None:
-        # As root Mosquitto would switch to `mosquitto`, which cannot read the 0600 keys.
-        user = "root" if os.geteuid() == 0 else None
-        self.conf = write(self.directory, ca_dir=self.ca_dir, issued_dir=self.issued_dir,
+        # Started as root, Mosquitto runs as `mosquitto` (as in docker-compose): it reads
+        # ca.crt and crl.pem where certgen keeps them (0644) but never ca.key (0600, root's),
+        # and its own copy of the broker's key pair, made at each start (a renewed broker
+        # certificate takes effect at the next `dev up`).
+        issued = self.issued_dir
+        if os.geteuid() == 0:
+            issued = self._own_copy_of_the_broker_pair()
+        user = BROKER_USER if os.geteuid() == 0 else None
+        self.conf = write(self.directory, ca_dir=self.ca_dir, issued_dir=issued,
                           port=self.port, host=self.host, user=user)  # fmt: skip
+        if os.geteuid() == 0:
+            account = pwd.getpwnam(BROKER_USER)
+            for path in [self.directory / "data", *(self.directory / "data").rglob("*")]:
+                os.chown(path, account.pw_uid, account.pw_gid)
+
+    def _own_copy_of_the_broker_pair(self) -> Path:
+        account = pwd.getpwnam(BROKER_USER)
+        certs = self.directory / "certs"
+        certs.mkdir(parents=True, exist_ok=True)
+        os.chown(certs, account.pw_uid, account.pw_gid)
+        certs.chmod(0o700)
+        for name, mode in (("broker.key", 0o600), ("broker.crt", 0o644)):
+            target = certs / f".{name}.new"
+            target.unlink(missing_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "wb") as out:
+                out.write((self.issued_dir / name).read_bytes())
+            os.chown(target, account.pw_uid, account.pw_gid)
+            target.replace(certs / name)
+        return certs
 
     def command(self) -> list[str]:
         return supervisor_command(self.conf)
@@ -123,7 +157,10 @@ class DevStack:
             exists = conn.execute(query, (DATABASE,)).fetchone() is not None
         if not exists:
             postgres.create_database(DATABASE)
-        self._start_server(RedisServer(self.root / "redis", ports.redis))
+        self._start_server(RedisServer(
+            self.root / "redis", ports.redis, password=self.secret("redis-password"),
+            users={"processor": processor_acl(self.secret("redis-processor-password"))},
+        ))  # fmt: skip
         self._start_server(KafkaBroker(self.root / "kafka", ports.kafka))
 
     def _start_server(self, server: ServerProcess) -> None:
@@ -134,16 +171,18 @@ class DevStack:
         self.servers.append(server)
 
     def _prepare(self) -> None:
-        """Migrations, the demo fleet, the CA: each idempotent, as an operator runs them."""
-        self._run("migrate", ["migrate"])
+        """Migrations, the services' database roles, the demo fleet, the CA: each idempotent,
+        as an operator runs them (the first three as the schema's owner)."""
+        self._run("migrate", ["migrate"], login="owner")
+        self._run("db-roles", ["db-roles"], login="owner")
         self._run("seed-demo", ["seed-demo", "--controllers", str(self.options.controllers),
-                                "--claim-codes", str(self.claim_codes)])  # fmt: skip
-        self._run("ca", ["certgen", "--bootstrap-only"])
+                                "--claim-codes", str(self.claim_codes)], login="owner")  # fmt: skip
+        self._run("ca", ["certgen", "--bootstrap-only"], login="certgen")
 
-    def _run(self, name: str, args: list[str]) -> None:
+    def _run(self, name: str, args: list[str], *, login: str) -> None:
         result = subprocess.run(
             [sys.executable, "-m", "f2pipe", *args],
-            env=self.env(),
+            env={**self.env(), **self.database_env(login)},
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -164,17 +203,21 @@ class DevStack:
     def service(self, name: str) -> Service:
         ports = self.options.ports
         argv = [sys.executable, "-m", "f2pipe", name]
-        env = {**self.env(), "METRICS_PORT": str(getattr(ports, name))}
+        env = {**self.env(), **self.database_env(name), "METRICS_PORT": str(getattr(ports, name))}
         if name == "certgen":
             argv += ["--host", HOST, "--port", str(ports.certgen)]
             env.pop("METRICS_PORT")
         if name == "simulator":
             argv += ["--controllers", str(self.options.controllers)]
         log_path = self.root / "logs" / f"{name}.log"
-        return Service(name, argv, env, log_path, self.console, health_url=self.health_url(name))
+        ca_file = self.ca_dir / "ca.crt" if name == "certgen" else None
+        return Service(name, argv, env, log_path, self.console,
+                       health_url=self.health_url(name), ca_file=ca_file)  # fmt: skip
 
     def health_url(self, name: str) -> str:
-        return f"http://{HOST}:{getattr(self.options.ports, name)}/healthz"
+        # certgen serves HTTPS only (its certificate from the stack's CA, for 127.0.0.1 too).
+        scheme = "https" if name == "certgen" else "http"
+        return f"{scheme}://{HOST}:{getattr(self.options.ports, name)}/healthz"
 
     def metrics_url(self, name: str) -> str:
         return f"http://{HOST}:{getattr(self.options.ports, name)}/metrics"
@@ -182,7 +225,11 @@ class DevStack:
     # --- settings ---------------------------------------------------------------------------
 
     def admin_token(self) -> str:
-        path = self.root / "admin-token"
+        return self.secret("admin-token")
+
+    def secret(self, name: str) -> str:
+        """A random secret made at the first `dev up`, kept 0600 in the state directory."""
+        path = self.root / name
         if not path.exists():
             self.root.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -203,15 +250,16 @@ class DevStack:
             defaults,
             shell,
             postgres_env(self.conninfo),
-            redis_env(HOST, ports.redis),
+            redis_env(HOST, ports.redis, self.secret("redis-processor-password")),
             kafka_env(f"{HOST}:{ports.kafka}"),
             mqtt_env(ports.mqtt, ca_file=str(self.ca_dir / "ca.crt")),
         )
-        for name in [k for k in env if k.startswith("TIMESCALE_")] + ["REDIS_PASSWORD"]:
-            env.pop(name, None)  # one database, a Redis without password
+        for name in [k for k in env if k.startswith("TIMESCALE_")]:
+            env.pop(name, None)  # one database
         env.update(
             F2PIPE_ENV="development",
             POSTGRES_PASSWORD="",
+            REDIS_USERNAME="processor",
             CA_DIR=str(self.ca_dir),
             ISSUED_DIR=str(self.issued_dir),
             BRIDGE_CERT_FILE=str(self.issued_dir / "bridge.crt"),
@@ -227,10 +275,33 @@ class DevStack:
         env.update(self.options.env)
         return env
 
+    def database_env(self, login: str) -> dict[str, str]:
+        """POSTGRES_USER/_PASSWORD of one process. `owner` (migrate, db-roles, seed-demo): the
+        superuser, and each service's role and password for db-roles to make. A service that
+        uses the database: its own login role (migration 0009, `f2pipe db-roles`). Any other
+        process: no password at all."""
+        if login == "owner":
+            env = {"POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": self.superuser_password()}
+            for service in DATABASE_SERVICES:
+                env[f"POSTGRES_{service.upper()}_USER"] = service
+                env[f"POSTGRES_{service.upper()}_PASSWORD"] = self.role_password(service)
+            return env
+        if login in DATABASE_SERVICES:
+            return {"POSTGRES_USER": login, "POSTGRES_PASSWORD": self.role_password(login)}
+        return {"POSTGRES_PASSWORD": ""}
+
+    def role_password(self, service: str) -> str:
+        return self.secret(f"postgres-{service}-password")
+
+    def superuser_password(self) -> str:
+        """Made by the PostgreSQL harness at its first start, kept 0600 beside its data."""
+        return read_or_create_secret(self.root / "postgres" / "superuser-password")
+
     @property
     def conninfo(self) -> str:
-        port = self.options.ports.postgres
-        return f"host={HOST} port={port} user=postgres dbname={DATABASE}"
+        """The superuser's, password read from the harness's password file: safe to print."""
+        port, passfile = self.options.ports.postgres, self.root / "postgres" / "pgpass"
+        return f"host={HOST} port={port} user=postgres dbname={DATABASE} passfile={passfile}"
 
     # --- running and stopping ---------------------------------------------------------------
 

@@ -26,13 +26,20 @@ class KafkaBroker(ServerProcess):
 
     def __init__(
         self, directory: Path, port: int | None = None, *, storage: str = "memory://tansu/",
-        advertised_port: int | None = None,
+        advertised_port: int | None = None, authentication: bool = False,
     ) -> None:  # fmt: skip
-        """`advertised_port`: the port clients are told to use, e.g. a TcpProxy's."""
+        """`advertised_port`: the port clients are told to use, e.g. a TcpProxy's.
+
+        `authentication`: Tansu requires a SASL/SCRAM login. Tansu 0.6 can only create users
+        through an authenticated client, and its memory storage starts empty, so such a
+        broker knows no user: every login is refused (what the tests of a refused login
+        need). Its `--cert`/`--key` options cannot be given together: no TLS either.
+        """
         super().__init__(directory, port)
         self.binary = tansu_binary()
         self.storage = storage
         self.advertised_port = advertised_port or self.port
+        self.authentication = authentication
 
     def command(self) -> list[str]:
         listen = f"tcp://{self.host}:{self.port}"
@@ -46,6 +53,7 @@ class KafkaBroker(ServerProcess):
             advertised,
             "--storage-engine",
             self.storage,
+            *(["--authentication"] if self.authentication else []),
         ]
 
     @property

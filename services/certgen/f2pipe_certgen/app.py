@@ -27,7 +27,7 @@ from f2pipe_certgen.ca import CaError, CertificateAuthority
 from f2pipe_certgen.crl import REFRESH_SECONDS, keep_fresh
 from f2pipe_certgen.deps import CaDep, DbDep, MetricsDep
 from f2pipe_certgen.limits import MAX_BODY_BYTES, BodyLimit
-from f2pipe_certgen.lockout import LockoutPolicy, Lockouts
+from f2pipe_certgen.lockout import ClaimCheck, Throttle, ThrottlePolicy
 from f2pipe_certgen.metrics import CertgenMetrics
 from f2pipe_certgen.ports import CertificateStore, Clock
 from f2pipe_certgen.problems import ProblemError
@@ -59,11 +59,14 @@ def create_app(
     settings: Settings,
     db: CertificateStore,
     metrics: CertgenMetrics,
-    lockout: LockoutPolicy,
+    throttle: ThrottlePolicy,
     clock: Clock,
+    claims: ClaimCheck | None = None,
     crl_refresh: float = REFRESH_SECONDS,
     max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
+    """The app around these parts; `claims` defaults to scrypt with a fresh dummy hash."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await db.open()
@@ -85,12 +88,15 @@ def create_app(
         redoc_url=None,
     )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    deps.attach(
-        app,
-        deps.Parts(
-            settings=settings, ca=ca, db=db, metrics=metrics, lockouts=Lockouts(lockout, clock)
-        ),
+    parts = deps.Parts(
+        settings=settings,
+        ca=ca,
+        db=db,
+        metrics=metrics,
+        throttle=Throttle(throttle, clock),
+        claims=claims or ClaimCheck(),
     )
+    deps.attach(app, parts)
 
     def count_invalid_enrolment(path: str, reason: str) -> None:
         if path == enrolment.PATH:

@@ -40,6 +40,9 @@ CA_KEY = "ca.key"
 CA_CERT = "ca.crt"
 CRL = "crl.pem"
 BROKER = "broker"
+CERTGEN = "certgen"  # certgen's own HTTPS server certificate: ISSUED_DIR/certgen.crt and .key
+# Every server certificate answers to these too: clients on the same host (health checks).
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 SERVICE_IDENTITIES = ("bridge", "operator")
 SERVICE_PREFIX = "svc-"
 # A service name becomes a file name and a CN "svc-<name>"; the prefix keeps every service CN
@@ -131,16 +134,20 @@ class CertificateAuthority:
         key_algorithm: Literal["ec", "rsa"] = "ec",
         broker_sans: Sequence[str] = (),
         service_identities: Sequence[str] = SERVICE_IDENTITIES,
+        certgen_names: Sequence[str] = (),
         clock: Clock = SYSTEM_CLOCK,
     ) -> tuple[CertificateAuthority, list[IssuedCertificate]]:
         """Create whatever is missing (CA, broker, services, CRL); return what was issued now.
 
-        Service certificates live as long as the broker's (BROKER_EXPIRY): both are the
-        pipeline's own infrastructure and are renewed together.
+        `certgen_names`: certgen's own server certificate, CN the first name, DNS/IP names
+        all of them and LOCAL_NAMES; empty: none (certgen serves plain HTTP). It is recorded
+        with kind `broker`, the registry's kind for the pipeline's TLS servers.
+
+        Service certificates, and certgen's, live as long as the broker's (BROKER_EXPIRY):
+        they are the pipeline's own infrastructure and are renewed together.
         """
         service_cns = [service_cn(name) for name in service_identities]
-        sans = [_san(name) for name in (settings.broker_cn, "localhost", "127.0.0.1", "::1")]
-        sans += [_san(name) for name in broker_sans]
+        sans = _server_names(settings.broker_cn, broker_sans)
         ca_dir, issued_dir = Path(settings.ca_dir), Path(settings.issued_dir)
         ca_dir.mkdir(parents=True, exist_ok=True)
         issued_dir.mkdir(parents=True, exist_ok=True)
@@ -152,12 +159,16 @@ class CertificateAuthority:
 
         issued: list[IssuedCertificate] = []
         pairs: list[tuple[str, str, Kind, list[x509.GeneralName]]] = [
-            (BROKER, settings.broker_cn, "broker", list(dict.fromkeys(sans)))
+            (BROKER, settings.broker_cn, "broker", sans)
         ]
+        if certgen_names:
+            cn = certgen_names[0]
+            pairs.append((CERTGEN, cn, "broker", _server_names(cn, certgen_names[1:])))
         for name, cn in zip(service_identities, service_cns, strict=True):
             pairs.append((name, cn, "service", []))
         for name, cn, kind, names in pairs:
             if ca._has_pair(issued_dir, name):
+                _warn_missing_names(issued_dir / f"{name}.crt", names)
                 continue
             key = keys.generate(key_algorithm)
             cert = ca._issue(key.public_key(), cn, settings.broker_expiry, kind, names)
@@ -522,6 +533,29 @@ def _check_client_cn(cn: str, kind: str) -> None:
 
 def _client_kind(kind: str) -> Kind:
     return "service" if kind == "service" else "device"
+
+
+def _server_names(cn: str, extra: Sequence[str]) -> list[x509.GeneralName]:
+    return list(dict.fromkeys(_san(name) for name in (cn, *LOCAL_NAMES, *extra)))
+
+
+def _warn_missing_names(path: Path, names: Sequence[x509.GeneralName]) -> None:
+    """An existing server certificate is kept, even when the names asked for changed since it
+    was issued: say so, since clients using a new name would fail to verify it."""
+    if not names:
+        return
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    try:
+        has = set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        has = set()
+    missing = [str(name.value) for name in names if name not in has]
+    if missing:
+        log.warning(
+            "server certificate lacks names now configured: remove it and its key to have a "
+            "new pair issued",
+            extra={"file": str(path), "missing": missing},
+        )
 
 
 def _san(name: str) -> x509.GeneralName:

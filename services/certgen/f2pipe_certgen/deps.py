@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 
 from f2pipe_certgen.ca import CertificateAuthority
-from f2pipe_certgen.lockout import Lockouts
+from f2pipe_certgen.lockout import ClaimCheck, Throttle
 from f2pipe_certgen.metrics import CertgenMetrics
 from f2pipe_certgen.ports import CertificateStore
 from f2pipe_certgen.settings import Settings
@@ -27,7 +27,8 @@ class Parts:
     ca: CertificateAuthority
     db: CertificateStore
     metrics: CertgenMetrics
-    lockouts: Lockouts
+    throttle: Throttle
+    claims: ClaimCheck
 
 
 def attach(app: FastAPI, parts: Parts) -> None:
@@ -55,12 +56,17 @@ def get_metrics(request: Request) -> CertgenMetrics:
     return parts(request).metrics
 
 
-def get_lockouts(request: Request) -> Lockouts:
-    return parts(request).lockouts
+def get_throttle(request: Request) -> Throttle:
+    return parts(request).throttle
+
+
+def get_claims(request: Request) -> ClaimCheck:
+    return parts(request).claims
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 CaDep = Annotated[CertificateAuthority, Depends(get_ca)]
 DbDep = Annotated[CertificateStore, Depends(get_db)]
 MetricsDep = Annotated[CertgenMetrics, Depends(get_metrics)]
-LockoutsDep = Annotated[Lockouts, Depends(get_lockouts)]
+ThrottleDep = Annotated[Throttle, Depends(get_throttle)]
+ClaimCheckDep = Annotated[ClaimCheck, Depends(get_claims)]

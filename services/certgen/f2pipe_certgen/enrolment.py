@@ -1,18 +1,21 @@
 """`POST /v1/enroll`: a controller proves it is ours and gets its client certificate.
 
-1. authenticate (one transaction, holding the MAC's lock): the MAC is registered, not
-   locked out, and the claim code matches its stored hash; a wrong code is counted and may
-   lock the MAC (lockout.py);
+1. authenticate: the client's address (lockout.client_source) is not throttled, and the claim
+   code matches the MAC's stored hash. An unknown MAC, a controller without a code and a
+   wrong code are refused alike (403 `enrolment_refused`, the same body, the same scrypt
+   work) and charged to the address and the MAC (lockout.py); the log line and the metrics
+   say which it was;
 2. issue: sign the device's CSR (CN must be f2-<mac>, key acceptable) or, without a CSR,
    generate the key pair and return it once;
-3. record (second transaction): the new certificate, and the MAC's earlier valid device
-   certificates revoked as `superseded`, then the CRL rewritten.
+3. record (one transaction, holding the MAC's lock): the new certificate, and the MAC's
+   earlier valid device certificates revoked as `superseded`, then the CRL rewritten.
 
 Re-enrolment supersedes: a device has one valid certificate, so a reset or stolen device's
 old key stops working at the broker once its CRL is reloaded. The claim code stays usable for
-re-enrolment (e.g. after a factory reset); the lockout bounds guessing.
+re-enrolment (e.g. after a factory reset); the throttle bounds guessing, and never refuses
+the right code to an address that is not throttled itself.
 
-The registry is a `ports.CertificateStore` and the lockout's time an injected clock, so the
+The registry is a `ports.CertificateStore` and the throttle's time an injected clock, so the
 decisions here are unit-tested with fakes. Nothing here logs or stores the claim code or a
 private key.
 """
@@ -24,19 +27,26 @@ import logging
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import Field
 
 from f2pipe_certgen import crl, problems
 from f2pipe_certgen.ca import CertificateAuthority, CsrError, IssuedCertificate
-from f2pipe_certgen.deps import CaDep, DbDep, LockoutsDep, MetricsDep, SettingsDep
-from f2pipe_certgen.lockout import Lockout, Lockouts
+from f2pipe_certgen.deps import (
+    CaDep,
+    ClaimCheckDep,
+    DbDep,
+    MetricsDep,
+    SettingsDep,
+    ThrottleDep,
+)
+from f2pipe_certgen.lockout import ClaimCheck, Throttle, Throttled, client_source
 from f2pipe_certgen.metrics import CertgenMetrics
-from f2pipe_certgen.ports import CertificateStore, Controller, StoreTransaction
+from f2pipe_certgen.ports import CertificateStore, Controller
 from f2pipe_certgen.problems import ProblemError
+from f2pipe_certgen.settings import CertgenSettings
 from f2pipe_shared import certificates
 from f2pipe_shared.certificates import EnrollResponse
-from f2pipe_shared.claimcodes import verify_claim_code
 from f2pipe_shared.topics import device_cn
 
 log = logging.getLogger(__name__)
@@ -46,6 +56,12 @@ PATH = "/v1/enroll"
 # In the schema so that a schema-valid request is one certgen accepts.
 _HEX2 = "[0-9A-Fa-f]{2}"
 MAC_PATTERN = f"^(?:[0-9A-Fa-f]{{12}}|{_HEX2}(?::{_HEX2}){{5}}|{_HEX2}(?:-{_HEX2}){{5}})$"
+# One detail for every refused claim: it names neither the MAC nor which check failed.
+REFUSED = (
+    "The MAC is not registered or the claim code does not match it (case and dashes do not "
+    "matter); check both, or ask the operator. Repeated failures from one address are "
+    "throttled."
+)
 
 
 class EnrollRequest(certificates.EnrollRequest):
@@ -64,11 +80,12 @@ class Enrolment:
     ca: CertificateAuthority
     db: CertificateStore
     metrics: CertgenMetrics
-    lockouts: Lockouts
+    throttle: Throttle
+    claims: ClaimCheck
     device_days: int
 
-    async def enrol(self, request: certificates.EnrollRequest) -> EnrollResponse:
-        controller = await self.authenticate(request.mac, request.claim_code)
+    async def enrol(self, request: certificates.EnrollRequest, source: str) -> EnrollResponse:
+        controller = await self.authenticate(request.mac, request.claim_code, source)
         cert, key_pem = await self.issue(request)
         superseded = await self.record(cert, controller)
         if superseded:
@@ -96,43 +113,24 @@ class Enrolment:
             private_key_pem=key_pem,
         )
 
-    async def authenticate(self, mac: str, claim_code: str) -> Controller:
+    async def authenticate(self, mac: str, claim_code: str, source: str) -> Controller:
+        """The controller, when `source` may try and the code is its code."""
+        throttled = self.throttle.check(source)
+        if throttled is not None:
+            raise _throttled(throttled)
         async with self.db.transaction() as tx:
-            await tx.lock_mac(mac)
-            outcome = await self._check_claim(tx, mac, claim_code)
-        # Raised only now, after the block committed: a wrong code's record must persist.
-        if isinstance(outcome, ProblemError):
-            raise outcome
-        return outcome
-
-    async def _check_claim(
-        self, tx: StoreTransaction, mac: str, claim_code: str
-    ) -> Controller | ProblemError:
-        controller = await tx.find_controller(mac)
-        if controller is None:
-            return ProblemError(
-                "unknown_mac",
-                f"No controller with MAC {mac} is registered; check the MAC (eth0) or ask the "
-                "operator to register the controller.",
-            )
-        locked = await self.lockouts.current(tx, mac)
-        if locked is not None:
-            return _locked_out(locked)
-        if controller.claim_code_hash is None:
-            return ProblemError(
-                "wrong_claim_code",
-                "This controller has no claim code; ask the operator to set one.",
-            )
-        # scrypt takes ~30 ms of CPU: off the event loop.
-        if await asyncio.to_thread(verify_claim_code, claim_code, controller.claim_code_hash):
-            await self.lockouts.clear(tx, mac)
+            controller = await tx.find_controller(mac)
+        stored = None if controller is None else controller.claim_code_hash
+        # Checked whether or not there is a hash to check against: same work, same time.
+        if await self.claims.matches(claim_code, stored) and controller is not None:
             return controller
-        locked = await self.lockouts.record_failure(tx, mac)
-        detail = "The claim code does not match this controller's; check it (case and dashes "
-        detail += "do not matter)."
-        if locked is not None:
-            detail += f" Too many wrong codes: enrolment is locked for {locked.retry_after} s."
-        return ProblemError("wrong_claim_code", detail)
+        if controller is None:
+            cause = "unknown_mac"
+        else:
+            cause = "no_claim_code" if stored is None else "wrong_claim_code"
+        attacked = self.throttle.failed(source, mac)
+        context = {"mac_attacked": True} if attacked else {}
+        raise ProblemError("enrolment_refused", REFUSED, cause=cause, context=context)
 
     async def issue(
         self, request: certificates.EnrollRequest
@@ -161,21 +159,41 @@ class Enrolment:
         return len(superseded)
 
 
-def _locked_out(locked: Lockout) -> ProblemError:
+def _throttled(throttled: Throttled) -> ProblemError:
     return ProblemError(
         "locked_out",
-        f"Too many wrong claim codes for this MAC; enrolment is refused, even with the right "
-        f"code, until {locked.until.isoformat(timespec='seconds')} (retry after "
-        f"{locked.retry_after} s).",
-        headers={"Retry-After": str(locked.retry_after)},
+        f"Too many failed enrolments from this address; retry after {throttled.retry_after} s. "
+        "A device with the right claim code is never refused for its MAC's sake.",
+        headers={"Retry-After": str(throttled.retry_after)},
     )
 
 
 def get_enrolment(
-    ca: CaDep, db: DbDep, metrics: MetricsDep, lockouts: LockoutsDep, settings: SettingsDep
+    *,
+    ca: CaDep,
+    db: DbDep,
+    metrics: MetricsDep,
+    throttle: ThrottleDep,
+    claims: ClaimCheckDep,
+    settings: SettingsDep,
 ) -> Enrolment:
     return Enrolment(
-        ca=ca, db=db, metrics=metrics, lockouts=lockouts, device_days=settings.ca.device_expiry
+        ca=ca,
+        db=db,
+        metrics=metrics,
+        throttle=throttle,
+        claims=claims,
+        device_days=settings.ca.device_expiry,
+    )
+
+
+def source_of(request: Request, settings: CertgenSettings) -> str:
+    """The throttle's key for this request's client (see lockout.client_source)."""
+    return client_source(
+        request.client.host if request.client else None,
+        request.headers.getlist("x-forwarded-for"),
+        trusted_proxies=settings.trusted_proxy_networks,
+        ipv6_prefix=settings.certgen_ipv6_prefix,
     )
 
 
@@ -202,20 +220,24 @@ router = APIRouter(tags=["enrolment"])
         "bad_csr",
         "wrong_cn",
         "weak_key",
-        "unknown_mac",
-        "wrong_claim_code",
+        "enrolment_refused",
         "locked_out",
         "unavailable",
     ),
 )
 async def enroll(
-    body: EnrollRequest, response: Response, enrolment: EnrolmentDep
+    body: EnrollRequest,
+    request: Request,
+    response: Response,
+    enrolment: EnrolmentDep,
+    settings: SettingsDep,
 ) -> EnrollResponse:
     # The answer may hold a private key: no cache anywhere may keep it.
     response.headers["Cache-Control"] = "no-store"
+    source = source_of(request, settings.certgen)
     try:
-        return await enrolment.enrol(body)
+        return await enrolment.enrol(body, source)
     except ProblemError as exc:
-        enrolment.metrics.enrolment_failures.labels(reason=exc.reason).inc()
-        exc.context.update(mac=body.mac, cn=device_cn(body.mac))
+        enrolment.metrics.enrolment_failures.labels(reason=exc.cause).inc()
+        exc.context.update(mac=body.mac, cn=device_cn(body.mac), source=source)
         raise

@@ -12,12 +12,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from f2pipe_shared.metrics import ServiceMetrics
 
 # The reasons an enrolment can be refused for, pre-created at 0 so a dashboard's rate() has a
-# series before the first refusal happens.
+# series before the first refusal happens. These are the real causes: the client is answered
+# `enrolment_refused` for unknown_mac, no_claim_code and wrong_claim_code alike.
 ENROLMENT_FAILURE_REASONS = (
     "invalid_json",
     "invalid_request",
     "invalid_mac",
     "unknown_mac",
+    "no_claim_code",
     "wrong_claim_code",
     "locked_out",
     "bad_csr",
@@ -38,7 +40,10 @@ class CertgenMetrics(ServiceMetrics):
             ["flow"],
         )
         self.enrolment_failures = self.counter(
-            "enrolment_failures", "Enrolments refused, by problem reason", ["reason"]
+            "enrolment_failures",
+            "Enrolments refused, by cause (unknown_mac, no_claim_code, wrong_claim_code: "
+            "answered enrolment_refused alike; locked_out: the address is throttled)",
+            ["reason"],
         )
         self.revocations = self.counter(
             "revocations",

@@ -1,10 +1,11 @@
-"""What certgen talks to that a unit test replaces: the registry (certificates, controllers,
-lockout state) and the clock. `store.PostgresStore` and `SystemClock` are the production
+"""What certgen talks to that a unit test replaces: the registry (certificates, controllers)
+and the clock. `store.PostgresStore` and `SystemClock` are the production
 adapters; they satisfy these protocols structurally, and so do a test's fakes.
 
 The store's unit of work is a transaction: `async with store.transaction() as tx:` commits
 when the block ends without an exception and rolls back otherwise, so a caller puts several
-reads and writes in one (enrolment: the MAC's lock, its lockout state and its claim check).
+reads and writes in one (re-enrolment: the MAC's lock, its certificates revoked, the new one
+recorded).
 """
 
 from __future__ import annotations
@@ -120,30 +121,7 @@ class CertificateRecords(Protocol):
         ...
 
 
-class LockoutState(Protocol):
-    """A MAC's recent wrong claim codes and its lockout, within one transaction. Times come
-    from the caller (lockout.py, from its Clock): the store only keeps them."""
-
-    async def locked_until(self, mac: str) -> datetime | None:
-        """The end of the MAC's lockout (past or future), or None without one."""
-        ...
-
-    async def add_failure(self, mac: str, *, at: datetime, window_start: datetime) -> int:
-        """Record a wrong code at `at`, forget the MAC's wrong codes at or before
-        `window_start`; return how many remain (this one included)."""
-        ...
-
-    async def lock_out(self, mac: str, *, at: datetime, until: datetime, failures: int) -> None:
-        """Lock the MAC from `at` until `until`, replacing any earlier lockout; the wrong
-        codes that caused it are forgotten."""
-        ...
-
-    async def clear_failures(self, mac: str, *, now: datetime) -> None:
-        """Forget the MAC's wrong codes, and its lockout if that ended by `now`."""
-        ...
-
-
-class StoreTransaction(CertificateRecords, LockoutState, Protocol):
+class StoreTransaction(CertificateRecords, Protocol):
     """Everything certgen reads and writes in the registry, in one transaction."""
 
 

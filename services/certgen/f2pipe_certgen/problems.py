@@ -56,8 +56,10 @@ REASONS: Mapping[str, Reason] = {
     "wrong_cn": Reason(422, "The CSR's common name is not the device's"),
     "weak_key": Reason(422, "The CSR's key is not acceptable"),
     "unknown_mac": Reason(404, "No controller is registered with this MAC"),
-    "wrong_claim_code": Reason(403, "Wrong claim code"),
-    "locked_out": Reason(429, "Too many wrong claim codes for this MAC"),
+    # Enrolment answers an unknown MAC, a controller without a claim code and a wrong code
+    # alike: MACs are public, and the answer must not tell an outsider which ones exist.
+    "enrolment_refused": Reason(403, "Unknown MAC or wrong claim code"),
+    "locked_out": Reason(429, "Too many failed enrolments from this address"),
     "missing_token": Reason(401, "Admin token required"),
     "wrong_token": Reason(403, "Wrong admin token"),
     "admin_disabled": Reason(403, "The admin API is disabled"),
@@ -95,6 +97,8 @@ class ProblemError(Exception):
     """Raise to answer with a problem; `headers` carry e.g. Retry-After or WWW-Authenticate.
 
     `context` (mac, cn, serial: never a secret) goes into the log line of the refusal.
+    `cause` is the real reason when the answer hides it (`enrolment_refused` for an unknown
+    MAC): the log line and the metrics name the cause, the client sees only `reason`.
     """
 
     def __init__(
@@ -104,12 +108,14 @@ class ProblemError(Exception):
         *,
         headers: Mapping[str, str] | None = None,
         context: Mapping[str, object] | None = None,
+        cause: str | None = None,
     ) -> None:
-        super().__init__(f"{reason}: {detail}")
+        super().__init__(f"{cause or reason}: {detail}")
         self.reason = reason
         self.detail = detail
         self.headers = dict(headers or {})
         self.context = dict(context or {})
+        self.cause = cause or reason
 
 
 def problem_response(
@@ -191,9 +197,10 @@ def install_handlers(app: FastAPI, on_invalid: Callable[[str, str], None]) -> No
 async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ProblemError)
     # One structured line per refusal, naming what it was about and why.
+    answered = {} if exc.cause == exc.reason else {"answered": exc.reason}
     log.warning(
         "request refused",
-        extra={"path": request.url.path, "reason": exc.reason, **exc.context},
+        extra={"path": request.url.path, **exc.context, "reason": exc.cause, **answered},
     )
     return problem_response(exc.reason, exc.detail, headers=exc.headers)
 

@@ -6,7 +6,9 @@
    cannot be used (damaged, unreadable, mismatched) stops start-up with one clear line and
    exit status 1; certgen never overwrites an existing CA.
 2. serve: uvicorn until SIGTERM or SIGINT (or `stop()`), finishing the requests in flight;
-   its access log names paths without their query strings (accesslog.py).
+   its access log names paths without their query strings (accesslog.py). With `tls` it
+   speaks HTTPS only: TLS 1.2 or newer, TLS 1.2 with forward-secret AEAD suites only (as
+   the MQTT broker), with the server certificate the bootstrap issued.
 
 `main.build()` makes the parts; this class only puts them in order.
 """
@@ -14,7 +16,10 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -27,6 +32,22 @@ log = logging.getLogger(__name__)
 
 OpenCa = Callable[[], tuple[CertificateAuthority, list[IssuedCertificate]]]
 MakeApp = Callable[[CertificateAuthority], FastAPI]
+
+# TLS 1.2's suites: ECDHE with AES-GCM or ChaCha20-Poly1305 only, as the broker's
+# (mosquitto.conf): no CBC, no SHA-1 MACs, no static RSA. TLS 1.3's are all AEAD.
+TLS12_CIPHERS = ":".join(
+    f"ECDHE-{auth}-{suite}"
+    for suite in ("AES128-GCM-SHA256", "AES256-GCM-SHA384", "CHACHA20-POLY1305")
+    for auth in ("ECDSA", "RSA")
+)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """certgen's server certificate and key (the key file mode 0600)."""
+
+    certfile: Path
+    keyfile: Path
 
 
 class StartupError(RuntimeError):
@@ -47,6 +68,7 @@ class CertgenService:
         make_app: MakeApp,
         host: str,
         port: int,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.registry = registry
         self.open_ca = open_ca  # creates what is missing, loads what exists
@@ -54,6 +76,7 @@ class CertgenService:
         self.make_app = make_app
         self.host = host
         self.port = port
+        self.tls = tls  # None: plain HTTP (behind a TLS proxy)
         self.server: uvicorn.Server | None = None
 
     def bootstrap(self) -> CertificateAuthority:
@@ -73,8 +96,16 @@ class CertgenService:
         """Serve the API with this CA until stopped."""
         drop_query_strings()
         self.server = uvicorn.Server(self._config(self.make_app(ca)))
+        log.info(
+            "serving",
+            extra={"host": self.host, "port": self.port, "scheme": self.scheme},
+        )
         self.server.run()
         log.info("certgen stopped")
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
 
     def stop(self) -> None:
         """Finish the requests in flight and return from `serve()` (what SIGTERM does)."""
@@ -82,12 +113,29 @@ class CertgenService:
             self.server.should_exit = True
 
     def _config(self, app: FastAPI) -> uvicorn.Config:
-        return uvicorn.Config(
+        tls = self.tls
+        config = uvicorn.Config(
             app,
             host=self.host,
             port=self.port,
             log_config=None,  # keep configure_logging's structured lines for uvicorn's too
             server_header=False,
+            # The enrolment throttle reads X-Forwarded-For itself, from trusted proxies only.
             proxy_headers=False,
             timeout_graceful_shutdown=10,
+            ssl_certfile=None if tls is None else str(tls.certfile),
+            ssl_keyfile=None if tls is None else str(tls.keyfile),
+            ssl_ciphers=TLS12_CIPHERS,
         )
+        if tls is not None:
+            # uvicorn has no setting for the oldest version: load its context now and set it.
+            config.load()
+            assert config.ssl is not None
+            harden(config.ssl)
+        return config
+
+
+def harden(context: ssl.SSLContext) -> None:
+    """TLS 1.2 or newer whatever the system's OpenSSL defaults say; no renegotiation."""
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from datetime import datetime
 
 import psycopg
 from cryptography import x509
@@ -31,7 +30,8 @@ from f2pipe_certgen.ports import (
 Connection = psycopg.AsyncConnection[TupleRow]
 
 APPLICATION_NAME = "f2pipe-certgen"
-# The last migration certgen's queries need.
+# A table of the last migration certgen needs (0008: the `broker` kind of certificates).
+# certgen no longer uses the table itself: the enrolment throttle is in memory (lockout.py).
 REQUIRED_TABLE = "registry.enrolment_lockouts"
 
 # Advisory lock keys: one class for per-MAC enrolment locks ('f2' in ASCII), one key for CRL
@@ -199,50 +199,6 @@ class PostgresTransaction:
             RevokedEntry(serial=serial, revoked_at=at, reason=_crl_reason(reason))
             for serial, at, reason in await cur.fetchall()
         ]
-
-    # --- lockout state (migration 0008) -----------------------------------------------------
-
-    async def locked_until(self, mac: str) -> datetime | None:
-        cur = await self._conn.execute(
-            "SELECT locked_until FROM registry.enrolment_lockouts WHERE mac = %s", (mac,)
-        )
-        row = await cur.fetchone()
-        return None if row is None else row[0]
-
-    async def add_failure(self, mac: str, *, at: datetime, window_start: datetime) -> int:
-        await self._conn.execute(
-            "DELETE FROM registry.claim_failures WHERE mac = %s AND failed_at <= %s",
-            (mac, window_start),
-        )
-        await self._conn.execute(
-            "INSERT INTO registry.claim_failures (mac, failed_at) VALUES (%s, %s)", (mac, at)
-        )
-        cur = await self._conn.execute(
-            "SELECT count(*) FROM registry.claim_failures WHERE mac = %s", (mac,)
-        )
-        row = await cur.fetchone()
-        return row[0] if row else 0
-
-    async def lock_out(self, mac: str, *, at: datetime, until: datetime, failures: int) -> None:
-        await self._conn.execute("DELETE FROM registry.claim_failures WHERE mac = %s", (mac,))
-        await self._conn.execute(
-            """
-            INSERT INTO registry.enrolment_lockouts (mac, locked_at, locked_until, failures)
-            VALUES (%s, %s, %s, %s)
-            ON CONFLICT (mac) DO UPDATE SET
-                locked_at = EXCLUDED.locked_at,
-                locked_until = EXCLUDED.locked_until,
-                failures = EXCLUDED.failures
-            """,
-            (mac, at, until, failures),
-        )
-
-    async def clear_failures(self, mac: str, *, now: datetime) -> None:
-        await self._conn.execute("DELETE FROM registry.claim_failures WHERE mac = %s", (mac,))
-        await self._conn.execute(
-            "DELETE FROM registry.enrolment_lockouts WHERE mac = %s AND locked_until <= %s",
-            (mac, now),
-        )
 
 
 def _certificate(row: Sequence[object]) -> CertificateRow:

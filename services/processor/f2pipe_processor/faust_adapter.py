@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import tempfile
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -61,7 +62,7 @@ from f2pipe_processor.metrics import ProcessorMetrics
 from f2pipe_processor.service import ProcessorService
 from f2pipe_processor.settings import Settings
 from f2pipe_shared.logs import configure_logging
-from f2pipe_shared.settings import CommonSettings
+from f2pipe_shared.settings import CommonSettings, KafkaSettings
 
 # The versions every hook below was read against (uv.lock).
 PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "0.7.1"}
@@ -144,6 +145,7 @@ def create_app(settings: Settings, partitions: int) -> ProcessorApp:
     return ProcessorApp(
         processor.processor_app_id,
         broker=[f"kafka://{hp.strip()}" for hp in kafka.kafka_bootstrap_servers.split(",")],
+        broker_credentials=credentials(kafka),
         store="memory://",
         datadir=processor.processor_data_dir
         or str(Path(tempfile.gettempdir()) / f"{processor.processor_app_id}-data"),
@@ -172,6 +174,26 @@ def create_app(settings: Settings, partitions: int) -> ProcessorApp:
         # events per stream would hold hundreds of MB.
         stream_buffer_maxsize=64,
         producer_acks=-1,
+    )
+
+
+def credentials(kafka: KafkaSettings) -> faust.auth.Credentials | None:
+    """KAFKA_SECURITY_PROTOCOL and its SASL user for aiokafka, as client_config gives them
+    to librdkafka (the broker's certificate and name verified against KAFKA_SSL_CA_FILE)."""
+    protocol = kafka.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=kafka.kafka_ssl_ca_file)
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    password = kafka.kafka_sasl_password
+    return faust.SASLCredentials(
+        username=kafka.kafka_sasl_username,
+        password=password.get_secret_value() if password else None,
+        ssl_context=context,
+        mechanism=kafka.kafka_sasl_mechanism,
     )
 
 

@@ -14,8 +14,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from confluent_kafka.admin import AdminClient
-
 from f2pipe_processor import faust_adapter
 from f2pipe_processor.acks import Holes, InFlight
 from f2pipe_processor.core import BatchProcessor
@@ -27,7 +25,7 @@ from f2pipe_processor.registry import Registry
 from f2pipe_processor.resolver import RedisCache, Resolver
 from f2pipe_processor.service import ProcessorService
 from f2pipe_processor.settings import Settings
-from f2pipe_shared.kafka import ensure_topics, pipeline_topics
+from f2pipe_shared.kafka import ensure_topics, list_topics, pipeline_topics
 from f2pipe_shared.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -61,6 +59,7 @@ def build(settings: Settings, partitions: int | None = None) -> Processor:
     registry = Registry(settings.postgres.conninfo, retry_max_seconds=retry_max, metrics=metrics)
     cache = RedisCache(
         settings.redis.url,
+        credentials=settings.redis.credentials,
         prefix=config.processor_redis_prefix,
         ttl_seconds=config.processor_cache_ttl_seconds,
         retry_seconds=config.processor_redis_retry_seconds,
@@ -98,9 +97,8 @@ def build(settings: Settings, partitions: int | None = None) -> Processor:
 
 def raw_partitions(settings: Settings) -> int:
     """Partitions of the raw topic as it exists (it may predate KAFKA_RAW_PARTITIONS)."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka.kafka_bootstrap_servers})
     topic = settings.kafka.kafka_raw_topic
-    metadata = admin.list_topics(topic=topic, timeout=30)
+    metadata = list_topics(settings.kafka)
     return len(metadata.topics[topic].partitions)
 
 

@@ -29,7 +29,12 @@ import msgpack
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    NoPermissionError,
+    RedisError,
+)
 
 from f2pipe_processor.metrics import ProcessorMetrics
 from f2pipe_processor.ports import LookupCache, RegistrySource
@@ -46,6 +51,8 @@ from f2pipe_processor.registry import (
 from f2pipe_shared.topics import Topic, parse_topic
 
 log = logging.getLogger(__name__)
+# A wrong user or password, or an ACL that lacks a command: a setting, not an outage.
+REFUSED = (AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +86,13 @@ class RedisCache:
         timeout: float = 1.0,
         *,
         metrics: ProcessorMetrics,
+        credentials: Mapping[str, str] | None = None,
     ) -> None:
+        auth = dict(credentials or {})
         self._client = aioredis.Redis.from_url(
             url,
+            username=auth.get("username"),
+            password=auth.get("password"),
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             # One attempt: a retry would only delay the fall-back to PostgreSQL.
@@ -132,7 +143,15 @@ class RedisCache:
         return True
 
     def _failed(self, exc: BaseException) -> None:
-        if self._down_until == 0.0:
+        if self._down_until == 0.0 and isinstance(exc, REFUSED):
+            # Not an outage: a setting is wrong. Name it (never the password) and go on
+            # without the cache, trying again every retry interval.
+            log.error(
+                "Redis refused REDIS_USERNAME/REDIS_PASSWORD, or the user may not run a "
+                "command of the cache (its ACL): looking up in PostgreSQL directly",
+                extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": self._retry},
+            )
+        elif self._down_until == 0.0:
             log.warning(
                 "Redis unavailable: looking up in PostgreSQL directly",
                 extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": self._retry},

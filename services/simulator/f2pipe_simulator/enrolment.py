@@ -20,6 +20,7 @@ import csv
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
@@ -105,6 +106,9 @@ class CertgenEnrolment:
     renew_before: timedelta
     on_result: Callable[[str], None] | None = None
     transport: httpx.AsyncBaseTransport | None = None
+    # How certgen's certificate is checked: an SSLContext trusting our CA (production), or
+    # httpx's default (True: the system's CAs; irrelevant for http:// and test transports).
+    verify: ssl.SSLContext | bool = True
 
     async def enrol(self, macs: Sequence[str], codes: Mapping[str, str]) -> EnrolmentReport:
         self.state.create()
@@ -117,6 +121,7 @@ class CertgenEnrolment:
             renew_before=self.renew_before,
             on_result=self.on_result,
             transport=self.transport,
+            verify=self.verify,
         )
 
 
@@ -131,6 +136,7 @@ async def enrol_all(
     attempts: int = 6,
     on_result: Callable[[str], None] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> EnrolmentReport:
     """Make sure every controller has a usable certificate; enrol those that do not."""
     started = time.monotonic()
@@ -149,7 +155,7 @@ async def enrol_all(
         limit = asyncio.Semaphore(concurrency)
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
         async with httpx.AsyncClient(
-            base_url=certgen_url, timeout=30, limits=limits, transport=transport
+            base_url=certgen_url, timeout=30, limits=limits, transport=transport, verify=verify
         ) as http:
 
             async def one(mac: str) -> None:

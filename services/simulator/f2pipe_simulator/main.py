@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import random
+import ssl
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -74,7 +75,7 @@ def options_from(args: argparse.Namespace, settings: Settings) -> Options:
         state_dir=args.state_dir or Path(env.simulator_state_dir),
         certgen_url=args.certgen_url
         or env.simulator_certgen_url
-        or f"http://{ca.certgen_api_host}:{ca.certgen_api_port}",
+        or f"https://{ca.certgen_api_host}:{ca.certgen_api_port}",
         seed=args.seed if args.seed is not None else random.SystemRandom().randrange(2**31),
         claim_codes=claim_codes,
         controllers=args.controllers,
@@ -118,6 +119,7 @@ def build(settings: Settings, options: Options) -> SimulatorService:
             concurrency=env.simulator_enrol_concurrency,
             renew_before=timedelta(days=env.simulator_renew_days),
             on_result=metrics.enrolment,
+            verify=certgen_verify(settings, options.certgen_url),
         )
         # The broker's CA: MQTT_CA_FILE when set, otherwise the one certgen returned.
         ca_file = mqtt.mqtt_ca_file if "mqtt_ca_file" in mqtt.model_fields_set else None
@@ -155,6 +157,23 @@ def build(settings: Settings, options: Options) -> SimulatorService:
         ledger=Ledger(options.ledger) if options.ledger is not None else None,
         load=load,
     )
+
+
+def certgen_verify(settings: Settings, url: str) -> ssl.SSLContext | bool:
+    """How certgen's certificate is checked over https: against our CA alone, as a device
+    checks it (SIMULATOR_CERTGEN_CA_FILE, else MQTT_CA_FILE when set, else CA_DIR/ca.crt)."""
+    if not url.lower().startswith("https://"):
+        return True  # plain HTTP: nothing to verify
+    mqtt = settings.mqtt
+    ca_file = settings.simulator.simulator_certgen_ca_file or (
+        mqtt.mqtt_ca_file
+        if "mqtt_ca_file" in mqtt.model_fields_set
+        else str(Path(settings.ca.ca_dir) / "ca.crt")
+    )
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise SettingsError(f"certgen's CA certificate {ca_file}: {exc}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

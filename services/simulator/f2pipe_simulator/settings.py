@@ -25,7 +25,12 @@ class SimulatorSettings(s.F2Settings):
     simulator_certgen_url: str | None = Field(
         None,
         pattern=r"^https?://",
-        description="certgen's base URL; default http://CERTGEN_API_HOST:CERTGEN_API_PORT",
+        description="certgen's base URL; default https://CERTGEN_API_HOST:CERTGEN_API_PORT",
+    )
+    simulator_certgen_ca_file: str | None = Field(
+        None,
+        description="CA certificate certgen's is checked against; default MQTT_CA_FILE, else "
+        "CA_DIR/ca.crt",
     )
     simulator_event_interval: PositiveFloat = Field(
         300.0,
