@@ -21,6 +21,7 @@ WORKDIR /src
 COPY pyproject.toml uv.lock README.md ./
 COPY shared/pyproject.toml shared/
 COPY services/certgen/pyproject.toml services/certgen/
+COPY services/api/pyproject.toml services/api/
 COPY services/simulator/pyproject.toml services/simulator/
 COPY services/bridge/pyproject.toml services/bridge/
 COPY services/processor/pyproject.toml services/processor/

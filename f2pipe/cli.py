@@ -28,13 +28,14 @@ SERVICES = {
     "processor": "Faust stream processor: raw-iot-data -> processed-iot-data",
     "sink": "batched, idempotent processed-iot-data -> TimescaleDB writer",
     "simulator": "simulated F2 controllers (enrol, publish, answer commands); --load",
+    "api": "the control plane's HTTP API: controllers, tokens, audit log (docs/api.md)",
 }
 
 
 # The services that log into PostgreSQL, and which database: the registry (POSTGRES_*) or
 # the telemetry database (TIMESCALE_*, each unset one taking its POSTGRES_* twin).
 DATABASE_OF = {"certgen": "registry", "processor": "registry", "simulator": "registry",
-               "sink": "telemetry"}  # fmt: skip
+               "sink": "telemetry", "api": "registry"}  # fmt: skip
 
 
 def _service(name: str) -> Handler:
@@ -85,6 +86,16 @@ def _db_roles(args: argparse.Namespace) -> int:
     from f2pipe.commands import db_roles
 
     return db_roles(conninfo=args.conninfo)
+
+
+def _api_token(args: argparse.Namespace) -> int:
+    from f2pipe import commands
+
+    if args.action == "create":
+        return commands.api_token_create(args.conninfo, args.name, args.role, args.expires)
+    if args.action == "list":
+        return commands.api_token_list(args.conninfo)
+    return commands.api_token_revoke(args.conninfo, args.name)
 
 
 def _broker_config(args: argparse.Namespace) -> int:
@@ -149,6 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--conninfo", help="libpq conninfo; default: POSTGRES_*/TIMESCALE_* settings")
     p.set_defaults(handler=_db_roles)
+
+    p = sub.add_parser("api-token", help="create, list or revoke the api's bearer tokens")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("create", help="a new token, printed once (only its hash is kept)")
+    a.add_argument("--name", required=True, help="the token's name (the audit log's actor)")
+    a.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    a.add_argument("--expires", type=float, metavar="DAYS", help="valid for DAYS (default: ever)")
+    actions.add_parser("list", help="every token: name, role, dates (never a secret)")
+    a = actions.add_parser("revoke", help="revoke a token by name (it stays listed)")
+    a.add_argument("--name", required=True)
+    for a in actions.choices.values():
+        a.add_argument("--conninfo", help="libpq conninfo; default: POSTGRES_* settings")
+    p.set_defaults(handler=_api_token)
 
     p = sub.add_parser(
         "broker-config", help="render Mosquitto's configuration and ACL for local paths and ports"

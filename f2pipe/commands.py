@@ -137,3 +137,60 @@ def db_roles(conninfo: str | None = None) -> int:
         unset = ", ".join(password_variable(service) for service in skipped)
         print(f"db-roles: left alone (no password set): {', '.join(skipped)} ({unset})")
     return 0
+
+
+def api_token_create(
+    conninfo: str | None, name: str, role: str, expires_days: float | None = None
+) -> int:
+    """`f2pipe api-token create`: a new bearer token of the api, printed once."""
+    from f2pipe_api import tokens
+
+    if expires_days is not None and expires_days <= 0:
+        print("f2pipe api-token: --expires must be a positive number of days", file=sys.stderr)
+        return 2
+    target = _registry(conninfo)
+    with explained(target):
+        try:
+            secret, info = tokens.create_token(
+                target.conninfo, name, tokens.Role(role), expires_days
+            )
+        except tokens.TokenExistsError:
+            print(f"f2pipe api-token: a token named {name!r} exists", file=sys.stderr)
+            return 1
+        except ValueError as exc:
+            print(f"f2pipe api-token: {exc}", file=sys.stderr)
+            return 2
+    expires = info.expires_at.isoformat() if info.expires_at else "never"
+    print(f"token {info.name} ({info.role.value}, expires {expires}); shown once:")
+    print(secret)
+    return 0
+
+
+def api_token_list(conninfo: str | None) -> int:
+    """`f2pipe api-token list`: every token with its role and dates, never a secret."""
+    from f2pipe_api import tokens
+
+    target = _registry(conninfo)
+    with explained(target):
+        listed = tokens.list_tokens(target.conninfo)
+    for t in listed:
+        state = "revoked" if t.revoked_at else "active"
+        expires = t.expires_at.isoformat() if t.expires_at else "never"
+        used = t.last_used_at.isoformat() if t.last_used_at else "never"
+        print(f"{t.name}\t{t.role.value}\t{state}\texpires {expires}\tlast used {used}")
+    return 0
+
+
+def api_token_revoke(conninfo: str | None, name: str) -> int:
+    """`f2pipe api-token revoke`: the token stops working at once; it stays listed."""
+    from f2pipe_api import tokens
+
+    target = _registry(conninfo)
+    with explained(target):
+        try:
+            tokens.revoke_token(target.conninfo, name)
+        except tokens.UnknownTokenError:
+            print(f"f2pipe api-token: no token named {name!r}", file=sys.stderr)
+            return 1
+    print(f"token {name} revoked")
+    return 0

@@ -56,6 +56,7 @@ def test_nothing_refers_to_a_path_outside_the_repository() -> None:
 PACKAGES = {
     "shared": "shared/f2pipe_shared",
     "certgen": "services/certgen/f2pipe_certgen",
+    "api": "services/api/f2pipe_api",
     "bridge": "services/bridge/f2pipe_bridge",
     "processor": "services/processor/f2pipe_processor",
     "sink": "services/sink/f2pipe_sink",

@@ -1,93 +1,25 @@
 """Request body limit: no request body larger than `MAX_BODY_BYTES` is read, let alone parsed.
 
-`BodyLimit` is an ASGI middleware around the whole app. A request whose Content-Length is over
-the limit is refused before the app sees it; a chunked body (no Content-Length) is counted as
-it streams in, and refused as soon as it passes the limit. Either way the answer is 413 with
-the problem reason `body_too_large`, and the rest of the body is never read.
+`BodyLimit` is the shared middleware (`f2pipe_shared.bodylimit`) with certgen's catalogue and
+wording: a request over the limit is answered 413 `body_too_large` and never read further.
 """
 
 from __future__ import annotations
 
-import logging
+from starlette.types import ASGIApp
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from f2pipe_certgen.problems import problem_response
-
-log = logging.getLogger(__name__)
+from f2pipe_certgen.problems import PROBLEMS
+from f2pipe_shared import bodylimit
 
 # An enrolment (MAC, claim code, a CSR of at most 16 KiB) is a few KiB; 64 KiB leaves room.
 MAX_BODY_BYTES = 64 * 1024
 
 
-class _TooLarge(Exception):
-    """Raised from `receive` when a streamed body passes the limit."""
-
-
-class BodyLimit:
+class BodyLimit(bodylimit.BodyLimit):
     def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._refuse(scope, receive, send)
-            return
-
-        received = 0
-        too_large = False
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received, too_large
-            if too_large:
-                raise _TooLarge
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    too_large = True
-                    raise _TooLarge
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if too_large:
-                return  # the app's answer to the failed read; ours is the 413 below
-            started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except Exception:
-            if not too_large or started:
-                raise
-        if too_large and not started:
-            await self._refuse(scope, receive, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        log.info(
-            "request refused", extra={"path": scope.get("path", ""), "reason": "body_too_large"}
+        super().__init__(
+            app,
+            max_bytes=max_bytes,
+            problems=PROBLEMS,
+            hint="requests to certgen are small JSON objects (an enrolment is a few KiB).",
         )
-        response = problem_response(
-            "body_too_large",
-            f"The request body is larger than {self.max_bytes} bytes; requests to certgen "
-            "are small JSON objects (an enrolment is a few KiB).",
-            # The unread rest of the body makes the connection unusable for another request.
-            headers={"Connection": "close"},
-        )
-        await response(scope, receive, send)
-
-
-def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None

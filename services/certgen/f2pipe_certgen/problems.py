@@ -1,57 +1,52 @@
 """RFC 9457 problem details: every error certgen answers is `application/problem+json`.
 
-A problem carries the standard members (type, title, status, detail) and a machine-readable
-`reason` a device developer can branch on; docs/certgen.md lists every reason and what to do
-about it. FastAPI's own errors (validation 422, unknown route 404, wrong method 405) are
-rewritten into the same shape, so a client parses one format whatever went wrong.
+certgen's catalogue of reasons over the shared machinery (`f2pipe_shared.problems`, which the
+api service uses too): the standard members (type, title, status, detail) and a
+machine-readable `reason` a device developer can branch on; docs/certgen.md lists every
+reason and what to do about it. FastAPI's own errors (validation 422, unknown route 404,
+wrong method 405) are rewritten into the same shape, so a client parses one format whatever
+went wrong.
 """
 
 from __future__ import annotations
 
-import logging
-import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Final
+from collections.abc import Mapping
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from psycopg import OperationalError
-from psycopg_pool import PoolTimeout
-from pydantic import BaseModel, Field
-from pydantic.json_schema import models_json_schema
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from f2pipe_shared.problems import (
+    COMMON_REASONS,
+    FIELD_RULES,
+    MEDIA_TYPE,
+    FieldError,
+    Problem,
+    ProblemError,
+    Problems,
+    Reason,
+    add_problem_schemas,
+)
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "FIELD_RULES",
+    "MEDIA_TYPE",
+    "PROBLEMS",
+    "REASONS",
+    "TYPE_PREFIX",
+    "FieldError",
+    "Problem",
+    "ProblemError",
+    "Reason",
+    "add_problem_schemas",
+    "install_handlers",
+    "problem_response",
+    "responses",
+]
 
-MEDIA_TYPE = "application/problem+json"
 # An absolute URI naming the problem kind, without inventing a web address that nobody serves;
 # docs/certgen.md documents each one.
 TYPE_PREFIX = "urn:f2pipe:certgen:problem:"
-# The rule a field's own validator enforces, said instead of its message (which may quote the
-# value sent); pydantic's other messages name only the rule (length, pattern, type).
-FIELD_RULES: Final[Mapping[str, str]] = {
-    "mac": "must be 12 hex digits, optionally in pairs separated by ':' or '-'",
-}
-_CUSTOM_MESSAGE_TYPES = frozenset({"value_error", "assertion_error"})
-_MAC_ERROR_TYPES = frozenset({"value_error", "string_pattern_mismatch"})
-# A location part that is not a plain name (an extra key sent) is not echoed either.
-_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-
-
-@dataclass(frozen=True)
-class Reason:
-    status: int
-    title: str
-
 
 # Every reason certgen answers with. A reason's status never changes: clients may rely on it.
 REASONS: Mapping[str, Reason] = {
-    "body_too_large": Reason(413, "The request body is too large"),
-    "invalid_json": Reason(422, "The request body is not valid JSON"),
-    "invalid_request": Reason(422, "The request does not match the schema"),
-    "invalid_mac": Reason(422, "Not a MAC address"),
+    **COMMON_REASONS,
     "bad_csr": Reason(422, "The CSR cannot be used"),
     "wrong_cn": Reason(422, "The CSR's common name is not the device's"),
     "weak_key": Reason(422, "The CSR's key is not acceptable"),
@@ -65,220 +60,9 @@ REASONS: Mapping[str, Reason] = {
     "admin_disabled": Reason(403, "The admin API is disabled"),
     "unknown_serial": Reason(404, "No certificate with this serial"),
     "already_revoked": Reason(409, "The certificate is already revoked"),
-    "not_found": Reason(404, "No such endpoint"),
-    "method_not_allowed": Reason(405, "Method not allowed on this endpoint"),
-    "unavailable": Reason(503, "A dependency is unavailable"),
-    "internal_error": Reason(500, "Internal error"),
 }
 
-
-class FieldError(BaseModel):
-    """One validation error: where and what, never the value sent (it may be a secret)."""
-
-    loc: list[str | int] = Field(description="path to the offending field, e.g. body.mac")
-    msg: str
-    type: str
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem details, plus `reason`."""
-
-    type: str = Field(description="URI naming the kind of problem: " + TYPE_PREFIX + "<reason>")
-    title: str = Field(description="short summary of the kind of problem")
-    status: int = Field(description="the HTTP status code")
-    detail: str = Field(description="what happened in this case, and what to do")
-    reason: str = Field(description="machine-readable reason (docs/certgen.md lists them)")
-    errors: list[FieldError] | None = Field(
-        None, description="for validation problems: each offending field"
-    )
-
-
-class ProblemError(Exception):
-    """Raise to answer with a problem; `headers` carry e.g. Retry-After or WWW-Authenticate.
-
-    `context` (mac, cn, serial: never a secret) goes into the log line of the refusal.
-    `cause` is the real reason when the answer hides it (`enrolment_refused` for an unknown
-    MAC): the log line and the metrics name the cause, the client sees only `reason`.
-    """
-
-    def __init__(
-        self,
-        reason: str,
-        detail: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        context: Mapping[str, object] | None = None,
-        cause: str | None = None,
-    ) -> None:
-        super().__init__(f"{cause or reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.headers = dict(headers or {})
-        self.context = dict(context or {})
-        self.cause = cause or reason
-
-
-def problem_response(
-    reason: str,
-    detail: str,
-    *,
-    headers: Mapping[str, str] | None = None,
-    errors: list[FieldError] | None = None,
-) -> JSONResponse:
-    known = REASONS[reason]
-    body = Problem(
-        type=TYPE_PREFIX + reason,
-        title=known.title,
-        status=known.status,
-        detail=detail,
-        reason=reason,
-        errors=errors,
-    )
-    return JSONResponse(
-        body.model_dump(exclude_none=True),
-        status_code=known.status,
-        headers=dict(headers or {}),
-        media_type=MEDIA_TYPE,
-    )
-
-
-def responses(*reasons: str) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses=` for a route: each status it can answer, with its reasons listed."""
-    by_status: dict[int, list[str]] = {}
-    for reason in reasons:
-        by_status.setdefault(REASONS[reason].status, []).append(reason)
-    return {
-        status: {
-            "description": "Problem; reason: " + ", ".join(f"`{r}`" for r in names),
-            "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-        }
-        for status, names in sorted(by_status.items())
-    }
-
-
-def add_problem_schemas(openapi: dict[str, Any]) -> None:
-    """Put Problem (referenced by `responses()`) into the schema's components."""
-    _, top = models_json_schema(
-        [(Problem, "serialization")], ref_template="#/components/schemas/{model}"
-    )
-    schemas = openapi.setdefault("components", {}).setdefault("schemas", {})
-    schemas.update(top.get("$defs", {}))
-
-
-def install_handlers(app: FastAPI, on_invalid: Callable[[str, str], None]) -> None:
-    """Answer every error as a problem; `on_invalid(path, reason)` hears of each 422 from
-    request validation (the enrolment metrics count those)."""
-
-    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        errors = [_field_error(e) for e in exc.errors()]
-        reason, detail = _classify(errors)
-        log.info("request refused", extra={"path": request.url.path, "reason": reason})
-        on_invalid(request.url.path, reason)
-        return problem_response(reason, detail, errors=errors)
-
-    async def on_http(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeError):
-            # FastAPI's answer to a JSON body that is not UTF-8: it is not JSON either.
-            log.info("request refused", extra={"path": request.url.path, "reason": "invalid_json"})
-            on_invalid(request.url.path, "invalid_json")
-            return problem_response("invalid_json", _INVALID_JSON)
-        return await _on_http(request, exc)
-
-    app.add_exception_handler(ProblemError, _on_problem)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(OperationalError, _on_unavailable)
-    app.add_exception_handler(PoolTimeout, _on_unavailable)
-    app.add_exception_handler(Exception, _on_unexpected)
-
-
-async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ProblemError)
-    # One structured line per refusal, naming what it was about and why.
-    answered = {} if exc.cause == exc.reason else {"answered": exc.reason}
-    log.warning(
-        "request refused",
-        extra={"path": request.url.path, **exc.context, "reason": exc.cause, **answered},
-    )
-    return problem_response(exc.reason, exc.detail, headers=exc.headers)
-
-
-def _field_error(error: Mapping[str, Any]) -> FieldError:
-    """Where and which rule, never the input: it may be a claim code, or text meant to end
-    up in a log or a query."""
-    loc = [_shown_loc(part) for part in error.get("loc", ())]
-    kind = str(error.get("type"))
-    field = loc[-1] if loc else ""
-    msg = str(error.get("msg", ""))
-    if isinstance(field, str) and field in FIELD_RULES and kind in _MAC_ERROR_TYPES:
-        msg = FIELD_RULES[field]
-    elif kind in _CUSTOM_MESSAGE_TYPES:
-        msg = FIELD_RULES.get(str(field), "the value is not valid")
-    return FieldError(loc=loc, msg=msg, type=kind)
-
-
-def _shown_loc(part: object) -> str | int:
-    if isinstance(part, int) or (isinstance(part, str) and _PLAIN_NAME.fullmatch(part)):
-        return part
-    return "<field>"
-
-
-_INVALID_JSON = "The body must be a UTF-8 JSON object (Content-Type: application/json)."
-
-
-def _classify(errors: list[FieldError]) -> tuple[str, str]:
-    if any(e.type == "json_invalid" for e in errors):
-        return "invalid_json", _INVALID_JSON
-    if any(e.loc[-1:] == ["mac"] and e.type in _MAC_ERROR_TYPES for e in errors):
-        return "invalid_mac", (
-            "A MAC is 12 hex digits, optionally in pairs separated by ':' or '-' "
-            "(aa:bb:cc:dd:ee:01)."
-        )
-    where = "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in errors)
-    return "invalid_request", where or "The request does not match the schema."
-
-
-async def _on_http(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    headers = dict(exc.headers or {})
-    if exc.status_code == 405:
-        return problem_response(
-            "method_not_allowed",
-            f"{request.method} is not allowed on {request.url.path}.",
-            headers=headers,
-        )
-    if exc.status_code == 404:
-        return problem_response(
-            "not_found", f"No endpoint at {request.url.path}; see /openapi.json.", headers=headers
-        )
-    # Other statuses Starlette raises by itself keep their status, in our format.
-    return JSONResponse(
-        {
-            "type": "about:blank",
-            "title": str(exc.detail),
-            "status": exc.status_code,
-            "detail": str(exc.detail),
-            "reason": "http_error",
-        },
-        status_code=exc.status_code,
-        headers=headers,
-        media_type=MEDIA_TYPE,
-    )
-
-
-async def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning(
-        "database unavailable", extra={"path": request.url.path, "error": type(exc).__name__}
-    )
-    return problem_response(
-        "unavailable",
-        "The registry database is unreachable; retry later.",
-        headers={"Retry-After": "5"},
-    )
-
-
-async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    # Starlette logs the traceback itself when it re-raises after this response.
-    return problem_response("internal_error", "Something went wrong on our side; retry later.")
+PROBLEMS = Problems(TYPE_PREFIX, REASONS)
+problem_response = PROBLEMS.response
+responses = PROBLEMS.responses
+install_handlers = PROBLEMS.install_handlers
