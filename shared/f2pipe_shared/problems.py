@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from psycopg import OperationalError
 from psycopg_pool import PoolTimeout
@@ -267,6 +268,30 @@ class Problems:
             headers=headers,
             media_type=MEDIA_TYPE,
         )
+
+
+def document_problems(app: FastAPI, *, bearer: bool = False) -> None:
+    """Generate `app`'s OpenAPI schema with the Problem model the `responses=` refer to; with
+    `bearer`, the document declares the bearer-token scheme as its default security."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description,
+                routes=app.routes,
+            )  # fmt: skip
+            add_problem_schemas(schema)
+            if bearer:
+                components = schema.setdefault("components", {})
+                components.setdefault("securitySchemes", {})["bearer"] = {
+                    "type": "http",
+                    "scheme": "bearer",
+                }
+                schema["security"] = [{"bearer": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def add_problem_schemas(openapi: dict[str, Any]) -> None:

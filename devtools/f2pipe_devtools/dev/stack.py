@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import secrets
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from f2pipe_devtools.dev.ports import Ports
 from f2pipe_devtools.dev.procs import Console, Follower, Service, private_dir
 from f2pipe_devtools.env import kafka_env, mqtt_env, postgres_env, redis_env, stack_env
 from f2pipe_devtools.servers import KafkaBroker, PostgresServer, RedisServer, ServerProcess
-from f2pipe_devtools.servers.postgres import read_or_create_secret
+from f2pipe_devtools.servers.base import read_or_create_secret
 from f2pipe_devtools.servers.redis import processor_acl
 
 HOST = "127.0.0.1"
@@ -229,13 +228,8 @@ class DevStack:
 
     def secret(self, name: str) -> str:
         """A random secret made at the first `dev up`, kept 0600 in the state directory."""
-        path = self.root / name
-        if not path.exists():
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_hex(32))
-        return path.read_text().strip()
+        self.root.mkdir(parents=True, exist_ok=True)
+        return read_or_create_secret(self.root / name, nbytes=32)
 
     def env(self) -> dict[str, str]:
         """The settings every process of the stack gets: the shell's, with ours on top."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import secrets
 import signal
 import subprocess
 from pathlib import Path
@@ -27,7 +26,14 @@ from typing import Any, Self
 import psycopg
 from psycopg import sql
 
-from f2pipe_devtools.servers.base import MissingBinaryError, ServerError, ServerProcess, apt_hint
+from f2pipe_devtools.servers.base import (
+    MissingBinaryError,
+    ServerError,
+    ServerProcess,
+    apt_hint,
+    read_or_create_secret,
+    write_private,
+)
 
 SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 SUPERUSER = "postgres"
@@ -41,25 +47,6 @@ local   all       postgres                peer map=harness
 host    all       all       127.0.0.1/32  scram-sha-256
 host    all       all       ::1/128       scram-sha-256
 """
-
-
-def read_or_create_secret(path: Path, nbytes: int = 24) -> str:
-    """The secret in ``path``; a new random one (hex, mode 0600 from the first byte) if absent."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text().strip()
-    with os.fdopen(fd, "w") as out:
-        out.write(secrets.token_hex(nbytes))
-    return path.read_text().strip()
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``path`` with mode 0600, also when it exists with a wider mode."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
 
 
 def scram_verifier(conn: psycopg.Connection[Any], user: str, password: str) -> str:

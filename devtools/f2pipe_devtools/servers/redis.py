@@ -7,12 +7,11 @@ which may run only the commands its cache uses on its own keys (`processor_acl`)
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from f2pipe_devtools.servers.base import ServerProcess, find_binary
+from f2pipe_devtools.servers.base import ServerProcess, find_binary, write_private
 
 # The commands the processor's cache runs (f2pipe_processor/resolver.py RedisCache), and the
 # connection commands a client needs (AUTH, HELLO, PING, CLIENT SETINFO…). docker-compose.yml
@@ -46,10 +45,7 @@ class RedisServer(ServerProcess):
         lines = [f"user default on >{self.password} ~* &* +@all"]
         lines += [f"user {name} {' '.join(rules)}" for name, rules in self.users.items()]
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.acl_path.unlink(missing_ok=True)
-        fd = os.open(self.acl_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write("\n".join(lines) + "\n")
+        write_private(self.acl_path, "\n".join(lines) + "\n")
 
     def command(self) -> list[str]:
         return [

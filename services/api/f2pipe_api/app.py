@@ -12,10 +12,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import version
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, FastAPI, Response
-from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from f2pipe_api import admin, controllers, deps
@@ -25,7 +24,7 @@ from f2pipe_api.ports import SYSTEM_CLOCK, Clock
 from f2pipe_api.problems import PROBLEMS
 from f2pipe_api.store import PostgresStore
 from f2pipe_shared.bodylimit import BodyLimit
-from f2pipe_shared.problems import ProblemError, add_problem_schemas
+from f2pipe_shared.problems import ProblemError, document_problems
 
 MAX_BODY_BYTES = 64 * 1024
 HEALTH_TIMEOUT_SECONDS = 2.0
@@ -79,7 +78,7 @@ def create_app(
     app.include_router(controllers.router)
     app.include_router(admin.router)
     app.include_router(public)
-    _document_problems(app)
+    document_problems(app, bearer=True)
     return app
 
 
@@ -109,23 +108,3 @@ async def healthz(db: DbDep) -> Health:
 )
 async def prometheus_metrics(metrics: MetricsDep) -> Response:
     return Response(metrics.render(), media_type=metrics.content_type)
-
-
-def _document_problems(app: FastAPI) -> None:
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title, version=app.version, description=app.description,
-                routes=app.routes,
-            )  # fmt: skip
-            add_problem_schemas(schema)
-            components = schema.setdefault("components", {})
-            components.setdefault("securitySchemes", {})["bearer"] = {
-                "type": "http",
-                "scheme": "bearer",
-            }
-            schema["security"] = [{"bearer": []}]
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

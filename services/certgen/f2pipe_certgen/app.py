@@ -19,7 +19,6 @@ from importlib.metadata import version
 from typing import Any, Literal
 
 from fastapi import APIRouter, FastAPI, Response
-from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from f2pipe_certgen import admin, deps, enrolment, problems
@@ -32,6 +31,7 @@ from f2pipe_certgen.metrics import CertgenMetrics
 from f2pipe_certgen.ports import CertificateStore, Clock
 from f2pipe_certgen.problems import ProblemError
 from f2pipe_certgen.settings import Settings
+from f2pipe_shared.problems import document_problems
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def create_app(
     app.include_router(enrolment.router)
     app.include_router(admin.router)
     app.include_router(public)
-    _document_problems(app)
+    document_problems(app)
     return app
 
 
@@ -170,21 +170,3 @@ async def healthz(ca: CaDep, db: DbDep) -> Health:
 )
 async def prometheus_metrics(metrics: MetricsDep) -> Response:
     return Response(metrics.render(), media_type=metrics.content_type)
-
-
-def _document_problems(app: FastAPI) -> None:
-    """Generate the OpenAPI schema with the Problem model the `responses=` refer to."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            problems.add_problem_schemas(schema)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
