@@ -11,10 +11,16 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import TupleRow
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from f2pipe_api.tokens import TOKEN_COLUMNS, Role, TokenInfo, token_info
+from f2pipe_api.tokens import (
+    AUDIT_INSERT,
+    TOKEN_COLUMNS,
+    Role,
+    TokenInfo,
+    audit_row,
+    token_info,
+)
 
 Connection = psycopg.AsyncConnection[TupleRow]
 
@@ -277,9 +283,4 @@ async def _audit(
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
 ) -> None:
-    await conn.execute(
-        """INSERT INTO registry.audit_log (actor, action, target, before, after)
-           VALUES (%s, %s, %s, %s, %s)""",
-        (actor, action, target, None if before is None else Jsonb(before),
-         None if after is None else Jsonb(after)),
-    )  # fmt: skip
+    await conn.execute(AUDIT_INSERT, audit_row(actor, action, target, before, after))

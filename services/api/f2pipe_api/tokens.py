@@ -151,11 +151,19 @@ def audit(
     after: dict[str, Any] | None,
 ) -> None:
     """One audit row, in the caller's transaction (the synchronous twin of the store's)."""
-    conn.execute(
-        """INSERT INTO registry.audit_log (actor, action, target, before, after)
-           VALUES (%s, %s, %s, %s, %s)""",
-        (actor, action, target, _json(before), _json(after)),
-    )
+    conn.execute(AUDIT_INSERT, audit_row(actor, action, target, before, after))
+
+
+# One audit row; the CLI (audit above) and the API's store (store._audit) both write it.
+AUDIT_INSERT = """INSERT INTO registry.audit_log (actor, action, target, before, after)
+                  VALUES (%s, %s, %s, %s, %s)"""
+
+
+def audit_row(
+    actor: str, action: str, target: str,
+    before: dict[str, Any] | None, after: dict[str, Any] | None,
+) -> tuple[str, str, str, Jsonb | None, Jsonb | None]:  # fmt: skip
+    return actor, action, target, _json(before), _json(after)
 
 
 def _json(value: dict[str, Any] | None) -> Jsonb | None:
