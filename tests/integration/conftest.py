@@ -1,4 +1,5 @@
-"""Fixtures the database tests share: a migrated database and a connection to it."""
+"""Fixtures the database tests share: a migrated database, a connection to it, and the api
+on it (apikit.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import psycopg
 import pytest
 
 from f2pipe.migrate import apply_migrations
+from tests.integration.apikit import Api, running_api
 
 
 @pytest.fixture
@@ -23,3 +25,9 @@ def conn(migrated: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to `migrated`."""
     with psycopg.connect(migrated, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture
+def api(migrated: str) -> Iterator[Api]:
+    """The api app on a fresh migrated database, with a token per role (apikit.py)."""
+    yield from running_api(migrated)

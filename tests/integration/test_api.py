@@ -3,66 +3,17 @@ migrated database per test, tokens made as `f2pipe api-token create` makes them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
-
 import psycopg
 import pytest
 from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
 from f2pipe.cli import main as cli_main
-from f2pipe_api.app import PUBLIC_PATHS, create_app
-from f2pipe_api.metrics import ApiMetrics
-from f2pipe_api.store import PostgresStore
-from f2pipe_api.tokens import Role, create_token, token_digest
+from f2pipe_api.app import PUBLIC_PATHS
+from f2pipe_api.tokens import Role, token_digest
 from f2pipe_shared.claimcodes import verify_claim_code
+from tests.integration.apikit import MAC, Api, problem
 
 pytestmark = [pytest.mark.integration, pytest.mark.database]
-
-PROBLEM = "application/problem+json"
-MAC = "aabbccddee01"
-
-
-@dataclass
-class Api:
-    http: TestClient
-    conninfo: str
-    tokens: dict[Role, str]
-
-    def as_(self, role: Role) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.tokens[role]}"}
-
-    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
-        with psycopg.connect(self.conninfo, autocommit=True) as conn:
-            cur = conn.execute(query, params)
-            return cur.fetchall() if cur.description else []
-
-    def register(self, mac: str = MAC, **extra: Any) -> dict[str, Any]:
-        body = {"mac": mac, "name": f"controller {mac}", **extra}
-        r = self.http.post("/v1/controllers", json=body, headers=self.as_(Role.operator))
-        assert r.status_code == 201, r.text
-        result: dict[str, Any] = r.json()
-        return result
-
-
-@pytest.fixture
-def api(migrated: str) -> Iterator[Api]:
-    tokens = {role: create_token(migrated, f"test-{role.value}", role)[0] for role in Role}
-    app = create_app(db=PostgresStore(migrated), metrics=ApiMetrics())
-    with TestClient(app) as http:
-        yield Api(http, migrated, tokens)
-
-
-def problem(r: Any, status: int, reason: str) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith(PROBLEM)
-    body: dict[str, Any] = r.json()
-    assert body["reason"] == reason
-    assert body["type"] == f"urn:f2pipe:api:problem:{reason}"
-    return body
-
 
 # -- the route table: every route needs a token and its role ---------------------------------
 

@@ -1,5 +1,5 @@
 """The registry in PostgreSQL: controllers, tokens and the audit log, as the api's handlers
-use them. Every change runs in one transaction with its audit row (`_audit`), so a change and
+use them. Every change runs in one transaction with its audit row (`audit`), so a change and
 its record commit together or not at all."""
 
 from __future__ import annotations
@@ -68,15 +68,23 @@ class PostgresStore:
             await conn.execute("SELECT 1")
 
     @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[Connection]:
+    async def transaction(self) -> AsyncIterator[Connection]:
+        """A pooled connection in one transaction: a change and its `audit` row commit
+        together (the registry modules of the api all write this way)."""
         async with self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection for reads (autocommit off: one read transaction)."""
+        async with self.pool.connection() as conn:
             yield conn
 
     # -- tokens --------------------------------------------------------------------------
 
     async def token_by_digest(self, digest: bytes) -> tuple[TokenInfo, bytes] | None:
         """The token with this digest (and the stored digest), its last use recorded."""
-        async with self._tx() as conn:
+        async with self.transaction() as conn:
             cur = await conn.execute(
                 f"""UPDATE registry.api_tokens SET last_used_at = now()
                     WHERE token_sha256 = %s RETURNING {TOKEN_COLUMNS}, token_sha256""",  # noqa: S608
@@ -96,7 +104,7 @@ class PostgresStore:
         self, actor: str, name: str, role: Role, digest: bytes, expires_days: float | None
     ) -> TokenInfo:
         expires = None if expires_days is None else timedelta(days=expires_days)
-        async with self._tx() as conn:
+        async with self.transaction() as conn:
             cur = await conn.execute(
                 f"""INSERT INTO registry.api_tokens (name, role, token_sha256, expires_at)
                     VALUES (%s, %s, %s, now() + %s) ON CONFLICT (name) DO NOTHING
@@ -107,12 +115,12 @@ class PostgresStore:
             if row is None:
                 raise ConflictError(name)
             info = token_info(row)
-            await _audit(conn, actor, "token.create", f"token:{name}", before=None,
+            await audit(conn, actor, "token.create", f"token:{name}", before=None,
                          after=info.public())  # fmt: skip
         return info
 
     async def revoke_token(self, actor: str, name: str) -> TokenInfo | None:
-        async with self._tx() as conn:
+        async with self.transaction() as conn:
             cur = await conn.execute(
                 f"""SELECT {TOKEN_COLUMNS} FROM registry.api_tokens
                     WHERE name = %s FOR UPDATE""",  # noqa: S608
@@ -129,7 +137,7 @@ class PostgresStore:
             row = await cur.fetchone()
             assert row is not None
             info = token_info(row)
-            await _audit(
+            await audit(
                 conn, actor, "token.revoke", f"token:{name}",
                 before=token_info(before).public(), after=info.public(),
             )  # fmt: skip
@@ -170,7 +178,7 @@ class PostgresStore:
     async def create_controller(
         self, actor: str, values: dict[str, Any], claim_code_hash: str
     ) -> dict[str, Any]:
-        async with self._tx() as conn:
+        async with self.transaction() as conn:
             type_id = await _controller_type(conn)
             cur = await conn.execute(
                 """INSERT INTO registry.devices
@@ -183,14 +191,14 @@ class PostgresStore:
                 raise ConflictError(values["mac"])
             after = await _controller(conn, values["mac"])
             assert after is not None
-            await _audit(conn, actor, "controller.create", f"controller:{values['mac']}",
+            await audit(conn, actor, "controller.create", f"controller:{values['mac']}",
                          before=None, after=after)  # fmt: skip
         return after
 
     async def update_controller(
         self, actor: str, mac: str, changes: dict[str, Any]
     ) -> dict[str, Any] | None:
-        async with self._tx() as conn:
+        async with self.transaction() as conn:
             before = await _controller(conn, mac, lock=True)
             if before is None:
                 return None
@@ -202,7 +210,7 @@ class PostgresStore:
                 )
             after = await _controller(conn, mac)
             assert after is not None
-            await _audit(conn, actor, "controller.update", f"controller:{mac}", before=before,
+            await audit(conn, actor, "controller.update", f"controller:{mac}", before=before,
                          after=after)  # fmt: skip
         return after
 
@@ -210,12 +218,12 @@ class PostgresStore:
         """Delete the controller row: its connectors and pins go with it (ON DELETE CASCADE),
         its certificates stay with device_id NULL (SET NULL), and telemetry, which has no
         foreign keys to the registry, keeps every reading."""
-        async with self._tx() as conn:
+        async with self.transaction() as conn:
             before = await _controller(conn, mac, lock=True)
             if before is None:
                 return None
             await conn.execute("DELETE FROM registry.devices WHERE mac = %s", (mac,))
-            await _audit(conn, actor, "controller.delete", f"controller:{mac}", before=before,
+            await audit(conn, actor, "controller.delete", f"controller:{mac}", before=before,
                          after=None)  # fmt: skip
         return before
 
@@ -274,7 +282,7 @@ async def _controller_type(conn: Connection) -> int:
     return int(row[0])
 
 
-async def _audit(
+async def audit(  # the one writer of audit rows in the api
     conn: Connection,
     actor: str,
     action: str,

@@ -154,7 +154,7 @@ def audit(
     conn.execute(AUDIT_INSERT, audit_row(actor, action, target, before, after))
 
 
-# One audit row; the CLI (audit above) and the API's store (store._audit) both write it.
+# One audit row; the CLI (audit above) and the API's store (store.audit) both write it.
 AUDIT_INSERT = """INSERT INTO registry.audit_log (actor, action, target, before, after)
                   VALUES (%s, %s, %s, %s, %s)"""
 
