@@ -37,6 +37,7 @@ def _default(field: FieldInfo) -> str:
 def _service_groups() -> list[tuple[type[BaseSettings], str]]:
     """Settings that only one service reads live in its package, beside the code using them."""
     from f2pipe.dbroles import DbRolesSettings
+    from f2pipe_api.settings import ApiSettings
     from f2pipe_bridge.settings import BridgeSettings
     from f2pipe_certgen.settings import CertgenSettings
     from f2pipe_processor.settings import ProcessorSettings
@@ -49,6 +50,7 @@ def _service_groups() -> list[tuple[type[BaseSettings], str]]:
         (ProcessorSettings, "processor"),
         (SinkSettings, "sink"),
         (SimulatorSettings, "simulator"),
+        (ApiSettings, "api"),
         (DbRolesSettings, "db-roles (each service reads its own as POSTGRES_USER/_PASSWORD)"),
     ]
 

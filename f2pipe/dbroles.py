@@ -1,7 +1,8 @@
 """`f2pipe db-roles`: the login role each service connects with, made or updated idempotently.
 
 Migration 0009 creates one NOLOGIN group role per service with exactly the privileges that
-service needs (`f2pipe_sink`, `f2pipe_processor`, `f2pipe_certgen`, `f2pipe_simulator`). This
+service needs (`f2pipe_sink`, `f2pipe_processor`, `f2pipe_certgen`, `f2pipe_simulator`;
+migration 0013 `f2pipe_api`). This
 command, run by the schema's owner after `f2pipe migrate`, creates for each service whose
 password is set (POSTGRES_<SERVICE>_PASSWORD) a LOGIN role named POSTGRES_<SERVICE>_USER and
 makes it a member of that group; an existing one gets the password again (how a password is
@@ -25,10 +26,10 @@ from pydantic import Field, SecretStr
 
 from f2pipe_shared.settings import F2Settings
 
-SERVICES = ("sink", "processor", "certgen", "simulator")
+SERVICES = ("sink", "processor", "certgen", "simulator", "api")
 GROUPS = {service: f"f2pipe_{service}" for service in SERVICES}
 # The services that read the registry; the sink writes telemetry.
-REGISTRY_SERVICES = ("processor", "certgen", "simulator")
+REGISTRY_SERVICES = ("processor", "certgen", "simulator", "api")
 # Plain lowercase identifiers: what `psql -U` and a conninfo take without quoting.
 ROLE_PATTERN = r"^[a-z_][a-z0-9_]{0,62}$"
 
@@ -58,6 +59,10 @@ class DbRolesSettings(F2Settings):
         "simulator", pattern=ROLE_PATTERN, description="the simulator's login role"
     )
     postgres_simulator_password: SecretStr | None = Field(
+        None, description="its password (secret); unset = leave the role alone"
+    )
+    postgres_api_user: str = Field("api", pattern=ROLE_PATTERN, description="the api's login role")
+    postgres_api_password: SecretStr | None = Field(
         None, description="its password (secret); unset = leave the role alone"
     )
 

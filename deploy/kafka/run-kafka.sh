@@ -7,11 +7,13 @@
 #   - one SCRAM-SHA-512 user per service, password from KAFKA_<SERVICE>_PASSWORD;
 #   - the pipeline's topics with their configured partition counts;
 #   - ACLs: bridge writes raw; processor reads raw, writes processed and dead letters and owns
-#     its changelog topics and group; sink reads processed, writes dead letters.
+#     its changelog topics and group; sink reads processed, writes dead letters; the api
+#     reads dead letters (assigned partitions, no group: it commits nothing).
 # and writes /tmp/f2pipe-kafka-ready for the healthcheck. SIGTERM goes to Kafka.
 set -eu
 
 : "${KAFKA_BRIDGE_PASSWORD:?}" "${KAFKA_PROCESSOR_PASSWORD:?}" "${KAFKA_SINK_PASSWORD:?}"
+: "${KAFKA_API_PASSWORD:?}"
 RAW=${F2PIPE_RAW_TOPIC:-raw-iot-data}
 PROCESSED=${F2PIPE_PROCESSED_TOPIC:-processed-iot-data}
 DEAD=${F2PIPE_DEADLETTER_TOPIC:-iot-dead-letter}
@@ -32,7 +34,7 @@ done
 
 # kafka-configs.sh takes the password on its command line: visible to `ps` inside this
 # container only, for the second it runs. Kafka stores a salted SCRAM hash, never the password.
-for service in bridge processor sink; do
+for service in bridge processor sink api; do
   eval "password=\${KAFKA_$(echo "$service" | tr a-z A-Z)_PASSWORD}"
   "$BIN/kafka-configs.sh" $LOCAL --alter --entity-type users --entity-name "svc-$service" \
     --add-config "SCRAM-SHA-512=[iterations=8192,password=$password]" >/dev/null
@@ -58,6 +60,9 @@ acl svc-processor --operation Write --operation Describe --topic "$DEAD"
 acl svc-processor --operation All --resource-pattern-type prefixed --topic "$APP-"
 acl svc-processor --operation All --resource-pattern-type prefixed --group "$APP"
 acl svc-sink --operation Read --operation Describe --topic "$PROCESSED"
+acl svc-api --operation Read --operation Describe --topic "$DEAD"
+# The api reads dead letters by assignment (no group join): its fixed group id is only named.
+acl svc-api --operation Describe --group f2pipe-api-dead-letters
 acl svc-sink --operation Write --operation Describe --topic "$DEAD"
 acl svc-sink --operation Read --group "$SINK_GROUP"
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 # What f2pipe reads; a developer's shell exporting one must not change a test's service.
 OUR_PREFIXES = (
     "F2PIPE_", "LOG_", "METRICS_", "POSTGRES_", "TIMESCALE_", "TELEMETRY_", "REDIS_", "KAFKA_",
     "MQTT_", "CA_", "BROKER_", "DEVICE_", "CERTGEN_", "BRIDGE_", "PROCESSOR_", "SINK_",
-    "SIMULATOR_", "BATCH_SIZE", "FLUSH_INTERVAL", "PUBLISH_INTERVAL",
+    "SIMULATOR_", "API_", "BATCH_SIZE", "FLUSH_INTERVAL", "PUBLISH_INTERVAL",
 )  # fmt: skip
 HOST = "127.0.0.1"
 # Tansu holds a consumer-group join for up to the rebalance timeout (docs/architecture.md):
@@ -61,6 +61,16 @@ def postgres_env(conninfo: str) -> dict[str, str]:
     if params.get("password"):
         env["POSTGRES_PASSWORD"] = str(params["password"])
     return env
+
+
+def as_user(conninfo: str, user: str, password: str | None) -> str:
+    """The same database as another login (a service's role, in tests)."""
+    params = {**conninfo_to_dict(conninfo), "user": user}
+    params.pop("password", None)
+    params.pop("passfile", None)
+    if password is not None:
+        params["password"] = password
+    return make_conninfo("", **params)
 
 
 def kafka_env(

@@ -6,11 +6,16 @@ the limit is refused before the app sees it; a chunked body (no Content-Length) 
 it streams in, and refused as soon as it passes the limit. Either way the answer is 413 with
 the problem reason `body_too_large` (from the service's own `Problems` catalogue), and the
 rest of the body is never read.
+
+One limit holds for every path unless `overrides` names the path exactly (the api's bulk
+import takes a file of megabytes; every other route a small JSON object): an override is the
+limit for that path alone, so a large limit cannot leak to a route that does not expect it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -24,9 +29,18 @@ class _TooLarge(Exception):
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, *, max_bytes: int, problems: Problems, hint: str) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        problems: Problems,
+        hint: str,
+        overrides: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.overrides = dict(overrides or {})  # exact path -> its own limit
         self.problems = problems
         self.hint = hint  # the second sentence of the refusal: what a request should be
 
@@ -34,9 +48,10 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.limit_for(scope.get("path", ""))
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        if declared is not None and declared > limit:
+            await self._refuse(scope, receive, send, limit)
             return
 
         received = 0
@@ -50,7 +65,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     too_large = True
                     raise _TooLarge
             return message
@@ -68,15 +83,18 @@ class BodyLimit:
             if not too_large or started:
                 raise
         if too_large and not started:
-            await self._refuse(scope, receive, send)
+            await self._refuse(scope, receive, send, limit)
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def limit_for(self, path: str) -> int:
+        return self.overrides.get(path, self.max_bytes)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         log.info(
             "request refused", extra={"path": scope.get("path", ""), "reason": "body_too_large"}
         )
         response = self.problems.response(
             "body_too_large",
-            f"The request body is larger than {self.max_bytes} bytes; {self.hint}",
+            f"The request body is larger than {limit} bytes; {self.hint}",
             # The unread rest of the body makes the connection unusable for another request.
             headers={"Connection": "close"},
         )

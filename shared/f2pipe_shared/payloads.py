@@ -201,6 +201,15 @@ _COMMAND_MODELS: dict[ComponentKind, type[StrikeCommand | SirenCommand | ReaderS
 _STATE_REQUEST_KINDS = frozenset({ComponentKind.STRIKE, ComponentKind.SIREN})
 
 
+def state_fields(kind: ComponentKind) -> frozenset[str]:
+    """The boolean fields (wire names) a device of ``kind`` sends: what a template's field
+    datapoints may read (the api refuses a template naming any other)."""
+    model = _MESSAGE_MODELS[kind]
+    return frozenset(
+        info.alias or name for name, info in model.model_fields.items() if info.annotation is bool
+    )
+
+
 def parse_payload(topic: Topic, payload: bytes) -> Payload:
     """Validate ``payload`` against the model its (already parsed) topic calls for."""
     if topic.kind == "cmnd":

@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
-from psycopg import OperationalError
+from psycopg import DataError, OperationalError
 from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
@@ -38,6 +38,10 @@ _CUSTOM_MESSAGE_TYPES = frozenset({"value_error", "assertion_error"})
 _MAC_ERROR_TYPES = frozenset({"value_error", "string_pattern_mismatch"})
 # A location part that is not a plain name (an extra key sent) is not echoed either.
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_UNSTORABLE = (
+    "A value in the request cannot be stored or searched for (a NUL character in text, or a"
+    " number out of range)."
+)
 _INVALID_JSON = "The body must be a UTF-8 JSON object (Content-Type: application/json)."
 
 
@@ -206,6 +210,13 @@ class Problems:
                 headers={"Retry-After": "5"},
             )
 
+        async def on_data_error(request: Request, exc: Exception) -> JSONResponse:
+            # SQLSTATE class 22: the database refused a value the schema let through (a NUL
+            # character in text, a number beyond bigint). The input's fault, so a 422; the
+            # value itself is never echoed.
+            invalid(request.url.path, "invalid_request")
+            return self.response("invalid_request", _UNSTORABLE)
+
         async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
             # Starlette logs the traceback itself when it re-raises after this response.
             return self.response("internal_error", "Something went wrong on our side; retry later.")
@@ -213,6 +224,7 @@ class Problems:
         app.add_exception_handler(ProblemError, on_problem)
         app.add_exception_handler(RequestValidationError, on_validation)
         app.add_exception_handler(StarletteHTTPException, on_http)
+        app.add_exception_handler(DataError, on_data_error)
         app.add_exception_handler(OperationalError, on_unavailable)
         app.add_exception_handler(PoolTimeout, on_unavailable)
         app.add_exception_handler(Exception, on_unexpected)

@@ -277,8 +277,8 @@ class CaSettings(F2Settings):
 GROUPS: tuple[tuple[type[BaseSettings], str], ...] = (
     (CommonSettings, "all services"),
     (ObservabilitySettings, "bridge, processor, sink, simulator (certgen serves its own port)"),
-    (KafkaSettings, "bridge, processor, sink"),
-    (PostgresSettings, "registry database: certgen, processor, migrate, seed-demo"),
+    (KafkaSettings, "bridge, processor, sink, api (the dead-letter topic)"),
+    (PostgresSettings, "registry database: certgen, api, processor, migrate, seed-demo"),
     (
         TimescaleSettings,
         "telemetry database: sink, migrate; an unset one takes its POSTGRES_* value",

@@ -1,9 +1,15 @@
 """The api under test: the app in-process (TestClient) on a fresh migrated database, one
 token per role made as `f2pipe api-token create` makes them (the `api` fixture, conftest.py),
-and `problem()` to check a refusal. Every test_api_*.py module uses this kit."""
+and `problem()` to check a refusal. Every test_api_*.py module uses this kit.
+
+The app logs in as the api does in production: a login in the `f2pipe_api` group role
+(migration 0013, `f2pipe db-roles`), so every api test also proves the role's grants suffice.
+`Api.sql` and the tokens use the schema owner's login."""
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -11,13 +17,17 @@ from typing import Any
 import psycopg
 from fastapi.testclient import TestClient
 
+from f2pipe.dbroles import ServiceLogin, apply_roles
 from f2pipe_api.app import create_app
 from f2pipe_api.metrics import ApiMetrics
 from f2pipe_api.store import PostgresStore
 from f2pipe_api.tokens import Role, create_token
+from f2pipe_devtools.env import as_user
 
 PROBLEM = "application/problem+json"
 MAC = "aabbccddee01"
+# Roles belong to the server: one api login per test process, its password set again per test.
+API_LOGIN = ServiceLogin("api", f"api_test_{os.getpid()}", secrets.token_hex(16))
 
 
 @dataclass
@@ -42,9 +52,15 @@ class Api:
         return result
 
 
+def api_conninfo(migrated: str) -> str:
+    """The api's own login to this database (a member of f2pipe_api, nothing more)."""
+    apply_roles(migrated, [API_LOGIN])
+    return as_user(migrated, API_LOGIN.user, API_LOGIN.password)
+
+
 def running_api(migrated: str) -> Iterator[Api]:
     tokens = {role: create_token(migrated, f"test-{role.value}", role)[0] for role in Role}
-    app = create_app(db=PostgresStore(migrated), metrics=ApiMetrics())
+    app = create_app(db=PostgresStore(api_conninfo(migrated)), metrics=ApiMetrics())
     with TestClient(app) as http:
         yield Api(http, migrated, tokens)
 

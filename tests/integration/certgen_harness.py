@@ -7,10 +7,12 @@ connection verified against the CA's certificate alone, as a device's would be.
 from __future__ import annotations
 
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,3 +163,19 @@ def metric(text: str, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return 0.0
+
+
+def handshake(port: int, version: ssl.TLSVersion, ciphers: str | None = None) -> str | None:
+    """Our side offers exactly `version` (and `ciphers`); the version agreed, or raises."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_ciphers((ciphers or "DEFAULT") + ":@SECLEVEL=0")  # let our side offer it at all
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1, on purpose
+        context.minimum_version = context.maximum_version = version
+    with (
+        socket.create_connection((HOST, port), timeout=5) as raw,
+        context.wrap_socket(raw) as tls,
+    ):
+        return tls.version()

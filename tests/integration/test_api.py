@@ -3,6 +3,8 @@ migrated database per test, tokens made as `f2pipe api-token create` makes them.
 
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
 from fastapi import FastAPI
@@ -31,6 +33,31 @@ MIN_ROLE = {
     ("POST", "/v1/tokens"): Role.admin,
     ("DELETE", "/v1/tokens/{name}"): Role.admin,
     ("GET", "/v1/audit"): Role.admin,
+    ("POST", "/v1/controllers/{mac}/claim-code"): Role.operator,
+    ("GET", "/v1/device-types"): Role.viewer,
+    ("GET", "/v1/device-types/{key}"): Role.viewer,
+    ("POST", "/v1/device-types"): Role.operator,
+    ("PATCH", "/v1/device-types/{key}"): Role.operator,
+    ("DELETE", "/v1/device-types/{key}"): Role.admin,
+    ("GET", "/v1/templates"): Role.viewer,
+    ("GET", "/v1/templates/{key}"): Role.viewer,
+    ("POST", "/v1/templates"): Role.operator,
+    ("PUT", "/v1/templates/{key}"): Role.operator,
+    ("DELETE", "/v1/templates/{key}"): Role.admin,
+    ("GET", "/v1/controllers/{mac}/connectors"): Role.viewer,
+    ("GET", "/v1/controllers/{mac}/connectors/{connector}"): Role.viewer,
+    ("PUT", "/v1/controllers/{mac}/connectors/{connector}"): Role.operator,
+    ("DELETE", "/v1/controllers/{mac}/connectors/{connector}"): Role.admin,
+    ("GET", "/v1/controllers/{mac}/connectors/{connector}/pins/{component}"): Role.viewer,
+    ("PUT", "/v1/controllers/{mac}/connectors/{connector}/pins/{component}"): Role.operator,
+    ("DELETE", "/v1/controllers/{mac}/connectors/{connector}/pins/{component}"): Role.admin,
+    ("POST", "/v1/decode"): Role.viewer,
+    ("POST", "/v1/import"): Role.operator,
+    ("GET", "/v1/export"): Role.viewer,
+    ("GET", "/v1/controllers/{mac}/certificates"): Role.viewer,
+    ("POST", "/v1/controllers/{mac}/certificates/revoke"): Role.admin,
+    ("POST", "/v1/controllers/{mac}/certificates/{serial}/revoke"): Role.admin,
+    ("GET", "/v1/dead-letters"): Role.viewer,
 }
 
 
@@ -42,7 +69,9 @@ def _served(api: Api) -> set[tuple[str, str]]:
 
 
 def _concrete(path: str) -> str:
-    return path.replace("{mac}", MAC).replace("{name}", "nobody")
+    path = path.replace("{key}", "no-such-key").replace("{connector}", "J1")
+    path = path.replace("{serial}", "abc1")
+    return path.replace("{component}", "sensor-1").replace("{mac}", MAC).replace("{name}", "nobody")
 
 
 def test_every_route_but_the_public_ones_refuses_without_a_token_and_below_its_role(
@@ -190,6 +219,21 @@ def test_a_bad_mac_is_refused_without_being_echoed(api: Api) -> None:
     r = api.http.get("/v1/controllers/zz-not-a-mac-evil", headers=api.as_(Role.viewer))
     problem(r, 422, "invalid_mac")
     assert "evil" not in r.text
+
+
+def test_values_the_database_cannot_hold_are_a_422_not_a_500(api: Api) -> None:
+    """Found by the schema-driven run: text with a NUL and an offset beyond bigint."""
+    operator, viewer = api.as_(Role.operator), api.as_(Role.viewer)
+    body = {"mac": MAC, "name": "door\u0000secret"}
+    r = api.http.post("/v1/controllers", content=json.dumps(body).encode(),
+                      headers={**operator, "Content-Type": "application/json"})  # fmt: skip
+    problem(r, 422, "invalid_request")
+    assert "secret" not in r.text
+    assert api.sql("SELECT count(*) FROM registry.devices") == [(0,)]
+    problem(api.http.get("/v1/device-types?q=a%00b", headers=viewer), 422, "invalid_request")
+    problem(api.http.get(f"/v1/audit?offset={2**70}", headers=api.as_(Role.admin)), 422,
+            "invalid_request")  # fmt: skip
+    assert api.http.get("/v1/controllers", headers=viewer).status_code == 200
 
 
 def test_a_body_over_64_kib_is_refused(api: Api) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from cryptography import x509
 
 from f2pipe.migrate import apply_migrations
 from f2pipe_devtools.servers import free_port
@@ -104,6 +105,7 @@ def test_bootstrap_only_creates_and_records_the_ca_once(migrated: str, tmp_path:
     first = run_certgen(env, "--bootstrap-only")
     assert first.returncode == 0, first.stderr
     expected = [
+        ("broker", "api"),  # the control-plane api's HTTPS certificate
         ("broker", "certgen"),  # certgen's own HTTPS certificate
         ("broker", "mqtt_broker"),
         ("service", "svc-bridge"),
@@ -112,7 +114,10 @@ def test_bootstrap_only_creates_and_records_the_ca_once(migrated: str, tmp_path:
     assert certificate_rows(migrated) == expected
     ca_key = (tmp_path / "ca" / "ca.key").read_bytes()
     certgen_crt = (tmp_path / "issued" / "certgen.crt").read_bytes()
-    for key in (tmp_path / "ca" / "ca.key", tmp_path / "issued" / "certgen.key"):
+    api = x509.load_pem_x509_certificate((tmp_path / "issued" / "api.crt").read_bytes())
+    names = api.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "api" in names.get_values_for_type(x509.DNSName)
+    for key in (tmp_path / "ca" / "ca.key", *(tmp_path / "issued").glob("*.key")):
         assert key.stat().st_mode & 0o777 == 0o600
 
     second = run_certgen(env, "--bootstrap-only")

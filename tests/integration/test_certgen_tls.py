@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import ssl
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.integration.certgen_harness import (
     HOST,
     HttpsCertgen,
     certgen_env,
+    handshake,
     make_csr,
     start_https,
 )
@@ -137,22 +137,6 @@ def test_plain_http_to_the_tls_port_gets_no_answer(certgen: Certgen) -> None:
 def test_a_client_that_does_not_trust_our_ca_is_refused(certgen: Certgen) -> None:
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(certgen.server.url + "/healthz", timeout=5)  # the system's CAs only
-
-
-def handshake(port: int, version: ssl.TLSVersion, ciphers: str | None = None) -> str | None:
-    """Our side offers exactly `version` (and `ciphers`); the version agreed, or raises."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.set_ciphers((ciphers or "DEFAULT") + ":@SECLEVEL=0")  # let our side offer it at all
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.1, on purpose
-        context.minimum_version = context.maximum_version = version
-    with (
-        socket.create_connection((HOST, port), timeout=5) as raw,
-        context.wrap_socket(raw) as tls,
-    ):
-        return tls.version()
 
 
 def test_tls_1_1_is_refused(certgen: Certgen) -> None:

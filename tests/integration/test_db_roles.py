@@ -24,13 +24,13 @@ import psycopg
 import pytest
 from cryptography import x509
 from psycopg import errors as pg_errors
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import SecretStr
 
 from f2pipe.dbroles import GROUPS, SERVICES, ServiceLogin, apply_roles
 from f2pipe.migrate import apply_migrations
 from f2pipe.seed import demo_mac, seed_demo
-from f2pipe_devtools.env import postgres_env, service_env
+from f2pipe_devtools.env import as_user, postgres_env, service_env
 from f2pipe_devtools.servers import PostgresServer
 from f2pipe_processor.metrics import ProcessorMetrics
 from f2pipe_processor.registry import Location, Registry
@@ -67,14 +67,6 @@ class Roles:
     def env(self, service: str, password: str | None = None) -> dict[str, str]:
         """POSTGRES_* as the service gets them: its role, its password (or ``password``)."""
         return postgres_env(self.conninfo(service, password))
-
-
-def as_user(conninfo: str, user: str, password: str | None) -> str:
-    params = {**conninfo_to_dict(conninfo), "user": user}
-    params.pop("password", None)
-    if password is not None:
-        params["password"] = password
-    return make_conninfo("", **params)
 
 
 @pytest.fixture
@@ -270,6 +262,26 @@ def test_the_simulator_role_reads_the_fleet_and_no_secret(roles: Roles) -> None:
     )
 
 
+def test_the_api_role_manages_the_registry_but_cannot_rewrite_history(roles: Roles) -> None:
+    # What the api does with it is proven by every api test (apikit logs in as this group);
+    # here: what it must never do.
+    api = roles.conninfo("api")
+    with psycopg.connect(api) as conn:
+        conn.execute("UPDATE registry.devices SET name = name")  # it manages the registry
+        conn.execute("SELECT count(*) FROM registry.certificates")  # it shows certificates
+        conn.rollback()
+    assert_refused(
+        api,
+        "UPDATE registry.audit_log SET actor = 'someone else'",
+        "DELETE FROM registry.audit_log",
+        "UPDATE registry.api_tokens SET role = 'admin'",
+        "DELETE FROM registry.api_tokens",
+        "UPDATE registry.certificates SET status = 'revoked', revoked_at = now()",
+        "INSERT INTO telemetry.readings VALUES (now(), 1, 1, 1.0)",
+        "SELECT * FROM telemetry.readings",
+    )
+
+
 def test_certgen_runs_as_its_role_and_cannot_touch_telemetry(roles: Roles, tmp_path: Path) -> None:
     env = certgen_env(
         roles.owner, tmp_path / "ca", tmp_path / "issued", CERTGEN_ADMIN_TOKEN=ADMIN_TOKEN
@@ -433,7 +445,7 @@ def test_db_roles_creates_rotates_and_refuses_privileged_roles(roles: Roles) -> 
                         "POSTGRES_SINK_PASSWORD": "first-pw"}, "db-roles")  # fmt: skip
     assert first.returncode == 0, first.stderr
     assert f"sink: login role {user} created, member of f2pipe_sink" in first.stdout
-    assert "left alone (no password set): certgen, processor, simulator" in first.stdout
+    assert "left alone (no password set): api, certgen, processor, simulator" in first.stdout
     assert "first-pw" not in first.stdout + first.stderr
     check_login_as(roles.owner, user, "first-pw")
 

@@ -13,7 +13,7 @@ import yaml  # type: ignore[import-untyped]
 
 from f2pipe_devtools.dev.ports import Ports
 from f2pipe_devtools.dev.procs import Console
-from f2pipe_devtools.dev.stack import SERVICES, DevOptions, DevStack
+from f2pipe_devtools.dev.stack import DATABASE_SERVICES, SERVICES, DevOptions, DevStack
 
 ROOT = Path(__file__).resolve().parents[2]
 # Service (compose) -> the role it logs in with (the suffix of POSTGRES_<ROLE>_USER).
@@ -58,7 +58,7 @@ def test_compose_database_requires_scram_and_the_migrate_job_makes_the_roles() -
     command = " ".join(migrate["command"])
     assert command.index("f2pipe migrate") < command.index("f2pipe db-roles")
     assert command.index("f2pipe db-roles") < command.index("f2pipe seed-demo")
-    for role in ("SINK", "PROCESSOR", "CERTGEN", "SIMULATOR"):
+    for role in ("SINK", "PROCESSOR", "CERTGEN", "SIMULATOR", "API"):
         assert migrate["environment"][f"POSTGRES_{role}_PASSWORD"].startswith(
             f"${{POSTGRES_{role}_PASSWORD:?"
         )
@@ -79,10 +79,10 @@ def test_the_local_stack_gives_each_process_its_own_login(tmp_path: Path) -> Non
         assert env["POSTGRES_USER"] == name
         assert env["POSTGRES_PASSWORD"] == owner[f"POSTGRES_{name.upper()}_PASSWORD"]
         passwords.add(env["POSTGRES_PASSWORD"])
-    assert len(passwords) == 5, "a password of its own for each"
+    assert len(passwords) == 1 + len(DATABASE_SERVICES), "a password of its own for each"
     # Made once, kept 0600, the same on the next `dev up`.
     files = sorted(tmp_path.glob("postgres-*-password"))
-    assert len(files) == 4
+    assert len(files) == len(DATABASE_SERVICES)
     assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
     again = DevStack(DevOptions(tmp_path, Ports.from_base(31000)), Console())
     assert again.database_env("owner") == owner

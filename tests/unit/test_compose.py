@@ -38,16 +38,16 @@ DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "f2pipe.yml"
 
 # The containers built from our Dockerfile.
 F2PIPE_INIT_JOBS = {"migrate", "ca-init"}
-F2PIPE_SERVERS = {"certgen", "bridge", "processor", "sink", "simulator"}
+F2PIPE_SERVERS = {"certgen", "api", "bridge", "processor", "sink", "simulator"}
 F2PIPE_SERVICES = F2PIPE_INIT_JOBS | F2PIPE_SERVERS
 # Third-party init job: copies the broker's key pair to Mosquitto's uid (runs as root,
 # without a network).
 OTHER_INIT_JOBS = {"broker-certs", "kafka-certs"}
 INIT_JOBS = F2PIPE_INIT_JOBS | OTHER_INIT_JOBS
 
-# Where each service serves /metrics and /healthz (certgen: its API port).
+# Where each service serves /metrics and /healthz; certgen and the api on their HTTPS port.
 METRICS_PORTS = {"bridge": 9101, "processor": 6066, "sink": 9103, "simulator": 9104}
-CERTGEN_PORT = 8080
+HTTPS_PORTS = {"certgen": 8080, "api": 8090}
 
 # Variables in .env.example and docker-compose.yml that no f2pipe service reads: Compose's
 # own, the published ports, and the third-party containers' settings.
@@ -58,6 +58,7 @@ COMPOSE_ONLY = {
     "DEMO_CONTROLLERS",
     "PUBLISH_MQTT_PORT",
     "PUBLISH_CERTGEN_PORT",
+    "PUBLISH_API_PORT",
     "PUBLISH_GRAFANA_PORT",
     "PUBLISH_PROMETHEUS_PORT",
     "PUBLISH_POSTGRES_PORT",
@@ -70,6 +71,7 @@ COMPOSE_ONLY = {
     "KAFKA_BRIDGE_PASSWORD",
     "KAFKA_PROCESSOR_PASSWORD",
     "KAFKA_SINK_PASSWORD",
+    "KAFKA_API_PASSWORD",
 }
 SECRETS = {
     "POSTGRES_PASSWORD",
@@ -83,7 +85,10 @@ SECRETS = {
     "POSTGRES_PROCESSOR_PASSWORD",
     "POSTGRES_CERTGEN_PASSWORD",
     "POSTGRES_SIMULATOR_PASSWORD",
+    "POSTGRES_API_PASSWORD",
+    "KAFKA_API_PASSWORD",
     "CERTGEN_ADMIN_TOKEN",
+    "API_CERTGEN_ADMIN_TOKEN",
     "GRAFANA_ADMIN_PASSWORD",
     "GRAFANA_DB_PASSWORD",
 }
@@ -272,9 +277,9 @@ def test_every_long_running_service_has_a_healthcheck_and_a_restart_policy() -> 
 
 def test_f2pipe_healthchecks_ask_each_service_s_healthz_on_its_port() -> None:
     for name in F2PIPE_SERVERS:
-        port = METRICS_PORTS.get(name, CERTGEN_PORT)
+        port = METRICS_PORTS.get(name) or HTTPS_PORTS[name]
         test = " ".join(services()[name]["healthcheck"]["test"])
-        scheme = "https" if name == "certgen" else "http"  # certgen serves HTTPS only
+        scheme = "https" if name in HTTPS_PORTS else "http"  # they serve HTTPS only
         assert f"{scheme}://127.0.0.1:{port}/healthz" in test, name
         assert "curl" not in test, f"{name}: the image has python only"
         assert "wget" not in test, f"{name}: the image has python only"
@@ -552,16 +557,18 @@ def test_prometheus_scrapes_every_service_on_its_port() -> None:
         for job in config["scrape_configs"]
     }
     for name in F2PIPE_SERVERS:
-        port = METRICS_PORTS.get(name, CERTGEN_PORT)
+        port = METRICS_PORTS.get(name) or HTTPS_PORTS[name]
         assert targets.get(name) == [f"{name}:{port}"], name
     prometheus = services()["prometheus"]
     assert "./deploy/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
-    # certgen's /metrics is HTTPS: checked against ca.crt from the trust volume, by its name.
-    certgen = next(job for job in config["scrape_configs"] if job["job_name"] == "certgen")
-    assert certgen["scheme"] == "https"
-    assert certgen["tls_config"]["server_name"] == "certgen"
+    # certgen's and the api's /metrics are HTTPS: checked against ca.crt from the trust
+    # volume, by the service's name.
     mounts = {v.split(":")[1]: v.split(":")[0] for v in prometheus["volumes"]}
-    assert mounts.get(str(Path(certgen["tls_config"]["ca_file"]).parent)) == "trust"
+    for name in HTTPS_PORTS:
+        job = next(job for job in config["scrape_configs"] if job["job_name"] == name)
+        assert job["scheme"] == "https", name
+        assert job["tls_config"]["server_name"] == name
+        assert mounts.get(str(Path(job["tls_config"]["ca_file"]).parent)) == "trust", name
     assert "kafka-certs" in prometheus["depends_on"]  # the job that fills the trust volume
 
 
@@ -620,7 +627,12 @@ def test_the_image_build_context_holds_what_the_dockerfile_copies() -> None:
 # --- Kafka: one user per service, ACLs, TLS ----------------------------------------------
 
 RUN_KAFKA = DEPLOY / "kafka" / "run-kafka.sh"
-KAFKA_USERS = {"bridge": "svc-bridge", "processor": "svc-processor", "sink": "svc-sink"}
+KAFKA_USERS = {
+    "bridge": "svc-bridge",
+    "processor": "svc-processor",
+    "sink": "svc-sink",
+    "api": "svc-api",
+}
 
 
 def kafka_acls() -> list[tuple[str, set[str], str]]:
@@ -671,6 +683,10 @@ def test_only_the_bridge_writes_the_raw_topic() -> None:
     processed = {who for who, ops, res in acls if res == "$PROCESSED" and ops & {"Write", "All"}}
     assert processed == {"svc-processor"}
     assert {who for who, _, _ in acls} == set(KAFKA_USERS.values())
+    # The api only reads dead letters: no write anywhere, no other topic.
+    api = [(ops, res) for who, ops, res in acls if who == "svc-api"]
+    assert all(not ops & {"Write", "All", "Alter", "Delete"} for ops, _ in api)
+    assert {res for ops, res in api if "Read" in ops} == {"$DEAD"}
 
 
 def test_topics_exist_before_any_client_and_are_never_auto_created() -> None:

@@ -117,6 +117,13 @@ def test_the_stack_settings_point_every_service_at_the_local_servers(tmp_path: P
     assert certgen.health_url == f"https://127.0.0.1:{ports.certgen}/healthz"
     assert certgen.ca_file == stack.ca_dir / "ca.crt"
     assert stack.service("sink").health_url == f"http://127.0.0.1:{ports.sink}/healthz"
+    # The api too, with the certificate certgen's bootstrap issues it, on its own port.
+    api = stack.service("api")
+    assert api.health_url == f"https://127.0.0.1:{ports.api}/healthz"
+    assert api.ca_file == stack.ca_dir / "ca.crt"
+    assert api.argv[-4:] == ["--host", "127.0.0.1", "--port", str(ports.api)]
+    assert api.env["API_TLS_CERT_FILE"] == str(stack.issued_dir / "api.crt")
+    assert "METRICS_PORT" not in api.env  # it serves /metrics itself
 
 
 def test_service_logs_are_this_user_s_only(tmp_path: Path) -> None:

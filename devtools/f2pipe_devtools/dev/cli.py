@@ -16,7 +16,14 @@ from typing import Any
 from f2pipe_devtools.dev import http, status
 from f2pipe_devtools.dev.ports import Ports
 from f2pipe_devtools.dev.procs import Console, open_private_log
-from f2pipe_devtools.dev.stack import HOST, SERVICES, DevOptions, DevStack
+from f2pipe_devtools.dev.stack import (
+    API_ADMIN_TOKEN_FILE,
+    HOST,
+    HTTP_SERVICES,
+    SERVICES,
+    DevOptions,
+    DevStack,
+)
 
 STATE_FILE = "state.json"
 NOT_RUNNING = 3
@@ -117,7 +124,7 @@ def foreground(args: argparse.Namespace) -> int:
 
 def watch(stack: DevStack, stop: threading.Event, interval: float) -> None:
     """Restart crashed services and print the status line until ``stop`` is set."""
-    urls = {name: stack.metrics_url(name) for name in stack.services if name != "certgen"}
+    urls = {name: stack.metrics_url(name) for name in stack.services if name not in HTTP_SERVICES}
     kafka = status.KafkaView(stack.env())
     before = status.take_sample(urls)
     pids = _pids(stack)
@@ -148,6 +155,8 @@ def _announce(stack: DevStack) -> None:
         f"  MQTT:     mqtts://{HOST}:{ports.mqtt} (CA {stack.ca_dir / 'ca.crt'})",
         f"  certgen:  https://{HOST}:{ports.certgen} (CA {stack.ca_dir / 'ca.crt'}, "
         f"admin token in {stack.root / 'admin-token'})",
+        f"  api:      https://{HOST}:{ports.api} (docs/api.md; "
+        f"admin token in {stack.root / API_ADMIN_TOKEN_FILE})",
         f"  last values: http://{HOST}:{ports.processor}/latest/<device_id>",
         "  metrics:  " + ", ".join(f"{n} :{getattr(ports, n)}" for n in SERVICES),
         f"  logs:     {stack.root / 'logs'}/",
@@ -202,16 +211,18 @@ def show_status(state_dir: Path) -> int:
     ports: dict[str, int] = state["ports"]
     unhealthy = []
     print(f"f2pipe dev: running (pid {state['pid']}, {state['phase']})")
-    ca_file = state_dir.resolve() / "ca" / "ca.crt"  # DevStack.ca_dir: certgen's trust anchor
+    ca_file = state_dir.resolve() / "ca" / "ca.crt"  # DevStack.ca_dir: the HTTPS trust anchor
     for name in state["services"]:
-        if name == "certgen":  # HTTPS only
+        if name in HTTP_SERVICES:  # HTTPS only
             ok = http.ok(f"https://{HOST}:{ports[name]}/healthz", ca_file=ca_file)
         else:
             ok = http.ok(f"http://{HOST}:{ports[name]}/healthz")
         print(f"  {name:<10} :{ports[name]:<6} {'healthy' if ok else 'NOT HEALTHY'}")
         if not ok:
             unhealthy.append(name)
-    urls = {n: f"http://{HOST}:{ports[n]}/metrics" for n in state["services"] if n != "certgen"}
+    urls = {
+        n: f"http://{HOST}:{ports[n]}/metrics" for n in state["services"] if n not in HTTP_SERVICES
+    }
     before = status.take_sample(urls)
     time.sleep(2)
     after = status.take_sample(urls)

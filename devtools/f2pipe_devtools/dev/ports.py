@@ -7,13 +7,14 @@ from dataclasses import asdict, dataclass
 from f2pipe_devtools.servers import free_port, port_open
 
 # 25400 + offset: nothing of PostgreSQL (5432), Redis (6379), Kafka (9092), MQTT (1883/8883),
-# certgen (8080), Prometheus exporters (91xx) or the compose file's host ports.
+# certgen (8080), the api (8090), Prometheus exporters (91xx) or the compose file's host ports.
 OFFSETS = {
     "postgres": 32,
     "redis": 79,
     "kafka": 92,
     "mqtt": 83,
     "certgen": 80,
+    "api": 90,
     "bridge": 1,
     "processor": 2,
     "sink": 3,
@@ -28,6 +29,7 @@ class Ports:
     kafka: int
     mqtt: int
     certgen: int
+    api: int  # the control plane's HTTP API (its /healthz and /metrics too)
     bridge: int  # the services' /metrics and /healthz
     processor: int
     sink: int

@@ -3,7 +3,7 @@
     PostgreSQL, Redis, Kafka-protocol broker (Tansu)      servers (f2pipe_devtools.servers)
       -> f2pipe migrate, f2pipe seed-demo, f2pipe certgen --bootstrap-only   (idempotent)
       -> Mosquitto (production configuration, mutual TLS, under run-broker.sh)
-      -> certgen, processor, sink, bridge, simulator      our services, each waited healthy
+      -> certgen, api, sink, processor, bridge, simulator   our services, each waited healthy
 
 Everything lives in one state directory (`.dev/` by default). PostgreSQL's data, the CA,
 the demo fleet's claim codes and the simulated controllers' certificates survive a restart;
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -26,17 +27,22 @@ from f2pipe_devtools.dev.ports import Ports
 from f2pipe_devtools.dev.procs import Console, Follower, Service, private_dir
 from f2pipe_devtools.env import kafka_env, mqtt_env, postgres_env, redis_env, stack_env
 from f2pipe_devtools.servers import KafkaBroker, PostgresServer, RedisServer, ServerProcess
-from f2pipe_devtools.servers.base import read_or_create_secret
+from f2pipe_devtools.servers.base import read_or_create_secret, write_private
 from f2pipe_devtools.servers.redis import processor_acl
 
 HOST = "127.0.0.1"
 DATABASE = "f2pipe"
 # Started in this order, stopped in the reverse one: the simulator stops publishing first,
 # the bridge flushes what it holds, then the processor and the sink drain theirs.
-SERVICES = ("certgen", "sink", "processor", "bridge", "simulator")
+SERVICES = ("certgen", "api", "sink", "processor", "bridge", "simulator")
 START_TIMEOUT = {"simulator": 180.0}  # enrolment of the whole fleet on its first start
 # Each logs into PostgreSQL with a role of its own (docs/data_model.md#database-roles).
-DATABASE_SERVICES = ("certgen", "sink", "processor", "simulator")
+DATABASE_SERVICES = ("certgen", "api", "sink", "processor", "simulator")
+# The services serving their own HTTPS, with certificates from the stack's CA (health and
+# metrics on their one port).
+HTTP_SERVICES = ("certgen", "api")
+# The file, in the state directory, holding the stack's api admin token (not a token).
+API_ADMIN_TOKEN_FILE = "api-admin-token"  # noqa: S105
 
 
 @dataclass
@@ -177,6 +183,21 @@ class DevStack:
         self._run("seed-demo", ["seed-demo", "--controllers", str(self.options.controllers),
                                 "--claim-codes", str(self.claim_codes)], login="owner")  # fmt: skip
         self._run("ca", ["certgen", "--bootstrap-only"], login="certgen")
+        self._api_admin_token()
+
+    def _api_admin_token(self) -> None:
+        """An admin token for the api, made at the first `dev up` and kept 0600 in the state
+        directory: random per installation, so no default credential; a new one (under a new
+        name) when the file is gone."""
+        path = self.root / API_ADMIN_TOKEN_FILE
+        if path.exists():
+            return
+        from f2pipe_api.tokens import Role, create_token
+
+        name = f"dev-admin-{secrets.token_hex(3)}"
+        token, _ = create_token(self.conninfo, name, Role.admin)
+        write_private(path, token)
+        self.console.line("dev", f"api: admin token {name} written to {path}")
 
     def _run(self, name: str, args: list[str], *, login: str) -> None:
         result = subprocess.run(
@@ -203,19 +224,20 @@ class DevStack:
         ports = self.options.ports
         argv = [sys.executable, "-m", "f2pipe", name]
         env = {**self.env(), **self.database_env(name), "METRICS_PORT": str(getattr(ports, name))}
-        if name == "certgen":
-            argv += ["--host", HOST, "--port", str(ports.certgen)]
+        if name in HTTP_SERVICES:
+            argv += ["--host", HOST, "--port", str(getattr(ports, name))]
             env.pop("METRICS_PORT")
         if name == "simulator":
             argv += ["--controllers", str(self.options.controllers)]
         log_path = self.root / "logs" / f"{name}.log"
-        ca_file = self.ca_dir / "ca.crt" if name == "certgen" else None
+        ca_file = self.ca_dir / "ca.crt" if name in HTTP_SERVICES else None
         return Service(name, argv, env, log_path, self.console,
                        health_url=self.health_url(name), ca_file=ca_file)  # fmt: skip
 
     def health_url(self, name: str) -> str:
-        # certgen serves HTTPS only (its certificate from the stack's CA, for 127.0.0.1 too).
-        scheme = "https" if name == "certgen" else "http"
+        # certgen and the api serve HTTPS only (certificates from the stack's CA, for
+        # 127.0.0.1 too).
+        scheme = "https" if name in HTTP_SERVICES else "http"
         return f"{scheme}://{HOST}:{getattr(self.options.ports, name)}/healthz"
 
     def metrics_url(self, name: str) -> str:
@@ -261,6 +283,11 @@ class DevStack:
             CERTGEN_API_HOST=HOST,
             CERTGEN_API_PORT=str(ports.certgen),
             CERTGEN_ADMIN_TOKEN=self.admin_token(),
+            API_CERTGEN_URL=f"https://{HOST}:{ports.certgen}",
+            API_CERTGEN_ADMIN_TOKEN=self.admin_token(),
+            API_CERTGEN_CA_FILE=str(self.ca_dir / "ca.crt"),
+            API_TLS_CERT_FILE=str(self.issued_dir / "api.crt"),
+            API_TLS_KEY_FILE=str(self.issued_dir / "api.key"),
             METRICS_HOST=HOST,
             PROCESSOR_DATA_DIR=str(root / "processor"),
             SIMULATOR_STATE_DIR=str(root / "simulator"),

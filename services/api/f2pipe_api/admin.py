@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from f2pipe_api.deps import AUTH_REASONS, Admin, DbDep, MetricsDep
+from f2pipe_api.deps import AUTH_REASONS, Admin, DbDep, Limit, MetricsDep, Offset
 from f2pipe_api.problems import PROBLEMS
 from f2pipe_api.store import ConflictError
 from f2pipe_api.tokens import NAME_PATTERN, Role, TokenInfo, generate_token, token_digest
@@ -124,8 +124,8 @@ async def audit(
         str | None, Query(max_length=300, examples=["controller:aabbccddee01"])
     ] = None,
     actor: Annotated[str | None, Query(max_length=64)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> AuditPage:
     total, rows = await db.list_audit(target=target, actor=actor, limit=limit, offset=offset)
     return AuditPage(total=total, limit=limit, offset=offset, items=[AuditEntry(**r) for r in rows])

@@ -17,10 +17,22 @@ from typing import Literal
 from fastapi import APIRouter, FastAPI, Response
 from pydantic import BaseModel
 
-from f2pipe_api import admin, controllers, deps
+from f2pipe_api import (
+    admin,
+    bulk,
+    bulk_routes,
+    certificates,
+    controllers,
+    decode,
+    deps,
+    device_types,
+    layout,
+    templates,
+)
+from f2pipe_api.dead_letters import router as dead_letters_router
 from f2pipe_api.deps import DbDep, MetricsDep
 from f2pipe_api.metrics import ApiMetrics
-from f2pipe_api.ports import SYSTEM_CLOCK, Clock
+from f2pipe_api.ports import SYSTEM_CLOCK, CertgenPort, Clock, DeadLetterPort
 from f2pipe_api.problems import PROBLEMS
 from f2pipe_api.store import PostgresStore
 from f2pipe_shared.bodylimit import BodyLimit
@@ -50,6 +62,8 @@ def create_app(
     metrics: ApiMetrics,
     clock: Clock = SYSTEM_CLOCK,
     max_body_bytes: int = MAX_BODY_BYTES,
+    certgen: CertgenPort | None = None,
+    dead_letters: DeadLetterPort | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,6 +72,8 @@ def create_app(
             yield
         finally:
             await db.close()
+            if certgen is not None:
+                await certgen.aclose()
 
     app = FastAPI(
         title="f2pipe api",
@@ -71,12 +87,24 @@ def create_app(
         BodyLimit,
         max_bytes=max_body_bytes,
         problems=PROBLEMS,
-        hint="requests to the api are small JSON objects.",
+        hint="requests to the api are small JSON objects (an import file: 32 MiB).",
+        # The bulk import alone reads a file: its own, larger limit (bulk.MAX_BODY_BYTES).
+        overrides={bulk_routes.IMPORT_PATH: bulk.MAX_BODY_BYTES},
     )
-    deps.attach(app, deps.Parts(db=db, metrics=metrics, clock=clock))
+    deps.attach(
+        app,
+        deps.Parts(db=db, metrics=metrics, clock=clock, certgen=certgen, dead_letters=dead_letters),
+    )
     PROBLEMS.install_handlers(app)
     app.include_router(controllers.router)
     app.include_router(admin.router)
+    app.include_router(bulk_routes.router)
+    app.include_router(certificates.router)
+    app.include_router(dead_letters_router)
+    app.include_router(device_types.router)
+    app.include_router(templates.router)
+    app.include_router(layout.router)
+    app.include_router(decode.router)
     app.include_router(public)
     document_problems(app, bearer=True)
     return app

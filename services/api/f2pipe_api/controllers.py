@@ -1,5 +1,6 @@
 """/v1/controllers: list (filter by site, search by MAC or name, paginated), read, register
-(the claim code is returned once and stored as its scrypt hash), update, delete."""
+(the claim code is returned once and stored as its scrypt hash), update, delete, and a new
+claim code (rotation: returned once, only its hash stored, the audit row never holds it)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from f2pipe_api.deps import AUTH_REASONS, Admin, DbDep, MetricsDep, Operator, Viewer
+from f2pipe_api import registry_store
+from f2pipe_api.deps import AUTH_REASONS, Admin, DbDep, Limit, MetricsDep, Offset, Operator, Viewer
 from f2pipe_api.problems import PROBLEMS
-from f2pipe_api.store import ConflictError
+from f2pipe_api.store import ConflictError, audit
 from f2pipe_shared.claimcodes import generate_claim_code, hash_claim_code
 from f2pipe_shared.problems import ProblemError
 from f2pipe_shared.topics import normalize_mac
@@ -73,6 +75,14 @@ class RegisteredController(Controller):
     )
 
 
+class NewClaimCode(BaseModel):
+    mac: str = Field(description="12 lowercase hex digits", examples=["aabbccddee01"])
+    claim_code: str = Field(
+        description="the new claim code, shown this once; the one before no longer enrols",
+        examples=["7KQM-X4RT-9ZHC-PW2N"],
+    )
+
+
 class ControllerChanges(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -105,8 +115,8 @@ async def list_controllers(
     q: Annotated[
         str | None, Query(max_length=64, description="part of the MAC or the name")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> ControllerPage:
     total, rows = await db.list_controllers(site=site, search=q, limit=limit, offset=offset)
     return ControllerPage(
@@ -182,3 +192,27 @@ async def delete_controller(
         raise _unknown(_mac(mac))
     metrics.changes.labels(action="controller.delete").inc()
     return Response(status_code=204)
+
+
+@router.post(
+    "/{mac}/claim-code",
+    response_model=NewClaimCode,
+    responses=PROBLEMS.responses(*AUTH_REASONS, "unknown_mac", "invalid_mac"),
+    summary="Rotate a controller's claim code (operator); the new one is in the answer, once",
+)
+async def rotate_claim_code(
+    caller: Operator, db: DbDep, metrics: MetricsDep, mac: MacPath
+) -> NewClaimCode:
+    mac = _mac(mac)
+    code = generate_claim_code()
+    hashed = await asyncio.to_thread(hash_claim_code, code)  # scrypt: ~30 ms of CPU
+    async with db.transaction() as conn:
+        before = await registry_store.controller_row(conn, mac)
+        if before is None:
+            raise _unknown(mac)
+        after = await registry_store.rotate_claim_code(conn, mac, hashed)
+        # Rows of the controller as the API shows it: a flag says a code is pending, no code.
+        await audit(conn, caller.name, "controller.rotate_claim_code", f"controller:{mac}",
+                    before=before, after=after)  # fmt: skip
+    metrics.changes.labels(action="controller.rotate_claim_code").inc()
+    return NewClaimCode(mac=mac, claim_code=code)

@@ -13,10 +13,10 @@ import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Query, Request
 
 from f2pipe_api.metrics import ApiMetrics
-from f2pipe_api.ports import Clock
+from f2pipe_api.ports import CertgenPort, Clock, DeadLetterPort
 from f2pipe_api.store import PostgresStore
 from f2pipe_api.tokens import Role, token_digest
 from f2pipe_shared.problems import ProblemError
@@ -31,6 +31,9 @@ class Parts:
     db: PostgresStore
     metrics: ApiMetrics
     clock: Clock
+    # None: not configured; the routes that need it answer 503 (after the role check).
+    certgen: CertgenPort | None = None
+    dead_letters: DeadLetterPort | None = None
 
 
 @dataclass(frozen=True)
@@ -58,8 +61,24 @@ def get_metrics(request: Request) -> ApiMetrics:
     return parts(request).metrics
 
 
+def get_certgen(request: Request) -> CertgenPort | None:
+    return parts(request).certgen
+
+
+def get_dead_letters(request: Request) -> DeadLetterPort | None:
+    return parts(request).dead_letters
+
+
 DbDep = Annotated[PostgresStore, Depends(get_db)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
+CertgenDep = Annotated[CertgenPort | None, Depends(get_certgen)]
+DeadLettersDep = Annotated[DeadLetterPort | None, Depends(get_dead_letters)]
+
+# Pages: PostgreSQL's OFFSET is a bigint; bounding it here turns an absurd offset into a 422
+# instead of an overflow inside the database.
+MAX_OFFSET = 2**31 - 1
+Limit = Annotated[int, Query(ge=1, le=1000, description="page size")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="rows to skip")]
 
 
 class RoleCheck:

@@ -1,7 +1,7 @@
 """The api's flow: check the registry is migrated, then serve the app with uvicorn until
-stopped (SIGTERM finishes the requests in flight). Plain HTTP: it listens on loopback unless
-`--host` says otherwise (put a TLS proxy in front: tokens must not cross a network in clear).
-`main.build()` makes the parts; this class only puts them in order."""
+stopped (SIGTERM finishes the requests in flight). HTTPS with `tls` (as certgen: see
+f2pipe_shared.https); without it plain HTTP, which `main` keeps on loopback unless `--host`
+says otherwise. `main.build()` makes the parts; this class only puts them in order."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import logging
 import psycopg
 import uvicorn
 from fastapi import FastAPI
+
+from f2pipe_shared.https import TlsFiles, server_config
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +27,19 @@ class StartupError(RuntimeError):
 
 
 class ApiService:
-    def __init__(self, *, app: FastAPI, conninfo: str, host: str, port: int) -> None:
+    def __init__(
+        self, *, app: FastAPI, conninfo: str, host: str, port: int, tls: TlsFiles | None = None
+    ) -> None:
         self.app = app
         self.conninfo = conninfo
         self.host = host
         self.port = port
+        self.tls = tls  # None: plain HTTP (loopback, or behind a TLS proxy)
         self.server: uvicorn.Server | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.tls is None else "https"
 
     def check_registry(self) -> None:
         try:
@@ -42,18 +51,9 @@ class ApiService:
             raise StartupError(f"{REQUIRED_TABLE} is missing: run `f2pipe migrate` first")
 
     def serve(self) -> None:
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                self.app,
-                host=self.host,
-                port=self.port,
-                log_config=None,
-                server_header=False,
-                proxy_headers=False,
-                timeout_graceful_shutdown=10,
-            )
-        )
-        log.info("serving", extra={"host": self.host, "port": self.port})
+        config = server_config(self.app, host=self.host, port=self.port, tls=self.tls)
+        self.server = uvicorn.Server(config)
+        log.info("serving", extra={"host": self.host, "port": self.port, "scheme": self.scheme})
         self.server.run()
         log.info("api stopped")
 

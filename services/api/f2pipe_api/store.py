@@ -179,7 +179,7 @@ class PostgresStore:
         self, actor: str, values: dict[str, Any], claim_code_hash: str
     ) -> dict[str, Any]:
         async with self.transaction() as conn:
-            type_id = await _controller_type(conn)
+            type_id = await controller_type(conn)
             cur = await conn.execute(
                 """INSERT INTO registry.devices
                        (device_type_id, name, mac, site, notes, claim_code_hash)
@@ -265,7 +265,7 @@ async def _controller(conn: Connection, mac: str, *, lock: bool = False) -> dict
     return None if row is None else controller(row)
 
 
-async def _controller_type(conn: Connection) -> int:
+async def controller_type(conn: Connection) -> int:
     """The controllers' device type (seed-demo's `controller`), made when missing."""
     cur = await conn.execute(
         "SELECT id FROM registry.device_types WHERE is_controller ORDER BY id LIMIT 1"

@@ -41,6 +41,7 @@ CA_CERT = "ca.crt"
 CRL = "crl.pem"
 BROKER = "broker"
 CERTGEN = "certgen"  # certgen's own HTTPS server certificate: ISSUED_DIR/certgen.crt and .key
+API = "api"  # the control-plane api's server certificate: ISSUED_DIR/api.crt and .key
 # Every server certificate answers to these too: clients on the same host (health checks).
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 SERVICE_IDENTITIES = ("bridge", "operator")
@@ -135,13 +136,16 @@ class CertificateAuthority:
         broker_sans: Sequence[str] = (),
         service_identities: Sequence[str] = SERVICE_IDENTITIES,
         certgen_names: Sequence[str] = (),
+        api_names: Sequence[str] = (),
         clock: Clock = SYSTEM_CLOCK,
     ) -> tuple[CertificateAuthority, list[IssuedCertificate]]:
         """Create whatever is missing (CA, broker, services, CRL); return what was issued now.
 
         `certgen_names`: certgen's own server certificate, CN the first name, DNS/IP names
         all of them and LOCAL_NAMES; empty: none (certgen serves plain HTTP). It is recorded
-        with kind `broker`, the registry's kind for the pipeline's TLS servers.
+        with kind `broker`, the registry's kind for the pipeline's TLS servers. `api_names`:
+        the same for the control-plane api (issued/api.crt), which holds no CA key to make its
+        own.
 
         Service certificates, and certgen's, live as long as the broker's (BROKER_EXPIRY):
         they are the pipeline's own infrastructure and are renewed together.
@@ -164,6 +168,9 @@ class CertificateAuthority:
         if certgen_names:
             cn = certgen_names[0]
             pairs.append((CERTGEN, cn, "broker", _server_names(cn, certgen_names[1:])))
+        if api_names:
+            cn = api_names[0]
+            pairs.append((API, cn, "broker", _server_names(cn, api_names[1:])))
         for name, cn in zip(service_identities, service_cns, strict=True):
             pairs.append((name, cn, "service", []))
         for name, cn, kind, names in pairs:

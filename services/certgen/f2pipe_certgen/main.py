@@ -14,7 +14,6 @@ front, on another host).
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import signal
 import sys
@@ -30,9 +29,10 @@ from f2pipe_certgen.ca import CERTGEN, CertificateAuthority, IssuedCertificate
 from f2pipe_certgen.lockout import ThrottlePolicy
 from f2pipe_certgen.metrics import CertgenMetrics
 from f2pipe_certgen.ports import SYSTEM_CLOCK, Clock
-from f2pipe_certgen.service import CertgenService, StartupError, TlsFiles
+from f2pipe_certgen.service import CertgenService, StartupError
 from f2pipe_certgen.settings import Settings
 from f2pipe_certgen.store import PostgresStore
+from f2pipe_shared.https import TlsFiles, is_loopback
 from f2pipe_shared.logs import configure_logging
 from f2pipe_shared.settings import Environment
 
@@ -88,6 +88,7 @@ def build(
             key_algorithm=ca_settings.ca_key_algorithm,
             broker_sans=ca_settings.broker_san_list,
             certgen_names=names,
+            api_names=own.api_tls_name_list,
             clock=clock,
         )
 
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.status
     if args.bootstrap_only:
         return 0
-    if service.tls is None and not _loopback(service.host):
+    if service.tls is None and not is_loopback(service.host):
         log.warning(
             "CERTGEN_TLS is off and certgen listens beyond this machine: claim codes, private "
             "keys and the admin token cross the network in clear unless a TLS proxy is in front",
@@ -153,15 +154,6 @@ def check_admin_token(settings: Settings) -> None:
         log.warning("CERTGEN_ADMIN_TOKEN is not set: the admin API is off (development)")
     elif len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
         log.warning("CERTGEN_ADMIN_TOKEN is short; use a long random one (openssl rand -hex 32)")
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _stopped(signum: int, frame: FrameType | None) -> None:

@@ -6,9 +6,8 @@
    cannot be used (damaged, unreadable, mismatched) stops start-up with one clear line and
    exit status 1; certgen never overwrites an existing CA.
 2. serve: uvicorn until SIGTERM or SIGINT (or `stop()`), finishing the requests in flight;
-   its access log names paths without their query strings (accesslog.py). With `tls` it
-   speaks HTTPS only: TLS 1.2 or newer, TLS 1.2 with forward-secret AEAD suites only (as
-   the MQTT broker), with the server certificate the bootstrap issued.
+   served as f2pipe_shared.https serves every HTTP service (TLS 1.2+, AEAD suites, access
+   log without query strings), with the server certificate the bootstrap issued.
 
 `main.build()` makes the parts; this class only puts them in order.
 """
@@ -16,38 +15,19 @@
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 
-from f2pipe_certgen.accesslog import drop_query_strings
 from f2pipe_certgen.ca import CaError, CertificateAuthority, IssuedCertificate
 from f2pipe_certgen.store import PostgresStore, RegistryNotMigratedError
+from f2pipe_shared.https import TlsFiles, server_config
 
 log = logging.getLogger(__name__)
 
 OpenCa = Callable[[], tuple[CertificateAuthority, list[IssuedCertificate]]]
 MakeApp = Callable[[CertificateAuthority], FastAPI]
-
-# TLS 1.2's suites: ECDHE with AES-GCM or ChaCha20-Poly1305 only, as the broker's
-# (mosquitto.conf): no CBC, no SHA-1 MACs, no static RSA. TLS 1.3's are all AEAD.
-TLS12_CIPHERS = ":".join(
-    f"ECDHE-{auth}-{suite}"
-    for suite in ("AES128-GCM-SHA256", "AES256-GCM-SHA384", "CHACHA20-POLY1305")
-    for auth in ("ECDSA", "RSA")
-)
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """certgen's server certificate and key (the key file mode 0600)."""
-
-    certfile: Path
-    keyfile: Path
 
 
 class StartupError(RuntimeError):
@@ -94,8 +74,10 @@ class CertgenService:
 
     def serve(self, ca: CertificateAuthority) -> None:
         """Serve the API with this CA until stopped."""
-        drop_query_strings()
-        self.server = uvicorn.Server(self._config(self.make_app(ca)))
+        app = self.make_app(ca)
+        self.server = uvicorn.Server(
+            server_config(app, host=self.host, port=self.port, tls=self.tls)
+        )
         log.info(
             "serving",
             extra={"host": self.host, "port": self.port, "scheme": self.scheme},
@@ -111,31 +93,3 @@ class CertgenService:
         """Finish the requests in flight and return from `serve()` (what SIGTERM does)."""
         if self.server is not None:
             self.server.should_exit = True
-
-    def _config(self, app: FastAPI) -> uvicorn.Config:
-        tls = self.tls
-        config = uvicorn.Config(
-            app,
-            host=self.host,
-            port=self.port,
-            log_config=None,  # keep configure_logging's structured lines for uvicorn's too
-            server_header=False,
-            # The enrolment throttle reads X-Forwarded-For itself, from trusted proxies only.
-            proxy_headers=False,
-            timeout_graceful_shutdown=10,
-            ssl_certfile=None if tls is None else str(tls.certfile),
-            ssl_keyfile=None if tls is None else str(tls.keyfile),
-            ssl_ciphers=TLS12_CIPHERS,
-        )
-        if tls is not None:
-            # uvicorn has no setting for the oldest version: load its context now and set it.
-            config.load()
-            assert config.ssl is not None
-            harden(config.ssl)
-        return config
-
-
-def harden(context: ssl.SSLContext) -> None:
-    """TLS 1.2 or newer whatever the system's OpenSSL defaults say; no renegotiation."""
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION

@@ -37,6 +37,13 @@ class CertgenSettings(s.F2Settings):
         description="more DNS names/IPs for it, comma-separated (CERTGEN_API_HOST, localhost, "
         "127.0.0.1 and ::1 are always in)",
     )
+    certgen_api_tls_names: str = Field(
+        "api",
+        pattern=_NAMES,
+        description="the api's server certificate (ISSUED_DIR/api.crt, issued at start-up): its "
+        "CN first, then more DNS names/IPs, comma-separated (localhost and loopback are always "
+        "in); empty: none",
+    )
     certgen_source_failures: s.Count = Field(
         10, le=10_000, description="failed claim checks one client address may make in a burst"
     )
@@ -75,6 +82,10 @@ class CertgenSettings(s.F2Settings):
     @property
     def tls_san_list(self) -> list[str]:
         return [name.strip() for name in self.certgen_tls_sans.split(",") if name.strip()]
+
+    @property
+    def api_tls_name_list(self) -> list[str]:
+        return [name.strip() for name in self.certgen_api_tls_names.split(",") if name.strip()]
 
     @property
     def trusted_proxy_networks(self) -> tuple[IpNetwork, ...]:

@@ -15,7 +15,7 @@ from typing import NamedTuple, cast
 
 from f2pipe_processor.registry import CompiledTemplate, Location, Resolved, Unresolved
 from f2pipe_shared.deadletters import Reason
-from f2pipe_shared.decoding import FrameError, frame_data, parse_hex_frame
+from f2pipe_shared.decoding import FrameError
 from f2pipe_shared.payloads import DeviceMessage, PayloadError, ReaderScan, parse_payload
 from f2pipe_shared.records import Event, RawMessage, Reading
 from f2pipe_shared.timestamps import format_device_timestamp, from_epoch_us, to_epoch_us
@@ -122,15 +122,10 @@ def decode_messages(
         ts = item.timestamp_us
         try:
             if item.topic.component_kind is sensor:
-                if template is None or template.decode is None or template.frame_format is None:
+                if template is None or template.frame is None:
                     rejected.append(_no_frame_template(item, location, template))
                     continue
-                data = frame_data(
-                    parse_hex_frame(item.payload.data),  # type: ignore[union-attr]
-                    template.frame_format,
-                    verify_crc=template.verify_crc,
-                )
-                values = template.decode(data)
+                values = template.frame(item.payload.data)  # type: ignore[union-attr]
                 newest = latest.setdefault(device, {})
                 keys = template.keys
                 for dp, value in zip(template.frame_points, values, strict=True):

@@ -27,7 +27,8 @@ from psycopg.rows import TupleRow
 from f2pipe_processor.metrics import ProcessorMetrics
 from f2pipe_shared import registry
 from f2pipe_shared.deadletters import Reason
-from f2pipe_shared.decoding import FrameFormat, TemplateDecoder, compile_template
+from f2pipe_shared.decoding import FrameFormat, TemplateDecoder
+from f2pipe_shared.framedecoder import FrameDecoder
 from f2pipe_shared.registry import Datapoint, PinLookup, Template
 from f2pipe_shared.topics import Topic
 
@@ -131,21 +132,24 @@ class CompiledTemplate:
     verify_crc: bool
     # Datapoints read from the frame, in the order `decode` returns their values.
     frame_points: tuple[int, ...]
-    decode: TemplateDecoder | None
+    decode: TemplateDecoder | None  # frame data -> values
+    # Frame hex -> values: what decode_messages calls, and the api's /v1/decode answers with.
+    frame: FrameDecoder | None
     # Boolean datapoints read from a JSON field: (datapoint id, payload attribute name).
     field_points: tuple[tuple[int, str], ...]
     keys: dict[int, str]  # datapoint id -> key, for /latest
 
     @classmethod
     def compile(cls, template: Template) -> CompiledTemplate:
-        specs = [dp.spec for dp in template.frame_points if dp.spec is not None]
+        frame = FrameDecoder.compile(template)
         return cls(
             id=template.id,
             key=template.key,
             frame_format=template.frame_format,
             verify_crc=template.verify_crc,
             frame_points=tuple(dp.id for dp in template.frame_points),
-            decode=compile_template(specs) if specs else None,
+            decode=None if frame is None else frame.decode_data,
+            frame=frame,
             # Pydantic attribute of the payload model: "door-sensor-1" -> door_sensor_1.
             field_points=tuple(
                 (dp.id, dp.field.replace("-", "_"))
