@@ -37,7 +37,7 @@ COLUMNS: Final = (
 REQUIRED_COLUMNS: Final = frozenset({"mac", "name"})
 CONNECTORS: Final = ("J1", "J2", "J3", "J4")
 MODES: Final = ("access-control-mode", "alarm-mode", "sensor-mode")
-# The registry's pins_component_format: the components F2_PROTOCOL gives, with their ranges.
+# The registry's pins_component_format: the controllers' components (docs/mqtt_topics.md).
 COMPONENT = re.compile(
     r"(sensor-[1-6]|motion-sensor-[1-5]|reader-[1-9]|strike-[12]|siren-[12]"
     r"|door-sensors|exit-buttons)"

@@ -170,7 +170,7 @@ def _refusal(plan: bulk.Plan) -> JSONResponse:
 
 
 async def hash_new_codes(macs: Sequence[str]) -> list[tuple[str, str, str]]:
-    """A new claim code and its scrypt hash for each MAC. scrypt (~30 ms of CPU each)
+    """A new claim code and its scrypt hash for each MAC. scrypt (a few ms of CPU each)
     releases the GIL, so a thread per core hashes in parallel, off the event loop."""
     codes = [generate_claim_code() for _ in macs]
     hashes = await asyncio.to_thread(_hash_all, codes)

@@ -148,7 +148,7 @@ async def create_controller(
     caller: Operator, db: DbDep, metrics: MetricsDep, body: NewController
 ) -> RegisteredController:
     code = generate_claim_code()
-    hashed = await asyncio.to_thread(hash_claim_code, code)  # scrypt: ~30 ms of CPU
+    hashed = await asyncio.to_thread(hash_claim_code, code)  # scrypt: a few ms of CPU
     try:
         row = await db.create_controller(caller.name, body.model_dump(), hashed)
     except ConflictError:
@@ -205,7 +205,7 @@ async def rotate_claim_code(
 ) -> NewClaimCode:
     mac = _mac(mac)
     code = generate_claim_code()
-    hashed = await asyncio.to_thread(hash_claim_code, code)  # scrypt: ~30 ms of CPU
+    hashed = await asyncio.to_thread(hash_claim_code, code)  # scrypt: a few ms of CPU
     async with db.transaction() as conn:
         before = await registry_store.controller_row(conn, mac)
         if before is None:

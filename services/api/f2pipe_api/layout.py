@@ -24,7 +24,7 @@ from f2pipe_api.store import audit
 from f2pipe_shared.problems import ProblemError
 
 CONNECTOR_PATTERN = "^J[1-4]$"
-# registry.pins_component_format: the components F2_PROTOCOL gives, with their ranges.
+# registry.pins_component_format: the controllers' components (docs/mqtt_topics.md).
 COMPONENT_PATTERN = (
     "^(sensor-[1-6]|motion-sensor-[1-5]|reader-[1-9]|strike-[12]|siren-[12]"
     "|door-sensors|exit-buttons)$"
