@@ -8,7 +8,8 @@
 #   - the pipeline's topics with their configured partition counts;
 #   - ACLs: bridge writes raw; processor reads raw, writes processed and dead letters and owns
 #     its changelog topics and group; sink reads processed, writes dead letters; the api
-#     reads dead letters (assigned partitions, no group: it commits nothing).
+#     reads dead letters and, for its live stream, processed (assigned partitions, no group:
+#     it commits nothing).
 # and writes /tmp/f2pipe-kafka-ready for the healthcheck. SIGTERM goes to Kafka.
 set -eu
 
@@ -63,6 +64,9 @@ acl svc-sink --operation Read --operation Describe --topic "$PROCESSED"
 acl svc-api --operation Read --operation Describe --topic "$DEAD"
 # The api reads dead letters by assignment (no group join): its fixed group id is only named.
 acl svc-api --operation Describe --group f2pipe-api-dead-letters
+# The live stream (GET /v1/stream) reads its own copy of processed, by assignment too.
+acl svc-api --operation Read --operation Describe --topic "$PROCESSED"
+acl svc-api --operation Describe --group f2pipe-api-stream
 acl svc-sink --operation Write --operation Describe --topic "$DEAD"
 acl svc-sink --operation Read --group "$SINK_GROUP"
 

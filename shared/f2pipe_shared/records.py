@@ -16,6 +16,9 @@ import msgpack
 
 RAW_BATCH_V1 = 1
 PROCESSED_BATCH_V1 = 1
+# v2 adds the controllers' last-seen times (connectivity); written only when there are some,
+# and v1 records (already in Kafka, or from an older processor) still decode.
+PROCESSED_BATCH_V2 = 2
 
 
 class FramingError(ValueError):
@@ -50,13 +53,27 @@ class Event(NamedTuple):
     data: dict[str, Any]
 
 
+class Seen(NamedTuple):
+    """A controller heard from: its registry device id, and when the bridge last received one
+    of its messages (µs since the epoch). The sink keeps it in telemetry.controller_status."""
+
+    device_id: int
+    last_seen_us: int
+
+
 class ProcessedBatch(NamedTuple):
-    """What the processor made of one raw record, and where that record came from."""
+    """What the processor made of one raw record, and where that record came from.
+
+    ``seen``: controllers' last-seen times, reported at most every few seconds per controller
+    (not per message: one database write per message would cost the sink its throughput).
+    A batch the connectivity timer makes (offline events) has ``source_offset`` -1.
+    """
 
     source_partition: int
     source_offset: int
     readings: list[Reading]
     events: list[Event]
+    seen: tuple[Seen, ...] = ()
 
 
 def partition_for_device(device: str, partitions: int) -> int:
@@ -87,39 +104,53 @@ def decode_raw_batch(data: bytes) -> list[RawMessage]:
 
 
 def encode_processed_batch(batch: ProcessedBatch) -> bytes:
-    packed: bytes = msgpack.packb(
-        [
-            PROCESSED_BATCH_V1,
-            batch.source_partition,
-            batch.source_offset,
-            [tuple(r) for r in batch.readings],
-            [tuple(e) for e in batch.events],
-        ],
-        use_bin_type=True,
-    )
+    frame = [
+        PROCESSED_BATCH_V2 if batch.seen else PROCESSED_BATCH_V1,
+        batch.source_partition,
+        batch.source_offset,
+        [tuple(r) for r in batch.readings],
+        [tuple(e) for e in batch.events],
+    ]
+    if batch.seen:
+        frame.append([tuple(s) for s in batch.seen])
+    packed: bytes = msgpack.packb(frame, use_bin_type=True)
     return packed
 
 
 def decode_processed_batch(data: bytes) -> ProcessedBatch:
-    _, partition, offset, readings, events = _unpack(data, PROCESSED_BATCH_V1, 5)
+    frame = _unpack_any(data, {PROCESSED_BATCH_V1: 5, PROCESSED_BATCH_V2: 6})
+    partition, offset, readings, events = frame[1:5]
     try:
+        seen = tuple(Seen(*s) for s in frame[5]) if len(frame) == 6 else ()
         return ProcessedBatch(
             partition,
             offset,
             [Reading(*r) for r in readings],
             [Event(*e) for e in events],
+            seen,
         )
     except TypeError as exc:
         raise FramingError(f"processed batch row has the wrong shape: {exc}") from None
 
 
 def _unpack(data: bytes, version: int, length: int) -> list[Any]:
+    return _unpack_any(data, {version: length})
+
+
+def _unpack_any(data: bytes, lengths: dict[int, int]) -> list[Any]:
+    """The frame, if it is one of ``lengths``' versions (version -> array length)."""
     try:
         frame = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except (ValueError, msgpack.UnpackException) as exc:
         raise FramingError(f"not a msgpack batch: {exc}") from None
-    if not isinstance(frame, list) or len(frame) != length:
+    if not isinstance(frame, list) or not frame:
+        raise FramingError(f"batch is not a {min(lengths.values())}-element array")
+    length = lengths.get(frame[0]) if type(frame[0]) is int else None
+    if length is None:
+        if len(frame) not in lengths.values():
+            raise FramingError(f"batch is not a {min(lengths.values())}-element array")
+        expected = " or ".join(map(str, lengths))
+        raise FramingError(f"unknown batch format version {frame[0]!r} (expected {expected})")
+    if len(frame) != length:
         raise FramingError(f"batch is not a {length}-element array")
-    if frame[0] != version:
-        raise FramingError(f"unknown batch format version {frame[0]!r} (expected {version})")
     return frame

@@ -58,6 +58,10 @@ MIN_ROLE = {
     ("POST", "/v1/controllers/{mac}/certificates/revoke"): Role.admin,
     ("POST", "/v1/controllers/{mac}/certificates/{serial}/revoke"): Role.admin,
     ("GET", "/v1/dead-letters"): Role.viewer,
+    ("GET", "/v1/stream"): Role.viewer,
+    ("POST", "/v1/controllers/{mac}/commands"): Role.operator,
+    ("GET", "/v1/controllers/{mac}/commands"): Role.viewer,
+    ("GET", "/v1/commands/{command_id}"): Role.viewer,
 }
 
 
@@ -70,7 +74,7 @@ def _served(api: Api) -> set[tuple[str, str]]:
 
 def _concrete(path: str) -> str:
     path = path.replace("{key}", "no-such-key").replace("{connector}", "J1")
-    path = path.replace("{serial}", "abc1")
+    path = path.replace("{serial}", "abc1").replace("{command_id}", "1")
     return path.replace("{component}", "sensor-1").replace("{mac}", MAC).replace("{name}", "nobody")
 
 
@@ -155,6 +159,33 @@ def test_list_filters_searches_and_pages(api: Api) -> None:
     assert [c["mac"] for c in found["items"]] == ["aabbccddee03"]
     by_name = api.http.get("/v1/controllers?q=CONTROLLER%20aabbccddee04", headers=viewer).json()
     assert by_name["total"] == 1
+
+
+def test_list_shows_and_filters_connectivity(api: Api) -> None:
+    for i in range(4):
+        api.register(f"aabbccddee0{i}")
+    # What the sink upserts (migration 0014): 00 online, 01 and 02 offline, 03 never heard of.
+    api.sql("""INSERT INTO telemetry.controller_status (device_id, status, changed_at, last_seen)
+               SELECT id, CASE WHEN mac = 'aabbccddee00' THEN 'online' ELSE 'offline' END,
+                      now(), '2026-12-05 08:00:00+00'
+               FROM registry.devices WHERE mac IN ('aabbccddee00', 'aabbccddee01',
+                                                   'aabbccddee02')""")  # fmt: skip
+    viewer = api.as_(Role.viewer)
+    everyone = api.http.get("/v1/controllers", headers=viewer).json()["items"]
+    assert [c["status"] for c in everyone] == ["online", "offline", "offline", "unknown"]
+    assert everyone[0]["last_seen"].startswith("2026-12-05T08:00:00")
+    assert everyone[3]["last_seen"] is None
+    offline = api.http.get("/v1/controllers?status=offline&limit=1&offset=1", headers=viewer)
+    assert offline.status_code == 200
+    assert offline.json()["total"] == 2
+    assert [c["mac"] for c in offline.json()["items"]] == ["aabbccddee02"]
+    unknown = api.http.get("/v1/controllers?status=unknown", headers=viewer).json()
+    assert [c["mac"] for c in unknown["items"]] == ["aabbccddee03"]
+    online = api.http.get("/v1/controllers?status=online", headers=viewer).json()
+    assert [c["mac"] for c in online["items"]] == ["aabbccddee00"]
+    one = api.http.get("/v1/controllers/aabbccddee01", headers=viewer).json()
+    assert (one["status"], one["last_seen"][:19]) == ("offline", "2026-12-05T08:00:00")
+    assert api.http.get("/v1/controllers?status=asleep", headers=viewer).status_code == 422
 
 
 def test_update_and_delete_write_one_audit_row_each(api: Api) -> None:

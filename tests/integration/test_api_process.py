@@ -182,6 +182,29 @@ def test_sigterm_stops_it_with_status_0(deployment: Deployment, tmp_path: Path) 
     assert api.stop() == 0, api.log()
 
 
+def test_sigterm_ends_open_streams_at_once(deployment: Deployment, tmp_path: Path) -> None:
+    """An SSE response never ends by itself: the api ends each with `shutdown` on SIGTERM
+    instead of waiting out uvicorn's 10 s graceful timeout."""
+    context = deployment.certgen.context()
+    api = start_api(deployment.env, tmp_path / "api.log", scheme="https", verify=context)
+    auth = {"Authorization": f"Bearer {deployment.token}"}
+    received: list[str] = []
+    with (
+        httpx.Client(base_url=api.url, verify=context, timeout=30) as http,
+        http.stream("GET", "/v1/stream", headers=auth) as response,
+    ):
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        received.append(next(lines))  # the stream is open
+        stopped = time.monotonic()
+        api.process.send_signal(signal.SIGTERM)
+        received.extend(lines)  # until the server ends the response
+        ended = time.monotonic() - stopped
+    assert "event: shutdown" in received
+    assert api.stop() == 0, api.log()
+    assert ended < 5, f"the stream ended {ended:.1f} s after SIGTERM"
+
+
 def test_without_tls_it_is_plain_http_and_warns_beyond_loopback(
     deployment: Deployment, tmp_path: Path
 ) -> None:

@@ -31,6 +31,7 @@ from schemathesis.specs.openapi.checks import (
 from f2pipe.migrate import apply_migrations
 from f2pipe_api.app import create_app
 from f2pipe_api.certgen_client import CertgenClient
+from f2pipe_api.command_link import MqttCommander, MqttLink
 from f2pipe_api.dead_letters import KafkaDeadLetters
 from f2pipe_api.metrics import ApiMetrics
 from f2pipe_api.store import PostgresStore
@@ -86,11 +87,16 @@ def served(database: str, certgen: HttpsCertgen, kafka_bootstrap: str) -> Iterat
     )
     kafka = KafkaSettings(kafka_bootstrap_servers=kafka_bootstrap)
     ensure_topics(kafka, {kafka.kafka_deadletter_topic: 1})
+    db = PostgresStore(api_conninfo(database))
+    # Commands: a client whose broker never answers, so a command runs to its end (stored,
+    # audited, then failed: not connected) rather than stopping at 503 commands_unavailable.
+    nowhere = MqttLink(HOST, free_port(), ca_file="", cert_file="", key_file="", tls=False)
     app = create_app(
-        db=PostgresStore(api_conninfo(database)),
+        db=db,
         metrics=ApiMetrics(),
         certgen=client,
         dead_letters=KafkaDeadLetters(kafka, window=100, timeout=10),
+        commands=MqttCommander(nowhere, db),
     )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host=HOST, port=port, log_config=None))
@@ -116,7 +122,11 @@ def _document() -> dict[str, Any]:
     return document
 
 
-schema = schemathesis.openapi.from_dict(_document())
+# GET /v1/stream answers 200 with an endless Server-Sent Events stream, which a generated
+# request would wait on for ever; without a stream wired it is a 503 (a "server error" here).
+# Its parameters, refusals and frames are tested by tests/integration/test_api_stream.py
+# (served by uvicorn, real Kafka, read with httpx-sse).
+schema = schemathesis.openapi.from_dict(_document()).exclude(path="/v1/stream", method="GET")
 
 
 @schema.parametrize()

@@ -108,6 +108,7 @@ def test_bootstrap_only_creates_and_records_the_ca_once(migrated: str, tmp_path:
         ("broker", "api"),  # the control-plane api's HTTPS certificate
         ("broker", "certgen"),  # certgen's own HTTPS certificate
         ("broker", "mqtt_broker"),
+        ("service", "svc-api-commands"),  # the api's MQTT client for commands
         ("service", "svc-bridge"),
         ("service", "svc-operator"),
     ]

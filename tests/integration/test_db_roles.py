@@ -269,6 +269,7 @@ def test_the_api_role_manages_the_registry_but_cannot_rewrite_history(roles: Rol
     with psycopg.connect(api) as conn:
         conn.execute("UPDATE registry.devices SET name = name")  # it manages the registry
         conn.execute("SELECT count(*) FROM registry.certificates")  # it shows certificates
+        conn.execute("UPDATE registry.commands SET status = status")  # it tracks commands
         conn.rollback()
     assert_refused(
         api,
@@ -277,9 +278,40 @@ def test_the_api_role_manages_the_registry_but_cannot_rewrite_history(roles: Rol
         "UPDATE registry.api_tokens SET role = 'admin'",
         "DELETE FROM registry.api_tokens",
         "UPDATE registry.certificates SET status = 'revoked', revoked_at = now()",
+        "DELETE FROM registry.commands",  # a command's history stays
         "INSERT INTO telemetry.readings VALUES (now(), 1, 1, 1.0)",
         "SELECT * FROM telemetry.readings",
     )
+
+
+def test_connectivity_state_is_written_by_the_sink_and_read_by_the_api(roles: Roles) -> None:
+    # Migration 0014: the sink upserts telemetry.controller_status, the api only reads it.
+    t0 = 1_795_000_000_000_000
+    online = Event(t0, 11, "connectivity", {"status": "online",
+                                            "last_seen": "2026-11-18 08:26:40.000000"})  # fmt: skip
+    writer = Writer(roles.conninfo("sink"))
+    try:
+        assert writer.write([record([], [online])]).statuses == 1
+        assert writer.write([record([], [online], offset=1)]).statuses == 1  # the upsert path
+    finally:
+        writer.close()
+    api = roles.conninfo("api")
+    with psycopg.connect(api) as conn:
+        row = conn.execute("SELECT device_id, status FROM telemetry.controller_status").fetchone()
+        assert row == (11, "online")
+    assert_refused(
+        api,
+        "UPDATE telemetry.controller_status SET status = 'offline'",
+        "INSERT INTO telemetry.controller_status (device_id, status) VALUES (12, 'online')",
+        "DELETE FROM telemetry.controller_status",
+        "SELECT * FROM telemetry.events",
+    )
+    assert_refused(
+        roles.conninfo("sink"),
+        "DELETE FROM telemetry.controller_status",
+        "TRUNCATE telemetry.controller_status",
+    )
+    assert_refused(roles.conninfo("processor"), "SELECT * FROM telemetry.controller_status")
 
 
 def test_certgen_runs_as_its_role_and_cannot_touch_telemetry(roles: Roles, tmp_path: Path) -> None:

@@ -249,6 +249,7 @@ def test_plain_postgres_has_no_hypertables_but_the_same_objects(
         "readings_labeled": "v",
         "events_labeled": "v",
         "readings_hourly_labeled": "v",
+        "controller_status": "r",  # 0014: one row per controller, never a hypertable
     }
 
 

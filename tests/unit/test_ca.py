@@ -82,9 +82,12 @@ def test_bootstrap_creates_ca_broker_services_and_an_empty_crl(settings: CaSetti
         ("mqtt_broker", "broker"),
         ("svc-bridge", "service"),
         ("svc-operator", "service"),
+        ("svc-api-commands", "service"),
     }
     assert sorted(p.name for p in ca_dir.iterdir()) == ["ca.crt", "ca.key", "crl.pem"]
     assert sorted(p.name for p in issued_dir.iterdir()) == [
+        "api-commands.crt",
+        "api-commands.key",
         "bridge.crt",
         "bridge.key",
         "broker.crt",
@@ -110,7 +113,7 @@ def test_bootstrap_creates_ca_broker_services_and_an_empty_crl(settings: CaSetti
     usage = broker.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(usage) == [ExtendedKeyUsageOID.SERVER_AUTH]
 
-    for name in ("bridge", "operator"):
+    for name in ("bridge", "operator", "api-commands"):
         cert = load_cert((issued_dir / f"{name}.crt").read_bytes())
         usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -247,7 +250,9 @@ def test_every_private_key_is_0600_even_with_an_open_umask(
         for path in d.iterdir()
     }
     keys = {name: mode for name, mode in modes.items() if name.endswith(".key")}
-    assert keys == dict.fromkeys(["ca.key", "broker.key", "bridge.key", "operator.key"], 0o600)
+    assert keys == dict.fromkeys(
+        ["ca.key", "broker.key", "bridge.key", "operator.key", "api-commands.key"], 0o600
+    )
     assert {mode for name, mode in modes.items() if name not in keys} == {0o644}
 
 

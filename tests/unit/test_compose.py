@@ -683,10 +683,15 @@ def test_only_the_bridge_writes_the_raw_topic() -> None:
     processed = {who for who, ops, res in acls if res == "$PROCESSED" and ops & {"Write", "All"}}
     assert processed == {"svc-processor"}
     assert {who for who, _, _ in acls} == set(KAFKA_USERS.values())
-    # The api only reads dead letters: no write anywhere, no other topic.
+    # The api only reads dead letters and (its live stream) processed: no write anywhere.
     api = [(ops, res) for who, ops, res in acls if who == "svc-api"]
     assert all(not ops & {"Write", "All", "Alter", "Delete"} for ops, _ in api)
-    assert {res for ops, res in api if "Read" in ops} == {"$DEAD"}
+    assert {res for ops, res in api if "Read" in ops} == {"$DEAD", "$PROCESSED"}
+    # It joins no group: the group ids it names get Describe only, never Read.
+    assert {res for ops, res in api if res.startswith("f2pipe-api")} == {
+        "f2pipe-api-dead-letters",
+        "f2pipe-api-stream",
+    }
 
 
 def test_topics_exist_before_any_client_and_are_never_auto_created() -> None:

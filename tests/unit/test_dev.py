@@ -123,6 +123,10 @@ def test_the_stack_settings_point_every_service_at_the_local_servers(tmp_path: P
     assert api.ca_file == stack.ca_dir / "ca.crt"
     assert api.argv[-4:] == ["--host", "127.0.0.1", "--port", str(ports.api)]
     assert api.env["API_TLS_CERT_FILE"] == str(stack.issued_dir / "api.crt")
+    # Commands go out as the api's own MQTT identity, to the stack's broker.
+    assert api.env["API_MQTT_CERT_FILE"] == str(stack.issued_dir / "api-commands.crt")
+    assert api.env["API_MQTT_KEY_FILE"] == str(stack.issued_dir / "api-commands.key")
+    assert api.env["MQTT_CA_FILE"] == str(stack.ca_dir / "ca.crt")
     assert "METRICS_PORT" not in api.env  # it serves /metrics itself
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from f2pipe_processor import faust_adapter
 from f2pipe_processor.acks import Holes, InFlight
+from f2pipe_processor.connectivity import Connectivity
 from f2pipe_processor.core import BatchProcessor, BatchResult, log_dead_letters
 from f2pipe_processor.decoder import (
     LatestValues,
@@ -602,6 +603,38 @@ class FakeListener:
         return None
 
 
+class MemoryStates:
+    """connectivity.StateBackend in a dict."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def store(self) -> dict[str, Any]:
+        return self.data
+
+    def changelog_topic(self) -> str:
+        return "connectivity-changelog"
+
+    def changelog_key(self, key: str) -> bytes:
+        return key.encode()
+
+    def changelog_value(self, state: list[int]) -> bytes:
+        return json.dumps(state).encode()
+
+
+class FakeProgress:
+    """connectivity.PartitionProgress of a worker that owns no partition."""
+
+    def owned(self) -> set[int]:
+        return set()
+
+    def highwater(self, partition: int) -> int | None:
+        return None
+
+    def committed(self, partition: int) -> int | None:
+        return None
+
+
 def fake_service(output: FakeOutput, latest: FakeLatest) -> ProcessorService:
     metrics = ProcessorMetrics()
     registry = FakeRegistry(dict(LOCATIONS), all_templates())
@@ -623,6 +656,8 @@ def fake_service(output: FakeOutput, latest: FakeLatest) -> ProcessorService:
         registry=registry,
         cache=cache,
         metrics=metrics,
+        connectivity=Connectivity(MemoryStates(), 90.0, metrics),
+        progress=FakeProgress(),
         clock=lambda: 1000.0,
     )
 

@@ -20,6 +20,7 @@ SUITES = {
     "sink": "f2pipe_devtools.bench.sink",
     "e2e": "f2pipe_devtools.bench.e2e",
     "import": "f2pipe_devtools.bench.importer",
+    "stream": "f2pipe_devtools.bench.stream",
 }
 
 

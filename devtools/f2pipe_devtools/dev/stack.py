@@ -288,6 +288,9 @@ class DevStack:
             API_CERTGEN_CA_FILE=str(self.ca_dir / "ca.crt"),
             API_TLS_CERT_FILE=str(self.issued_dir / "api.crt"),
             API_TLS_KEY_FILE=str(self.issued_dir / "api.key"),
+            # Commands: the api's own MQTT identity (svc-api-commands), the stack's broker.
+            API_MQTT_CERT_FILE=str(self.issued_dir / "api-commands.crt"),
+            API_MQTT_KEY_FILE=str(self.issued_dir / "api-commands.key"),
             METRICS_HOST=HOST,
             PROCESSOR_DATA_DIR=str(root / "processor"),
             SIMULATOR_STATE_DIR=str(root / "simulator"),

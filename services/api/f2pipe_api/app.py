@@ -29,12 +29,21 @@ from f2pipe_api import (
     layout,
     templates,
 )
+from f2pipe_api.commands import router as commands_router
 from f2pipe_api.dead_letters import router as dead_letters_router
 from f2pipe_api.deps import DbDep, MetricsDep
 from f2pipe_api.metrics import ApiMetrics
-from f2pipe_api.ports import SYSTEM_CLOCK, CertgenPort, Clock, DeadLetterPort
+from f2pipe_api.ports import (
+    SYSTEM_CLOCK,
+    CertgenPort,
+    Clock,
+    CommandPort,
+    DeadLetterPort,
+    StreamPort,
+)
 from f2pipe_api.problems import PROBLEMS
 from f2pipe_api.store import PostgresStore
+from f2pipe_api.stream import router as stream_router
 from f2pipe_shared.bodylimit import BodyLimit
 from f2pipe_shared.problems import ProblemError, document_problems
 
@@ -64,13 +73,24 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     certgen: CertgenPort | None = None,
     dead_letters: DeadLetterPort | None = None,
+    commands: CommandPort | None = None,
+    command_timeout: float = 30.0,
+    stream: StreamPort | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await db.open()
+        if commands is not None:
+            await commands.start()
+        if stream is not None:
+            await stream.start()
         try:
             yield
         finally:
+            if stream is not None:
+                await stream.stop()
+            if commands is not None:
+                await commands.stop()
             await db.close()
             if certgen is not None:
                 await certgen.aclose()
@@ -93,7 +113,16 @@ def create_app(
     )
     deps.attach(
         app,
-        deps.Parts(db=db, metrics=metrics, clock=clock, certgen=certgen, dead_letters=dead_letters),
+        deps.Parts(
+            db=db,
+            metrics=metrics,
+            clock=clock,
+            certgen=certgen,
+            dead_letters=dead_letters,
+            commands=commands,
+            command_timeout=command_timeout,
+            stream=None if stream is None else stream.hub,
+        ),
     )
     PROBLEMS.install_handlers(app)
     app.include_router(controllers.router)
@@ -105,6 +134,8 @@ def create_app(
     app.include_router(templates.router)
     app.include_router(layout.router)
     app.include_router(decode.router)
+    app.include_router(commands_router)
+    app.include_router(stream_router)
     app.include_router(public)
     document_problems(app, bearer=True)
     return app

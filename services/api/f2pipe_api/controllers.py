@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -34,6 +34,8 @@ Notes = Annotated[str, Field(max_length=4000)]
 
 router = APIRouter(prefix="/v1/controllers", tags=["controllers"])
 
+ConnectivityStatus = Literal["online", "offline", "unknown"]
+
 
 class Controller(BaseModel):
     mac: str = Field(description="12 lowercase hex digits", examples=["aabbccddee01"])
@@ -45,6 +47,14 @@ class Controller(BaseModel):
     )
     created_at: datetime
     updated_at: datetime
+    status: ConnectivityStatus = Field(
+        "unknown",
+        description="online, offline (nothing received for the processor's "
+        "CONNECTIVITY_TIMEOUT), or unknown (never heard of)",
+    )
+    last_seen: datetime | None = Field(
+        None, description="when the bridge last received a message of it (to within ~30 s)"
+    )
 
 
 class ControllerPage(BaseModel):
@@ -105,7 +115,7 @@ def _unknown(mac: str) -> ProblemError:
     "",
     response_model=ControllerPage,
     responses=PROBLEMS.responses(*AUTH_REASONS, "invalid_request"),
-    summary="List controllers (viewer): filter by site, search by MAC or name",
+    summary="List controllers (viewer): filter by site or status, search by MAC or name",
 )
 async def list_controllers(
     caller: Viewer,
@@ -115,10 +125,15 @@ async def list_controllers(
     q: Annotated[
         str | None, Query(max_length=64, description="part of the MAC or the name")
     ] = None,
+    status: Annotated[
+        ConnectivityStatus | None, Query(description="only controllers with this status")
+    ] = None,
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> ControllerPage:
-    total, rows = await db.list_controllers(site=site, search=q, limit=limit, offset=offset)
+    total, rows = await db.list_controllers(
+        site=site, search=q, limit=limit, offset=offset, status=status
+    )
     return ControllerPage(
         total=total, limit=limit, offset=offset, items=[Controller(**r) for r in rows]
     )

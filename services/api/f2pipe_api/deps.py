@@ -15,8 +15,9 @@ from typing import Annotated
 
 from fastapi import Depends, FastAPI, Query, Request
 
+from f2pipe_api.hub import Hub
 from f2pipe_api.metrics import ApiMetrics
-from f2pipe_api.ports import CertgenPort, Clock, DeadLetterPort
+from f2pipe_api.ports import CertgenPort, Clock, CommandPort, DeadLetterPort
 from f2pipe_api.store import PostgresStore
 from f2pipe_api.tokens import Role, token_digest
 from f2pipe_shared.problems import ProblemError
@@ -34,6 +35,9 @@ class Parts:
     # None: not configured; the routes that need it answer 503 (after the role check).
     certgen: CertgenPort | None = None
     dead_letters: DeadLetterPort | None = None
+    commands: CommandPort | None = None
+    command_timeout: float = 30.0  # seconds, when a command names no timeout
+    stream: Hub | None = None  # the live stream's clients (hub.py); None: no Kafka to stream
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,20 @@ def get_dead_letters(request: Request) -> DeadLetterPort | None:
     return parts(request).dead_letters
 
 
+def get_commands(request: Request) -> CommandPort | None:
+    return parts(request).commands
+
+
+def get_stream(request: Request) -> Hub | None:
+    return parts(request).stream
+
+
 DbDep = Annotated[PostgresStore, Depends(get_db)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 CertgenDep = Annotated[CertgenPort | None, Depends(get_certgen)]
 DeadLettersDep = Annotated[DeadLetterPort | None, Depends(get_dead_letters)]
+CommandsDep = Annotated[CommandPort | None, Depends(get_commands)]
+StreamDep = Annotated[Hub | None, Depends(get_stream)]
 
 # Pages: PostgreSQL's OFFSET is a bigint; bounding it here turns an absurd offset into a 422
 # instead of an overflow inside the database.

@@ -23,6 +23,17 @@ class ApiMetrics(ServiceMetrics):
         )
         for reason in AUTH_REFUSALS:
             self.auth_refusals.labels(reason=reason)
+        # The live stream (hub.py, processed_feed.py).
+        self.stream_clients = self.gauge("stream_clients", "GET /v1/stream clients connected")
+        self.stream_items = self.counter(
+            "stream_items", "Items (readings, events, commands) written to stream clients"
+        )
+        self.stream_overflows = self.counter(
+            "stream_overflows", "Stream clients disconnected because their buffer was full"
+        )
+        self.stream_skipped = self.counter(
+            "stream_skipped_records", "Processed-topic records the stream could not decode"
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,11 +9,12 @@ into problems (`certgen_unavailable`, `kafka_unavailable`, certgen's own refusal
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:  # the models live beside the code that fills them; no import cycle at run time
     from f2pipe_api.certgen_client import CertificatePage, CertificateRecord, DeviceRevocation
     from f2pipe_api.dead_letters import DeadLetterPage, DeadLetterQuery
+    from f2pipe_api.hub import Hub
 
 
 class Clock(Protocol):
@@ -78,6 +79,25 @@ class CertgenPort(Protocol):
         ...
 
 
+class CommandPort(Protocol):
+    """The api's MQTT client for commands (command_link.MqttCommander)."""
+
+    async def start(self) -> None:
+        """Connect (in the background) and start the deadline sweep: the app's lifespan."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    async def send(
+        self, command: dict[str, Any], wire: bytes, seconds: float
+    ) -> dict[str, Any] | None:
+        """Publish a stored command (a registry.commands row, `queued`) QoS 1 on its topic,
+        to expire after `seconds` (its deadline) at the broker; its status follows from the
+        broker's and the device's answers. Returns the row when it failed at once (not
+        connected), else None."""
+        ...
+
+
 class KafkaUnavailable(RuntimeError):
     """Kafka did not answer in time or refused the api's login; the message says which."""
 
@@ -86,3 +106,14 @@ class DeadLetterPort(Protocol):
     async def recent(self, query: DeadLetterQuery) -> DeadLetterPage:
         """The newest dead letters matching `query`, newest first."""
         ...
+
+
+class StreamPort(Protocol):
+    """The live stream's source (processed_feed.ProcessedFeed) and its hub: started and
+    stopped by the app's lifespan."""
+
+    hub: Hub
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...

@@ -44,9 +44,17 @@ REASONS: Mapping[str, Reason] = {
     "already_revoked": Reason(409, "The certificate is already revoked"),
     "certgen_unavailable": Reason(503, "certgen's admin API is not reachable"),
     "kafka_unavailable": Reason(503, "Kafka is not reachable"),
+    # The live stream (stream.py).
+    "stream_unavailable": Reason(
+        503, "The api streams nothing (no Kafka) or has API_STREAM_MAX_CLIENTS streams open"
+    ),
     # Bulk import (bulk_routes.py); each bad row's own reason is in the answer's `errors`.
     "import_invalid": Reason(422, "The import file has bad rows; nothing was changed"),
     "unsupported_media_type": Reason(415, "The body's Content-Type is not one this route reads"),
+    # Commands (commands.py).
+    "bad_command": Reason(422, "The command does not fit its component"),
+    "unknown_command": Reason(404, "No command with this id"),
+    "commands_unavailable": Reason(503, "The api has no MQTT identity for commands"),
 }
 
 PROBLEMS = Problems(TYPE_PREFIX, REASONS)

@@ -6,6 +6,8 @@ says otherwise. `main.build()` makes the parts; this class only puts them in ord
 from __future__ import annotations
 
 import logging
+import socket
+from collections.abc import Callable
 
 import psycopg
 import uvicorn
@@ -26,11 +28,32 @@ class StartupError(RuntimeError):
         self.status = status
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, telling the app when shutdown begins: open streams never finish by
+    themselves, and uvicorn would otherwise wait its whole graceful timeout for them."""
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.on_shutdown()
+        await super().shutdown(sockets=sockets)
+
+
 class ApiService:
     def __init__(
-        self, *, app: FastAPI, conninfo: str, host: str, port: int, tls: TlsFiles | None = None
+        self,
+        *,
+        app: FastAPI,
+        conninfo: str,
+        host: str,
+        port: int,
+        tls: TlsFiles | None = None,
+        on_shutdown: Callable[[], None] = lambda: None,
     ) -> None:
         self.app = app
+        self.on_shutdown = on_shutdown
         self.conninfo = conninfo
         self.host = host
         self.port = port
@@ -52,7 +75,7 @@ class ApiService:
 
     def serve(self) -> None:
         config = server_config(self.app, host=self.host, port=self.port, tls=self.tls)
-        self.server = uvicorn.Server(config)
+        self.server = _Server(config, self.on_shutdown)
         log.info("serving", extra={"host": self.host, "port": self.port, "scheme": self.scheme})
         self.server.run()
         log.info("api stopped")

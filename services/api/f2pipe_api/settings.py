@@ -1,6 +1,7 @@
 """What the api reads: the registry database (POSTGRES_*), Kafka (KAFKA_*: the dead-letter
-topic it lists), its own group (API_*: where certgen's admin API is, how long a dead-letter
-scan may take, its TLS certificate), besides the common group every service reads. Where it
+topic it lists), MQTT (MQTT_*: the broker its commands go to), its own group (API_*: where
+certgen's admin API is, how long a dead-letter scan may take, its TLS certificate, its MQTT
+identity and command deadline), besides the common group every service reads. Where it
 listens is on its command line (`--host`, `--port`)."""
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from f2pipe_shared import settings as s
 from f2pipe_shared.https import TlsFiles, is_loopback
 
 Seconds = Annotated[PositiveFloat, Field(le=300)]
+# A command's deadline: a second at least (a round trip to a device), an hour at most.
+CommandSeconds = Annotated[float, Field(ge=1, le=3600)]
 
 
 class ApiSettings(s.F2Settings):
@@ -50,9 +53,41 @@ class ApiSettings(s.F2Settings):
     api_dead_letter_timeout: Seconds = Field(
         10.0, description="seconds a dead-letter listing may take (Kafka's answer included)"
     )
+    api_mqtt_cert_file: str | None = Field(
+        None,
+        description="the api's MQTT client certificate for commands (certgen issues "
+        "ISSUED_DIR/api-commands.crt, CN svc-api-commands); set with API_MQTT_KEY_FILE. Unset: "
+        "the command routes answer 503 commands_unavailable. The broker is MQTT_BROKER_HOST/"
+        "PORT, checked against MQTT_CA_FILE",
+    )
+    api_mqtt_key_file: str | None = Field(
+        None, description="its private key (ISSUED_DIR/api-commands.key, mode 0600)"
+    )
+    api_command_timeout: CommandSeconds = Field(
+        30.0,
+        description="seconds a command may take to be confirmed when its request names no "
+        "`timeout`; then it is timed_out",
+    )
+
+    api_stream_buffer: s.Count = Field(
+        1000,
+        le=100_000,
+        description="items (readings, events) a live-stream client may have waiting; a client "
+        "whose buffer is full gets `event: overflow` and is disconnected",
+    )
+    api_stream_max_clients: s.Count = Field(
+        100,
+        le=10_000,
+        description="live-stream clients at once (GET /v1/stream); one more gets 503 "
+        "stream_unavailable",
+    )
+    api_stream_heartbeat: Seconds = Field(
+        15.0, description="seconds between heartbeat comments on an idle live stream"
+    )
 
     @field_validator("api_certgen_url", "api_certgen_admin_token", "api_certgen_ca_file",
-                     "api_tls_cert_file", "api_tls_key_file", mode="before")  # fmt: skip
+                     "api_tls_cert_file", "api_tls_key_file", "api_mqtt_cert_file",
+                     "api_mqtt_key_file", mode="before")  # fmt: skip
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # docker compose's ${VAR:-} passes an empty string for "not set".
@@ -78,6 +113,8 @@ class ApiSettings(s.F2Settings):
             raise ValueError("API_CERTGEN_URL needs API_CERTGEN_ADMIN_TOKEN")
         if (self.api_tls_cert_file is None) != (self.api_tls_key_file is None):
             raise ValueError("API_TLS_CERT_FILE and API_TLS_KEY_FILE are set together")
+        if (self.api_mqtt_cert_file is None) != (self.api_mqtt_key_file is None):
+            raise ValueError("API_MQTT_CERT_FILE and API_MQTT_KEY_FILE are set together")
         return self
 
     @property
@@ -91,4 +128,5 @@ class ApiSettings(s.F2Settings):
 class Settings(s.ServiceSettings):
     postgres: s.PostgresSettings
     kafka: s.KafkaSettings
+    mqtt: s.MqttSettings
     api: ApiSettings

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -29,6 +29,19 @@ CONTROLLER_COLUMNS = (
     "d.mac, d.name, d.site, d.notes, d.claim_code_hash IS NOT NULL, d.created_at, d.updated_at"
 )
 _CONTROLLER_FIELDS = ("mac", "name", "site", "notes", "claim_code_pending")
+
+
+# Connectivity (telemetry.controller_status, migration 0014): not part of `controller()`, so
+# the audit log's before/after of a controller never records it.
+STATUS_COLUMNS = "cs.status, cs.last_seen"
+
+
+def status_fields(status: str | None, last_seen: datetime | None) -> dict[str, Any]:
+    """STATUS_COLUMNS as the API shows them: "unknown" when the processor never heard of it."""
+    return {
+        "status": status or "unknown",
+        "last_seen": None if last_seen is None else last_seen.isoformat(),
+    }
 
 
 class ConflictError(ValueError):
@@ -146,34 +159,57 @@ class PostgresStore:
     # -- controllers ---------------------------------------------------------------------
 
     async def list_controllers(
-        self, *, site: str | None, search: str | None, limit: int, offset: int
+        self,
+        *,
+        site: str | None,
+        search: str | None,
+        limit: int,
+        offset: int,
+        status: str | None = None,
     ) -> tuple[int, list[dict[str, Any]]]:
         where = ["t.is_controller"]
         params: list[Any] = []
         if site is not None:
             where.append("d.site = %s")
             params.append(site)
+        if status == "unknown":  # never heard of by the processor
+            where.append("cs.device_id IS NULL")
+        elif status is not None:
+            where.append("cs.status = %s")
+            params.append(status)
         if search:
             where.append("(d.mac LIKE %s OR d.name ILIKE %s)")
             pattern = "%" + search.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
             pattern += "%"
             params += [pattern.lower().replace(":", "").replace("-", ""), pattern]
         sql = f"""FROM registry.devices d JOIN registry.device_types t ON t.id = d.device_type_id
+                  LEFT JOIN telemetry.controller_status cs ON cs.device_id = d.id
                   WHERE {" AND ".join(where)}"""
         async with self.pool.connection() as conn:
             cur = await conn.execute(f"SELECT count(*) {sql}", params)
             total_row = await cur.fetchone()
             cur = await conn.execute(
-                f"SELECT {CONTROLLER_COLUMNS} {sql} ORDER BY d.mac LIMIT %s OFFSET %s",
+                f"SELECT {CONTROLLER_COLUMNS}, {STATUS_COLUMNS} {sql} "
+                "ORDER BY d.mac LIMIT %s OFFSET %s",
                 [*params, limit, offset],
             )
             rows = await cur.fetchall()
         assert total_row is not None
-        return int(total_row[0]), [controller(r) for r in rows]
+        return int(total_row[0]), [{**controller(r), **status_fields(*r[7:9])} for r in rows]
 
     async def get_controller(self, mac: str) -> dict[str, Any] | None:
         async with self.pool.connection() as conn:
-            return await _controller(conn, mac)
+            found = await _controller(conn, mac)
+            if found is None:
+                return None
+            cur = await conn.execute(
+                f"""SELECT {STATUS_COLUMNS} FROM registry.devices d
+                    LEFT JOIN telemetry.controller_status cs ON cs.device_id = d.id
+                    WHERE d.mac = %s""",  # noqa: S608
+                (mac,),
+            )
+            row = await cur.fetchone()
+        return {**found, **status_fields(*(row or (None, None)))}
 
     async def create_controller(
         self, actor: str, values: dict[str, Any], claim_code_hash: str

@@ -44,7 +44,8 @@ CERTGEN = "certgen"  # certgen's own HTTPS server certificate: ISSUED_DIR/certge
 API = "api"  # the control-plane api's server certificate: ISSUED_DIR/api.crt and .key
 # Every server certificate answers to these too: clients on the same host (health checks).
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
-SERVICE_IDENTITIES = ("bridge", "operator")
+# api-commands: the api's MQTT client for commands (issued/api.crt is its HTTPS certificate).
+SERVICE_IDENTITIES = ("bridge", "operator", "api-commands")
 SERVICE_PREFIX = "svc-"
 # A service name becomes a file name and a CN "svc-<name>"; the prefix keeps every service CN
 # apart from device CNs (f2-<12 hex>), so no enrolment can ever mint a service identity.

@@ -81,6 +81,7 @@ class Holes:
         self.contiguous_topics = contiguous_topics
         self._metrics = metrics
         self.seen = 0
+        self.partitions: set[int] = set()  # partitions with a hole (connectivity.py waits)
 
     def guards(self, topic: str) -> bool:
         return topic in self.contiguous_topics
@@ -88,6 +89,7 @@ class Holes:
     def skipped(self, topic: str, partition: int, first: int, next_seen: int) -> None:
         """Offsets [first, next_seen) of a guarded topic were skipped: never ack them."""
         self.seen += 1
+        self.partitions.add(partition)
         self._metrics.skipped_by_faust.inc(max(0, next_seen - first))
         log.error(
             "Faust skipped records of a contiguous topic; they stay uncommitted and are "

@@ -15,10 +15,12 @@ from collections import Counter
 from dataclasses import KW_ONLY, dataclass, field
 
 from f2pipe_processor.decoder import (
+    Heard,
     LatestValues,
     Rejected,
     TimestampWindow,
     decode_messages,
+    heard_in,
     parse_messages,
 )
 from f2pipe_processor.metrics import ProcessorMetrics
@@ -40,6 +42,7 @@ class BatchResult:
     latest: LatestValues
     messages: int
     seconds: dict[str, float] = field(default_factory=dict)  # parse, lookup, decode
+    heard: dict[str, Heard] = field(default_factory=dict)  # MAC -> its messages (connectivity)
 
 
 @dataclass(eq=False)
@@ -90,6 +93,7 @@ class BatchProcessor:
             latest=decoded.latest,
             messages=len(messages),
             seconds={"parse": t1 - t0, "lookup": t2 - t1, "decode": t3 - t2},
+            heard=heard_in(messages, parse.topics, lookup.locations),
         )
 
     def _dead_letter(self, rejected: Rejected, partition: int, offset: int) -> DeadLetter:

@@ -9,7 +9,7 @@ events with the resolved device and template. A message that fails becomes a ``R
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, cast
 
@@ -85,6 +85,8 @@ def parse_messages(messages: Sequence[RawMessage], window: TimestampWindow) -> P
             if topic.kind == "cmnd":
                 rejected.append(Rejected(index, message, Reason.bad_topic, _COMMAND))
                 continue
+            # Resolved even if the payload fails: a message proves its controller online.
+            topics[message.topic] = topic
             # A stat/tele topic always gets a device message model, never a command.
             payload = cast(DeviceMessage, parse_payload(topic, message.payload))
             ts = to_epoch_us(payload.timestamp)
@@ -101,7 +103,6 @@ def parse_messages(messages: Sequence[RawMessage], window: TimestampWindow) -> P
             rejected.append(_unexpected(index, message, exc))
             continue
         parsed.append(Parsed(index, message, topic, payload, ts))
-        topics[message.topic] = topic
     return out
 
 
@@ -140,6 +141,35 @@ def decode_messages(
         except Exception as exc:  # a bug must cost one message, not the agent
             rejected.append(_unexpected(index, message, exc))
     return out
+
+
+class Heard(NamedTuple):
+    """A controller in one raw record: its id, and its messages' first and last received time."""
+
+    controller_id: int
+    first_us: int
+    last_us: int
+
+
+def heard_in(
+    messages: Sequence[RawMessage], topics: Mapping[str, Topic], locations: Mapping[str, Resolved]
+) -> dict[str, Heard]:
+    """MAC -> Heard for every registered controller with a message in the record."""
+    spans: dict[str, list[int]] = {}  # mac -> [controller id, first, last]: mutable, cheap
+    for message in messages:
+        location = locations.get(message.topic)
+        if location is None or location.controller_id is None:
+            continue  # a bad topic, a command, an unknown MAC
+        mac = topics[message.topic].mac
+        received = message.received_at_us
+        span = spans.get(mac)
+        if span is None:
+            spans[mac] = [location.controller_id, received, received]
+        elif received > span[2]:
+            span[2] = received
+        elif received < span[1]:
+            span[1] = received
+    return {mac: Heard(*span) for mac, span in spans.items()}
 
 
 def _keep_newest(

@@ -16,6 +16,8 @@ What is here:
 - ``SafeSeekConsumer``: Faust's aiokafka consumer with a restart bug closed (below);
 - ``FaustTableBackend`` and ``latest_table``: the last-value table's storage and changelog
   encoding for latest.py;
+- ``connectivity_table``, ``FaustStateBackend`` and ``FaustProgress``: the controllers'
+  connectivity state, its changelog, and where the consumer stands (connectivity.py);
 - ``run_worker``: Faust's worker with f2pipe's logging, until SIGTERM/SIGINT.
 
 The restart bug (faust-streaming 0.15.3, reproduced by the kill -9 test): when a worker gets
@@ -47,15 +49,18 @@ from typing import Any, cast
 
 import aiokafka  # type: ignore[import-untyped]
 import faust
+from aiokafka.errors import IllegalStateError  # type: ignore[import-untyped]
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.streams import Stream
 from faust.tables.base import Collection
 from faust.topics import Topic as FaustTopic
+from faust.transport.consumer import Consumer as FaustConsumer
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 from faust.web import Request, Response, View
 from faust.web.base import BlueprintManager, Web
 
+from f2pipe_processor import connectivity
 from f2pipe_processor.acks import Ack, Holes
 from f2pipe_processor.latest import CHANGELOG_CONFIG, TABLE_NAME, Entry, render
 from f2pipe_processor.metrics import ProcessorMetrics
@@ -242,6 +247,68 @@ class FaustTableBackend:
         return cast(bytes, table.changelog_topic.prepare_value(entry, table.value_serializer)[0])
 
 
+# --- The connectivity table ------------------------------------------------------------------
+
+
+def connectivity_table(app: faust.App, partitions: int) -> Any:
+    # Not use_partitioner: connectivity.py writes each controller's state to the changelog
+    # partition of its raw partition, so the worker owning that raw partition recovers it.
+    return app.Table(
+        connectivity.TABLE_NAME,
+        default=None,
+        partitions=partitions,
+        key_type=str,
+        help="controller MAC -> [controller id, last_seen_us, online, changed_us, partition]",
+        extra_topic_configs=connectivity.CHANGELOG_CONFIG,
+    )
+
+
+class FaustStateBackend:
+    """connectivity.StateBackend over a Faust table (written as FaustTableBackend explains)."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def store(self) -> MutableMapping[str, Any]:
+        return cast(MutableMapping[str, Any], self.table.data)
+
+    def changelog_topic(self) -> str:
+        return cast(str, self.table.changelog_topic.get_topic_name())
+
+    def changelog_key(self, key: str) -> bytes:
+        table = self.table
+        return cast(bytes, table.changelog_topic.prepare_key(key, table.key_serializer)[0])
+
+    def changelog_value(self, state: connectivity.State) -> bytes:
+        table = self.table
+        return cast(bytes, table.changelog_topic.prepare_value(state, table.value_serializer)[0])
+
+
+class FaustProgress:
+    """connectivity.PartitionProgress from Faust's consumer: assignment, high watermark (the
+    last one a fetch reported) and committed offset of each raw partition."""
+
+    def __init__(self, app: faust.App, raw_topic: str) -> None:
+        self.app = app
+        self.raw_topic = raw_topic
+
+    def owned(self) -> set[int]:
+        consumer = self.app.consumer
+        return {tp.partition for tp in consumer.assignment() if tp.topic == self.raw_topic}
+
+    def highwater(self, partition: int) -> int | None:
+        try:
+            value = self.app.consumer.highwater(TP(self.raw_topic, partition))
+        except (AssertionError, KeyError, IllegalStateError):  # not assigned (any more)
+            return None
+        return value if isinstance(value, int) else None
+
+    def committed(self, partition: int) -> int | None:
+        committed = cast(Any, self.app.consumer)._committed_offset
+        value = committed.get(TP(self.raw_topic, partition))
+        return value if isinstance(value, int) else None
+
+
 # --- Wiring the service in ------------------------------------------------------------------
 
 
@@ -256,9 +323,8 @@ def serve(
     """The agent, the latest-value timer, the registry listener and the web pages."""
     app.f2pipe_holes = service.holes
     app.f2pipe_drain = service.drain
-    raw_topic = app.topic(
-        settings.kafka.kafka_raw_topic, key_serializer="raw", value_serializer="raw"
-    )
+    raw_topic_name = settings.kafka.kafka_raw_topic
+    raw_topic = app.topic(raw_topic_name, key_serializer="raw", value_serializer="raw")
 
     @app.agent(raw_topic, name="process")
     async def process(stream: Any) -> None:
@@ -275,6 +341,15 @@ def serve(
     @app.timer(settings.processor.processor_latest_flush_seconds)  # type: ignore[untyped-decorator]
     async def flush_latest() -> None:
         await service.flush_latest()
+
+    @app.timer(service.connectivity_interval)  # type: ignore[untyped-decorator]
+    async def check_connectivity() -> None:
+        await service.check_connectivity()
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        assigned: set[TP] = args[0] if args else kwargs.get("assigned", set())
+        service.connectivity.assigned(tp.partition for tp in assigned if tp.topic == raw_topic_name)
 
     @app.page("/healthz")
     async def healthz(self: View, request: Request) -> Response:
@@ -402,6 +477,12 @@ HOOKS: tuple[Hook, ...] = (
          "relied on: changelog values serialised as Faust's table would"),
     Hook("faust-streaming", aiokafka_driver.Producer, "key_partition",
          "relied on: Faust's partitioner for the changelog, so table_route finds each key"),
+    Hook("faust-streaming", faust.App, "on_partitions_assigned",
+         "relied on: the signal tells connectivity.py which raw partitions are new to it"),
+    Hook("faust-streaming", aiokafka_driver.Consumer, "highwater",
+         "called: a raw partition's high watermark, to know when the worker caught up"),
+    Hook("faust-streaming", FaustConsumer, "_committed_offset",
+         "read: the committed offset of a raw partition nothing was processed of yet"),
     Hook("faust-streaming", faust.Worker, "spinner",
          "set to None: a terminal spinner writes escape codes into log files"),
     Hook("mode-streaming", faust.Worker, "_setup_logging",

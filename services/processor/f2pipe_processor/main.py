@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from f2pipe_processor import faust_adapter
 from f2pipe_processor.acks import Holes, InFlight
+from f2pipe_processor.connectivity import Connectivity
 from f2pipe_processor.core import BatchProcessor
 from f2pipe_processor.invalidation import RegistryListener
 from f2pipe_processor.latest import LatestTable
@@ -77,6 +78,7 @@ def build(settings: Settings, partitions: int | None = None) -> Processor:
     output = KafkaOutput(kafka, metrics)
     app = faust_adapter.create_app(settings, partitions)
     table = faust_adapter.latest_table(app, partitions)
+    states = faust_adapter.connectivity_table(app, partitions)
     service = ProcessorService(
         kafka=kafka,
         core=core,
@@ -89,6 +91,10 @@ def build(settings: Settings, partitions: int | None = None) -> Processor:
         registry=registry,
         cache=cache,
         metrics=metrics,
+        connectivity=Connectivity(
+            faust_adapter.FaustStateBackend(states), settings.connectivity_timeout, metrics
+        ),
+        progress=faust_adapter.FaustProgress(app, kafka.kafka_raw_topic),
         clock=time.time,
     )
     faust_adapter.serve(app, service, table=table, metrics=metrics, settings=settings)

@@ -74,6 +74,19 @@ class ProcessorMetrics(ServiceMetrics):
         self.postgres_retries = self.counter(
             "postgres_retries", "failed registry queries, retried (offsets wait meanwhile)"
         )
+        self.controllers_online = self.gauge(
+            "controllers_online",
+            "controllers online, of those whose raw partitions this worker owns",
+        )
+        self.controllers_offline = self.gauge(
+            "controllers_offline",
+            "controllers offline (nothing received for CONNECTIVITY_TIMEOUT), of this worker's",
+        )
+        self.connectivity_transitions = self.counter(
+            "connectivity_transitions",
+            "connectivity events emitted, by the status a controller went to",
+            ["status"],
+        )
         self.skipped_by_faust = self.counter(
             "skipped_by_faust",
             "raw records Faust skipped (kept uncommitted; a restart processes them): should stay 0",

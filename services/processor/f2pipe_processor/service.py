@@ -10,6 +10,9 @@
       -> the devices changed since the last flush go to the table's changelog
     registry_changed notifications                              watch_registry()
       -> the caches forget what changed (invalidation.py)
+    every connectivity_interval (a quarter of the timeout)      check_connectivity()
+      -> offline events of controllers silent for CONNECTIVITY_TIMEOUT, the connectivity
+         state's changelog (connectivity.py)
 
 A record is acked only once its output is delivered, so a crash, kill or PostgreSQL outage
 leaves its offset uncommitted and the record is processed again. Up to
@@ -25,9 +28,10 @@ from dataclasses import InitVar, dataclass
 from typing import Any
 
 from f2pipe_processor.acks import Ack, Holes, InFlight
+from f2pipe_processor.connectivity import Connectivity, PartitionProgress
 from f2pipe_processor.core import BatchProcessor
 from f2pipe_processor.metrics import ProcessorMetrics
-from f2pipe_processor.output import output_records
+from f2pipe_processor.output import OutRecord, output_records
 from f2pipe_processor.ports import (
     ChangeFeed,
     Clock,
@@ -37,6 +41,7 @@ from f2pipe_processor.ports import (
     RegistryStatus,
 )
 from f2pipe_processor.resolver import Resolver
+from f2pipe_shared.records import ProcessedBatch, encode_processed_batch
 from f2pipe_shared.settings import KafkaSettings
 
 DRAIN_SECONDS = 10.0  # how long shutdown and rebalance wait for outputs in flight
@@ -55,6 +60,8 @@ class ProcessorService:
     registry: RegistryStatus
     cache: LookupCache
     metrics: ProcessorMetrics
+    connectivity: Connectivity
+    progress: PartitionProgress
     clock: Clock = time.time
 
     def __post_init__(self, kafka: KafkaSettings) -> None:
@@ -67,7 +74,13 @@ class ProcessorService:
         """One raw record: process, output, latest values, deliver; ``ack`` when its turn comes."""
         result = await self.core.process(partition, offset, value)
         started = time.perf_counter()
+        holed = partition in self.holes.partitions
+        seen = self.connectivity.observe(partition, offset, result.heard, holed=holed)
+        if seen.events or seen.seen:
+            result.processed.events.extend(seen.events)
+            result.processed = result.processed._replace(seen=seen.seen)
         records = output_records(result, self.processed_topic, self.dlq_topic, self.raw_topic)
+        records += seen.changelog  # a transition's state is in Kafka before the record is acked
         self.latest.write(result.latest)
         self.inflight.add(partition, self.output.deliver(records), ack=ack)
         self.metrics.stage_seconds.labels("produce").inc(time.perf_counter() - started)
@@ -76,6 +89,28 @@ class ProcessorService:
     async def flush_latest(self) -> None:
         """The latest-value changes since the last flush, to the changelog (not acked)."""
         records = self.latest.flush()
+        if records:
+            await self.output.deliver(records)
+
+    @property
+    def connectivity_interval(self) -> float:
+        """How often ``check_connectivity`` runs: a quarter of the timeout, 0.5-5 s."""
+        return min(5.0, max(0.5, self.connectivity.timeout_seconds / 4))
+
+    async def check_connectivity(self) -> None:
+        """Offline events of the controllers silent for the timeout, and the state's
+        changelog (not acked: no raw record waits for these)."""
+        now_us = int(self.clock() * 1e6)
+        checked = self.connectivity.check(now_us, self.progress, self.holes.partitions)
+        records = [
+            OutRecord(
+                self.processed_topic,
+                str(partition).encode(),
+                encode_processed_batch(ProcessedBatch(partition, -1, [], events)),
+            )
+            for partition, events in sorted(checked.offline.items())
+        ]
+        records += checked.changelog
         if records:
             await self.output.deliver(records)
 

@@ -55,6 +55,12 @@ class ProcessorSettings(s.F2Settings):
         description="how often the latest-value table's changes go to its changelog (a "
         "restarted worker replays the changelog; /latest itself is always current)",
     )
+    connectivity_timeout: PositiveFloat | None = Field(
+        None,
+        le=86_400,
+        description="seconds without a message after which a controller is offline (an event, "
+        "and its status in the api); unset = 3 x PUBLISH_INTERVAL",
+    )
     processor_data_dir: str | None = Field(
         None, description="Faust's data directory; unset = a directory under the system temp"
     )
@@ -64,6 +70,13 @@ class ProcessorSettings(s.F2Settings):
         if self.processor_max_age_days is not None:
             return timedelta(days=self.processor_max_age_days)
         return interval_to_timedelta(telemetry_retention)
+
+
+class PublishSettings(s.F2Settings):
+    """The devices' publish interval, which the default connectivity timeout derives from.
+    Documented with the simulator's settings (it is the same PUBLISH_INTERVAL)."""
+
+    publish_interval: PositiveFloat = Field(30.0, le=86_400)
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,13 @@ class Settings(s.ObservedServiceSettings):
     redis: s.RedisSettings
     telemetry: s.TelemetryPolicySettings
     processor: ProcessorSettings
+    publish: PublishSettings
+
+    @property
+    def connectivity_timeout(self) -> float:
+        """CONNECTIVITY_TIMEOUT, or three publish intervals: one lost message is no outage."""
+        timeout = self.processor.connectivity_timeout
+        return 3 * self.publish.publish_interval if timeout is None else timeout
 
     @property
     def port(self) -> int:

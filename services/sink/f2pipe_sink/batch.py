@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
 from f2pipe_shared.records import decode_processed_batch
-from f2pipe_sink.rows import pack_events, pack_readings
+from f2pipe_sink.rows import StatusRow, pack_events, pack_readings, status_rows
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,8 @@ class Record(NamedTuple):
     n_readings: int
     events: list[bytes]  # one binary COPY row per event
     timestamps: list[int]  # device timestamps of the readings, µs (end-to-end latency)
+    # Connectivity transitions and last-seen reports, for telemetry.controller_status.
+    status: tuple[StatusRow, ...] = ()
 
     @property
     def rows(self) -> int:
@@ -67,6 +69,7 @@ def take(
         batch = decode_processed_batch(value)
         readings = pack_readings(batch.readings)
         events, bad_events = pack_events(batch.events)
+        status, bad_status = status_rows(batch.events, batch.seen)
     except Exception as exc:  # anything: a poison record must never stop the partition
         empty = Record(topic, partition, offset, original, b"", 0, [], [])
         return empty, dead_letter(empty, Reason.bad_batch, f"{type(exc).__name__}: {exc}")
@@ -79,11 +82,12 @@ def take(
         readings.count,
         events,
         readings.timestamps,
+        tuple(status),
     )
-    rejected = readings.rejected + bad_events
+    rejected = readings.rejected + bad_events + bad_status
     if not rejected:
         return record, None
-    total = len(batch.readings) + len(batch.events)
+    total = len(batch.readings) + len(batch.events) + len(batch.seen)
     detail = f"{len(rejected)} of {total} rows invalid, the rest written: " + "; ".join(rejected)
     return record, dead_letter(record, Reason.invalid_record, detail)
 
@@ -99,6 +103,7 @@ class Batch:
         self.records: list[Record] = []
         self.dead_letters: list[DeadLetter] = []
         self.rows = 0
+        self.status_rows = 0  # controller_status changes: written even without other rows
         self.started: float | None = None  # monotonic time of the first record
         self.next_offsets: dict[Partition, int] = {}
 
@@ -110,6 +115,7 @@ class Batch:
             self.started = self._clock()
         self.records.append(record)
         self.rows += record.rows
+        self.status_rows += len(record.status)
         if dead is not None:
             self.dead_letters.append(dead)
         # A partition's records arrive in offset order: the last one's offset + 1 is what the

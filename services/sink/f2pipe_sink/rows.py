@@ -17,9 +17,10 @@ import json
 import math
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from f2pipe_shared.records import Event, Reading
+from f2pipe_shared.records import Event, Reading, Seen
+from f2pipe_shared.timestamps import parse_device_timestamp, to_epoch_us
 
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 00:00:00 UTC in Unix microseconds
 
@@ -150,3 +151,66 @@ def _json(data: dict[str, Any]) -> str:
 def copy_payload(chunks: Sequence[bytes]) -> bytes:
     """A complete binary COPY stream from row chunks."""
     return b"".join((COPY_HEADER, *chunks, COPY_TRAILER))
+
+
+# -- controller connectivity -------------------------------------------------------------------
+
+CONNECTIVITY = "connectivity"  # the event kind the processor's transitions have
+_STATUSES = ("online", "offline")
+_BIGINT = range(-(2**63), 2**63)
+
+
+class StatusRow(NamedTuple):
+    """One change to telemetry.controller_status: a transition (status and changed_at set)
+    or a last-seen report (both None)."""
+
+    device_id: int
+    status: str | None
+    changed_at_us: int | None
+    last_seen_us: int
+
+
+def status_rows(events: Sequence[Event], seen: Sequence[Seen]) -> tuple[list[StatusRow], list[str]]:
+    """The record's connectivity transitions and last-seen reports, and what is invalid.
+
+    The events themselves go to telemetry.events like any other; this is what the current
+    state table makes of them."""
+    rows: list[StatusRow] = []
+    rejected: list[str] = []
+    for event in events:
+        if event[2] != CONNECTIVITY:
+            continue
+        t, d, _, data = event
+        status = data.get("status") if type(data) is dict else None
+        last = _last_seen_us(data)
+        if status not in _STATUSES or not _fits(d, t) or last is None:
+            rejected.append(f"connectivity event {tuple(event)!r:.120}: not a valid transition")
+            continue
+        rows.append(StatusRow(d, status, t, last))
+    for index, item in enumerate(seen):
+        if len(item) != 2 or not _fits(item[0], item[1]):
+            rejected.append(f"last-seen report {index} {tuple(item)!r:.80}: invalid")
+            continue
+        rows.append(StatusRow(item[0], None, None, item[1]))
+    return rows, rejected
+
+
+def _fits(device_id: object, timestamp_us: object) -> bool:
+    return (
+        type(device_id) is int
+        and device_id in _BIGINT
+        and type(timestamp_us) is int
+        and MIN_TIMESTAMP_US <= timestamp_us < MAX_TIMESTAMP_US
+    )
+
+
+def _last_seen_us(data: Any) -> int | None:
+    """The event's last_seen ("YYYY-MM-DD HH:MM:SS.ffffff", UTC) in µs, or None."""
+    text = data.get("last_seen") if type(data) is dict else None
+    if type(text) is not str:
+        return None
+    try:
+        us = to_epoch_us(parse_device_timestamp(text))
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return us if MIN_TIMESTAMP_US <= us < MAX_TIMESTAMP_US else None

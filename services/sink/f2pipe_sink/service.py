@@ -156,7 +156,8 @@ class SinkService:
             self.metrics.retries.inc()
         started = time.perf_counter()
         try:
-            result = self.writer.write(batch.records) if batch.rows else None
+            writes = batch.rows or batch.status_rows
+            result = self.writer.write(batch.records) if writes else None
             letters = list(batch.dead_letters)
             if result is not None:
                 letters += [dead_letter(r.record, r.reason, r.detail) for r in result.rejected]

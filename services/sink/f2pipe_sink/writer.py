@@ -13,6 +13,10 @@ One transaction per batch, by the fastest idempotent method measured (docs/sink.
 Both use only what PostgreSQL and TimescaleDB hypertables share (COPY, temporary tables,
 ON CONFLICT on the primary key's columns).
 
+Connectivity transitions and last-seen reports (`Record.status`) then update
+`telemetry.controller_status` in a transaction of their own: one upsert per controller, the
+newer transition winning and last_seen only moving forward, so a replay changes nothing.
+
 A batch refused for its data (SQLSTATE class 22 data exception, class 23 integrity constraint)
 is bisected: by records, then by rows of a failing record, each part in its own transaction,
 until every row that can be written is and each one that cannot is pinned to its record. Any
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import psycopg
@@ -33,8 +37,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
 from f2pipe_shared.deadletters import Reason
+from f2pipe_shared.timestamps import from_epoch_us
 from f2pipe_sink.batch import Record
-from f2pipe_sink.rows import READING_ROW_BYTES, copy_payload
+from f2pipe_sink.rows import READING_ROW_BYTES, StatusRow, copy_payload
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,19 @@ _MERGE_READINGS = """INSERT INTO telemetry.readings ("timestamp", device_id, dat
 _MERGE_EVENTS = """INSERT INTO telemetry.events ("timestamp", device_id, kind, data)
     SELECT "timestamp", device_id, kind, data FROM sink_events
     ON CONFLICT ("timestamp", device_id, kind) DO NOTHING"""
+
+# A transition wins only over an older one; a last-seen report (changed_at NULL) never touches
+# the status. GREATEST ignores NULLs.
+_UPSERT_STATUS = """INSERT INTO telemetry.controller_status AS s
+        (device_id, status, changed_at, last_seen)
+    SELECT * FROM unnest(%s::bigint[], %s::text[], %s::timestamptz[], %s::timestamptz[])
+    ON CONFLICT (device_id) DO UPDATE SET
+        status = CASE
+            WHEN EXCLUDED.changed_at IS NOT NULL
+                AND (s.changed_at IS NULL OR EXCLUDED.changed_at > s.changed_at)
+            THEN EXCLUDED.status ELSE s.status END,
+        changed_at = GREATEST(s.changed_at, EXCLUDED.changed_at),
+        last_seen = GREATEST(s.last_seen, EXCLUDED.last_seen)"""
 
 # libpq settings that bound how long a write can hang on a dead server or network: a blocked
 # write would otherwise stall the consumer past max.poll.interval.ms.
@@ -92,6 +110,7 @@ class WriteResult(NamedTuple):
     transactions: int
     merged: bool  # went by the temporary table + ON CONFLICT path
     committed_at: float  # time.time() when the last transaction committed
+    statuses: int = 0  # controllers whose controller_status row was upserted
 
 
 class Refused(Exception):
@@ -142,9 +161,11 @@ class Writer:
                 records,
                 lambda readings, events: self._write_rows(readings, events, tally, direct=False),
             )
+        statuses = self._write_status(records, tally)
         return WriteResult(
-            tally.readings, tally.events, rejected, tally.transactions, merged, time.time()
-        )
+            tally.readings, tally.events, rejected, tally.transactions, merged, time.time(),
+            statuses,
+        )  # fmt: skip
 
     def ping(self) -> None:
         """Raise DatabaseUnavailable unless the server answers."""
@@ -220,6 +241,29 @@ class Writer:
         tally.events += inserted_events
         tally.transactions += 1
 
+    def _write_status(self, records: Sequence[Record], tally: _Tally) -> int:
+        """Upsert telemetry.controller_status from the records' connectivity rows."""
+        merged = merge_status(row for record in records for row in record.status)
+        if not merged:
+            return 0
+        columns: tuple[list[object], ...] = ([], [], [], [])
+        for device, status, changed, last in merged:
+            columns[0].append(device)
+            # A report without a transition inserts a row as online: the controller was heard.
+            columns[1].append(status or "online")
+            columns[2].append(None if changed is None else from_epoch_us(changed))
+            columns[3].append(from_epoch_us(last))
+        conn = self._connection()
+        try:
+            conn.execute(_UPSERT_STATUS, columns)
+            conn.commit()
+        except psycopg.Error as exc:
+            # Checked in rows.status_rows: nothing here is the data's fault.
+            self._discard_connection()
+            raise DatabaseUnavailable(_describe(exc)) from exc
+        tally.transactions += 1
+        return len(merged)
+
     # -- connection --------------------------------------------------------------------------
 
     def _connection(self) -> psycopg.Connection[TupleRow]:
@@ -250,6 +294,24 @@ class Writer:
                 conn.close()
             except psycopg.Error:
                 log.debug("closing a broken connection failed", exc_info=True)
+
+
+def merge_status(rows: Iterable[StatusRow]) -> list[StatusRow]:
+    """One row per controller (an upsert may touch a row once): its newest transition and
+    its newest last_seen; sorted by controller, so concurrent sinks lock in one order."""
+    by_device: dict[int, StatusRow] = {}
+    for row in rows:
+        old = by_device.get(row.device_id)
+        if old is None:
+            by_device[row.device_id] = row
+            continue
+        newer = row.changed_at_us is not None and (
+            old.changed_at_us is None or row.changed_at_us > old.changed_at_us
+        )
+        status, changed = (row.status, row.changed_at_us) if newer else old[1:3]
+        last = max(old.last_seen_us, row.last_seen_us)
+        by_device[row.device_id] = StatusRow(row.device_id, status, changed, last)
+    return [by_device[d] for d in sorted(by_device)]
 
 
 # -- isolating refused rows ------------------------------------------------------------------
