@@ -145,8 +145,9 @@ def stored(stack: Stack, macs: list[str]) -> tuple[list[Row], Counter[tuple[int,
         events = Counter(
             (to_epoch_us(ts), device)
             for ts, device in conn.execute(
-                "SELECT timestamp, device_id FROM telemetry.events WHERE device_id = ANY(%s)",
-                (devices,))
+                # connectivity transitions are the processor's own events, not the ledger's
+                "SELECT timestamp, device_id FROM telemetry.events "
+                "WHERE device_id = ANY(%s) AND kind <> 'connectivity'", (devices,))
         )  # fmt: skip
     return readings, events
 
