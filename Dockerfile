@@ -5,6 +5,14 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
+# --- console: the operator console's front-end libraries, from the npm registry at the
+# versions its package-lock.json pins, copied into the api package (no CDN at run time) ----
+FROM node:20-slim AS console
+WORKDIR /src
+COPY scripts/build-console.sh scripts/
+COPY services/api/console/package.json services/api/console/package-lock.json services/api/console/
+RUN scripts/build-console.sh --production
+
 # --- build: resolve the locked dependencies and install the workspace into /opt/f2pipe ------
 FROM ${PYTHON_IMAGE} AS build
 ENV UV_COMPILE_BYTECODE=1 \
@@ -38,6 +46,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 COPY f2pipe/ f2pipe/
 COPY shared/ shared/
 COPY services/ services/
+COPY --from=console /src/services/api/f2pipe_api/console/vendor/ services/api/f2pipe_api/console/vendor/
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --package f2pipe --no-dev --no-editable \
     && /opt/f2pipe/bin/f2pipe --help > /dev/null

@@ -9,20 +9,30 @@ BIN := $(VENV)/bin
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: setup system venv lint format test test-unit test-integration dev bench clean help
+.PHONY: setup setup-test system system-test console venv lint format test test-unit test-integration dev bench clean help
 
 help:
-	@echo "make setup   virtual environment, packages and system packages (mosquitto, redis, postgresql)"
+	@echo "make setup   virtual environment, packages, console assets and system packages (mosquitto, redis, postgresql, npm)"
 	@echo "make lint    ruff (lint + format check) and mypy"
 	@echo "make test    setup, lint, then the whole test suite against real servers"
 	@echo "make format  apply ruff's formatting and safe fixes"
 	@echo "make dev     the whole pipeline on this machine (f2pipe dev up; Ctrl-C stops it)"
 	@echo "make bench   f2pipe bench --quick"
 
-setup: system venv
+setup: system venv console
+
+# make test also needs the browser the console's tests drive (Debian's chromium).
+setup-test: system-test venv console
 
 system:
 	@scripts/setup-system.sh
+
+system-test:
+	@scripts/setup-system.sh --with-browser
+
+# The console's front-end libraries (npm, locked) copied into the api package.
+console:
+	@scripts/build-console.sh
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -43,14 +53,14 @@ format: venv
 
 # The suite on TimescaleDB (when `make setup` installed it), then the database layer again on
 # plain PostgreSQL: migrations and the sink must work on both.
-test: setup lint
+test: setup-test lint
 	$(BIN)/python -m pytest
 	F2PIPE_TIMESCALEDB=off $(BIN)/python -m pytest -m database
 
 test-unit: venv
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: setup
+test-integration: setup-test
 	$(BIN)/python -m pytest tests/integration
 
 # DEV_ARGS, e.g. make dev DEV_ARGS="--controllers 100 --base-port 35400"

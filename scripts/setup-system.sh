@@ -3,7 +3,16 @@
 # otherwise it prints the exact command and fails, so nobody is left guessing.
 set -euo pipefail
 
+# --with-browser: also Debian's chromium, which the console's browser tests drive (make test).
+with_browser=false
+[ "${1:-}" = "--with-browser" ] && with_browser=true
+
 need=()
+# The console's front-end libraries come from the npm registry (scripts/build-console.sh).
+command -v npm >/dev/null 2>&1 || need+=(npm)
+if $with_browser; then
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+fi
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v pg_config >/dev/null 2>&1 \

@@ -62,6 +62,9 @@ MIN_ROLE = {
     ("POST", "/v1/controllers/{mac}/commands"): Role.operator,
     ("GET", "/v1/controllers/{mac}/commands"): Role.viewer,
     ("GET", "/v1/commands/{command_id}"): Role.viewer,
+    ("GET", "/v1/me"): Role.viewer,
+    ("GET", "/v1/controllers/{mac}/telemetry"): Role.viewer,
+    ("GET", "/v1/activity"): Role.viewer,
 }
 
 

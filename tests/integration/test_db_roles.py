@@ -270,6 +270,8 @@ def test_the_api_role_manages_the_registry_but_cannot_rewrite_history(roles: Rol
         conn.execute("UPDATE registry.devices SET name = name")  # it manages the registry
         conn.execute("SELECT count(*) FROM registry.certificates")  # it shows certificates
         conn.execute("UPDATE registry.commands SET status = status")  # it tracks commands
+        conn.execute("SELECT count(*) FROM telemetry.readings")  # the console shows values
+        conn.execute("SELECT count(*) FROM telemetry.events")
         conn.rollback()
     assert_refused(
         api,
@@ -280,7 +282,8 @@ def test_the_api_role_manages_the_registry_but_cannot_rewrite_history(roles: Rol
         "UPDATE registry.certificates SET status = 'revoked', revoked_at = now()",
         "DELETE FROM registry.commands",  # a command's history stays
         "INSERT INTO telemetry.readings VALUES (now(), 1, 1, 1.0)",
-        "SELECT * FROM telemetry.readings",
+        "DELETE FROM telemetry.readings",
+        "UPDATE telemetry.events SET kind = kind",
     )
 
 
@@ -304,7 +307,7 @@ def test_connectivity_state_is_written_by_the_sink_and_read_by_the_api(roles: Ro
         "UPDATE telemetry.controller_status SET status = 'offline'",
         "INSERT INTO telemetry.controller_status (device_id, status) VALUES (12, 'online')",
         "DELETE FROM telemetry.controller_status",
-        "SELECT * FROM telemetry.events",
+        "INSERT INTO telemetry.events (timestamp, device_id, kind) VALUES (now(), 11, 'x')",
     )
     assert_refused(
         roles.conninfo("sink"),

