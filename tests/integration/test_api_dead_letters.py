@@ -31,7 +31,9 @@ from f2pipe_shared.settings import KafkaSettings
 from tests.conftest import running
 from tests.integration.apikit import Api, problem
 
-pytestmark = [pytest.mark.integration, pytest.mark.database]
+# Not `database`: nothing here depends on the storage engine, so the plain-PostgreSQL pass
+# (make test) does not run it again.
+pytestmark = pytest.mark.integration
 
 MAC1, MAC2 = "aabbccddee01", "aabbccddee02"
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

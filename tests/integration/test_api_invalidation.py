@@ -26,7 +26,9 @@ from tests.integration.test_processor_worker import (  # noqa: F401 (fixtures us
     worker_env,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.database]
+# Not `database`: nothing here depends on the storage engine, so the plain-PostgreSQL pass
+# (make test) does not run it again.
+pytestmark = pytest.mark.integration
 
 WITHIN_SECONDS = 5.0
 

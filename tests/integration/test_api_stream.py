@@ -41,7 +41,9 @@ from f2pipe_shared.records import Event, ProcessedBatch, Reading, encode_process
 from f2pipe_shared.settings import KafkaSettings
 from tests.integration.apikit import api_conninfo
 
-pytestmark = [pytest.mark.integration, pytest.mark.database]
+# Not `database`: nothing here depends on the storage engine, so the plain-PostgreSQL pass
+# (make test) does not run it again.
+pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
 MAC_A = "aabbccddee0a"

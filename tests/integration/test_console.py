@@ -27,6 +27,7 @@ import pytest
 from f2pipe.seed import demo_mac
 from f2pipe_devtools.dev.ports import Ports
 from f2pipe_devtools.servers import MissingBinaryError, free_port
+from f2pipe_shared.decoding import build_modbus_response
 from tests.conftest import missing
 from tests.integration.test_end_to_end import (  # noqa: F401 (the module's stack fixture)
     Stack,
@@ -356,3 +357,46 @@ def test_the_console_is_served_with_a_strict_content_security_policy(console: Co
             assert http.get(f"/console/{asset}").status_code == 200, asset
         # No CDN: every script and stylesheet the page names is on this origin.
         assert "http" not in r.text.split("<body>")[0]
+
+
+# A Modbus response with temperature, humidity and CO2, as an environmental sensor sends it.
+FRAME = build_modbus_response(1, bytes.fromhex("0834 1068 0258")).hex(" ")
+
+
+def decoded_on_screen(tab: Page) -> dict[str, str]:
+    items = tab.page.get_by_test_id("decoder").locator(".decoded li")
+    items.first.wait_for()
+    return dict(line.split(" = ", 1) for line in items.all_inner_texts())
+
+
+def test_the_template_editor_decodes_a_frame_as_you_type(tab: Page, console: Console) -> None:
+    tab.sign_in("operator")
+    tab.go("#/templates/environmental-sensor-v1")
+    decoder = tab.page.get_by_test_id("decoder")
+    field = decoder.get_by_label("Try a frame (hex)")
+    with console.api("viewer") as http:
+        r = http.post("/v1/decode", json={"frame": FRAME, "template": "environmental-sensor-v1"})
+    assert r.status_code == 200, r.text
+    api = r.json()
+    assert api["ok"], api
+    field.fill(FRAME)
+    shown = decoded_on_screen(tab)
+    for value in api["values"]:
+        assert shown[value["key"]].split()[0] == f"{value['value']:g}", (value, shown)
+    # The editor's template as it stands, unsaved: one decimal fewer -> ten times the value.
+    temperature = next(v for v in api["values"] if v["key"] == "temperature")
+    decimals = tab.page.get_by_label("Datapoint 1 decimals")
+    assert tab.page.get_by_label("Datapoint 1 key").input_value() == "temperature"
+    decimals.fill(str(int(decimals.input_value()) - 1))
+    expected = f"{temperature['value'] * 10:g}"
+    # (locators, not wait_for_function: the page's CSP forbids evaluating strings)
+    decoder.locator(".decoded li", has_text=f"temperature = {expected} ").wait_for()
+    # A frame too short for the template: the dead letter the processor would write.
+    field.fill("01 03 02")
+    decoder.get_by_text("Dead letter:").wait_for()
+    assert "short_frame" in decoder.inner_text()
+    tab.audit()
+    tab.shot("template-decoder")
+    with console.api("viewer") as http:  # nothing was saved
+        saved = http.get("/v1/templates/environmental-sensor-v1").json()["datapoints"][0]
+    assert saved["decimals"] == int(decimals.input_value()) + 1

@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from f2pipe.migrate import apply_migrations
 from f2pipe.seed import seed_demo
@@ -42,6 +43,14 @@ def worker_env(
     apply_migrations(pg_conninfo)
     seed_demo(pg_conninfo, 8)
     suffix = uuid.uuid4().hex[:8]
+    # Every topic exists with PARTITIONS before any client touches it: a producer or a
+    # reader racing the worker's own creation must not auto-create one with the broker's
+    # default count (the reader reads partitions 0..PARTITIONS-1 only).
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    names = [f"raw-{suffix}", f"processed-{suffix}", f"dlq-{suffix}"]
+    futures = admin.create_topics([NewTopic(n, num_partitions=PARTITIONS) for n in names])
+    for future in futures.values():
+        future.result(30)
     return service_env(
         postgres_env(pg_conninfo),
         redis_env(redis_server.host, redis_server.port, redis_server.password),
@@ -245,7 +254,12 @@ def test_kill_9_mid_stream_loses_no_reading_and_latest_is_served(
         while missing and time.monotonic() < deadline:
             reader.poll(0.5)
             missing = expected.keys() - reader.readings().keys()
-        assert not missing, f"{len(missing)} of {len(expected)} readings missing:\n{second.tail()}"
+        processed = env["KAFKA_PROCESSED_TOPIC"]
+        per_partition = {p: reader.consumer.get_watermark_offsets(TopicPartition(processed, p), 5)
+                         for p in range(PARTITIONS)}  # fmt: skip
+        assert not missing, (f"{len(missing)} of {len(expected)} readings missing "
+                             f"(processed watermarks {per_partition}):\n{first.tail()}\n"
+                             f"{second.tail()}")  # fmt: skip
         got = reader.readings()
         assert all(got[k] == v for k, v in expected.items())
         total_readings = sum(len(b.readings) for b in reader.batches)
