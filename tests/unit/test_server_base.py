@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from f2pipe_devtools.servers import base
 from f2pipe_devtools.servers.base import (
     MissingBinaryError,
     ServerError,
@@ -27,6 +28,27 @@ def test_free_port_can_be_bound() -> None:
     port = free_port()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_free_ports_are_distinct_and_outside_the_ephemeral_range() -> None:
+    # An outgoing connection takes its local port from the ephemeral range: a port chosen
+    # there can be taken by any client before the server binds it (a CI failure of the
+    # end-to-end test: "could not bind ... Address already in use").
+    low, _high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(1024 < port < low for port in ports)
+
+
+def test_a_port_someone_listens_on_is_never_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        taken = listener.getsockname()[1]
+        real = base._rng.randrange
+        picks = iter([taken, taken])  # the listener's port comes up first, twice
+        monkeypatch.setattr(base._rng, "randrange", lambda a, b: next(picks, None) or real(a, b))
+        assert free_port() != taken
 
 
 class DiesOnStart(ServerProcess):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -52,11 +53,46 @@ def find_binary(name: str, extra_dirs: Sequence[Path] = ()) -> Path:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the usual bind-to-0 trick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
+    """A port nobody listens on right now, below the kernel's ephemeral range.
+
+    Binding to port 0 hands out a port from the ephemeral range, which every outgoing
+    connection also draws from: between this call and the server's bind, a client
+    connection elsewhere (tests open thousands) can take it ("Address already in use").
+    Below that range only listeners bind, so only a server that chose the same port could.
+    """
+    low, _ = _ephemeral_range()
+    for _ in range(200):
+        port = _rng.randrange(_FIRST_PORT, low)
+        if port in _handed_out or not _bindable(host, port):
+            continue
+        _handed_out.add(port)
         return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # all taken: any port
+        sock.bind((host, 0))
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+
+_FIRST_PORT = 10_000  # above the registered services people run locally (5432, 6379, 9092)
+_rng = random.SystemRandom()
+_handed_out: set[int] = set()  # this process never hands out a port twice
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return max(int(low), _FIRST_PORT + 1000), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def port_open(host: str, port: int) -> bool:
