@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import random
 import re
 import shutil
 import signal
@@ -51,15 +50,6 @@ from tests.conftest import missing
 
 CONTROLLERS = 6
 INJECTOR = demo_mac(6)  # never simulated: sends the malformed messages
-
-
-def _free_base() -> int:
-    rng = random.Random()
-    for _ in range(50):
-        base = rng.randrange(30000, 60000, 100)
-        if not Ports.from_base(base).taken():
-            return base
-    raise RuntimeError("no free block of ports")
 
 
 @dataclass
@@ -101,7 +91,7 @@ def stack() -> Iterator[Stack]:
     top = Path(tempfile.mkdtemp(prefix="f2pipe-e2e-"))
     top.chmod(0o755)
     state_dir = top / "state"
-    base = _free_base()
+    base = Ports.free_base()
     stack = Stack(state_dir, base, {})
     up = stack.dev("up", "--detach", "--base-port", str(base), "--controllers",
                    str(CONTROLLERS), "--no-simulator", "--status-interval", "1")  # fmt: skip

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from f2pipe_devtools.dev.ports import Ports
 from f2pipe_devtools.servers import base
 from f2pipe_devtools.servers.base import (
     MissingBinaryError,
@@ -15,6 +16,7 @@ from f2pipe_devtools.servers.base import (
     ServerProcess,
     find_binary,
     free_port,
+    port_open,
 )
 
 
@@ -38,6 +40,15 @@ def test_free_ports_are_distinct_and_outside_the_ephemeral_range() -> None:
     ports = [free_port() for _ in range(50)]
     assert len(set(ports)) == 50
     assert all(1024 < port < low for port in ports)
+
+
+def test_a_dev_stack_port_block_is_free_and_below_the_ephemeral_range() -> None:
+    # The end-to-end tests start a whole `dev up` on one base port: the same race as above
+    # (another CI failure: PostgreSQL on 57032, inside the range).
+    low, _high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = Ports.from_base(Ports.free_base()).as_dict().values()
+    assert all(1024 < port < low for port in ports)
+    assert not any(port_open("127.0.0.1", port) for port in ports)
 
 
 def test_a_port_someone_listens_on_is_never_handed_out(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import asdict, dataclass
 
 from f2pipe_devtools.servers import free_port, port_open
+from f2pipe_devtools.servers.base import FIRST_PORT, bindable, ephemeral_range
 
 # 25400 + offset: nothing of PostgreSQL (5432), Redis (6379), Kafka (9092), MQTT (1883/8883),
 # certgen (8080), the api (8090), Prometheus exporters (91xx) or the compose file's host ports.
@@ -45,6 +47,21 @@ class Ports:
     def free(cls) -> Ports:
         """Any free ports (tests)."""
         return cls(**{name: free_port() for name in OFFSETS})
+
+    @classmethod
+    def free_base(cls, host: str = "127.0.0.1") -> int:
+        """A base whose every port is free, below the ephemeral range (tests of `dev up`).
+
+        Below that range no outgoing connection can take one of the ports between this
+        choice and the servers' binds (see `free_port`).
+        """
+        low, _ = ephemeral_range()
+        rng = random.SystemRandom()
+        for _ in range(100):
+            base = rng.randrange(FIRST_PORT, low - max(OFFSETS.values()), 100)
+            if all(bindable(host, port) for port in cls.from_base(base).as_dict().values()):
+                return base
+        raise RuntimeError(f"no free block of ports between {FIRST_PORT} and {low}")
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

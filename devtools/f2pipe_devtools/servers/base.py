@@ -60,10 +60,10 @@ def free_port(host: str = "127.0.0.1") -> int:
     connection elsewhere (tests open thousands) can take it ("Address already in use").
     Below that range only listeners bind, so only a server that chose the same port could.
     """
-    low, _ = _ephemeral_range()
+    low, _ = ephemeral_range()
     for _ in range(200):
-        port = _rng.randrange(_FIRST_PORT, low)
-        if port in _handed_out or not _bindable(host, port):
+        port = _rng.randrange(FIRST_PORT, low)
+        if port in _handed_out or not bindable(host, port):
             continue
         _handed_out.add(port)
         return port
@@ -73,20 +73,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return chosen
 
 
-_FIRST_PORT = 10_000  # above the registered services people run locally (5432, 6379, 9092)
+FIRST_PORT = 10_000  # above the registered services people run locally (5432, 6379, 9092)
 _rng = random.SystemRandom()
 _handed_out: set[int] = set()  # this process never hands out a port twice
 
 
-def _ephemeral_range() -> tuple[int, int]:
+def ephemeral_range() -> tuple[int, int]:
     try:
         low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return max(int(low), _FIRST_PORT + 1000), int(high)
+        return max(int(low), FIRST_PORT + 1000), int(high)
     except (OSError, ValueError):
         return 32768, 60999  # Linux's default
 
 
-def _bindable(host: str, port: int) -> bool:
+def bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))

@@ -92,19 +92,23 @@ class KafkaOutput:
         self._metrics = metrics
         # One record per batch already: a long linger would only add latency.
         self._config = producer_config(settings, **{"linger.ms": 2, **overrides})
-        self._producer = Producer(self._config)
+        # Created on start: librdkafka connects as soon as a producer exists, and building
+        # the processor (its tests, `--help`) must not contact a server.
+        self._producer: Producer | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="kafka-output", daemon=True)
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.failures = 0  # consecutive failed deliveries, for /healthz
 
-    def _start(self) -> None:
-        # Started from the event loop that will await the deliveries.
-        self._loop = asyncio.get_running_loop()
-        self._thread.start()
+    def _started(self) -> Producer:
+        if self._producer is None:  # first use
+            self._producer = Producer(self._config)
+            self._thread.start()
+        return self._producer
 
     def close(self, timeout: float = 10.0) -> int:
         """Flush what is queued and stop; returns how many records were left undelivered."""
+        if self._producer is None:
+            return 0
         left: int = self._producer.flush(timeout)
         self._stop.set()
         if self._thread.is_alive():
@@ -112,14 +116,14 @@ class KafkaOutput:
         return left
 
     def _poll(self) -> None:
-        while not self._stop.is_set():
-            self._producer.poll(0.05)
+        producer = self._producer
+        while not self._stop.is_set() and producer is not None:
+            producer.poll(0.05)
+            producer = self._producer  # replaced after a fatal error
 
     async def deliver(self, records: Sequence[OutRecord]) -> None:
         """Return once Kafka acknowledged every record (or its fallback); failed ones are sent
         again."""
-        if self._loop is None:
-            self._start()
         pending = list(records)
         delay = 0.5
         while True:
@@ -169,7 +173,7 @@ class KafkaOutput:
 
         while True:
             try:
-                self._producer.produce(
+                self._started().produce(
                     record.topic,
                     value=record.value,
                     key=record.key,
@@ -188,7 +192,7 @@ class KafkaOutput:
     def _recreate(self) -> None:
         # A fatal error (idempotence state lost) leaves the producer unusable.
         log.error("Kafka producer hit a fatal error: creating a new one")
-        old = self._producer
+        old = self._started()
         self._producer = Producer(self._config)
         old.flush(0)
 
