@@ -5,6 +5,7 @@ test_certgen_throttle.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import logging
 import re
@@ -25,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from fastapi import FastAPI
 from pydantic import SecretStr
 
-from f2pipe_certgen import service
+from f2pipe_certgen import crl, service
 from f2pipe_certgen.app import create_app
 from f2pipe_certgen.ca import CertificateAuthority, IssuedCertificate, RevokedEntry
 from f2pipe_certgen.deps import Parts
@@ -401,6 +402,37 @@ def test_re_enrolment_supersedes_the_previous_certificate_and_lists_it_on_the_cr
     assert crl.get_revoked_certificate_by_serial_number(int(first.serial, 16)) is not None
     assert crl.get_revoked_certificate_by_serial_number(int(second.serial, 16)) is None
     assert world.count("certgen_revocations_total", reason="superseded") == 1
+
+
+def test_the_crl_timer_says_rewritten_only_when_the_file_changed(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A routine refresh keeps a fresh file with the same entries (the broker restarts on
+    # every change); the log said "CRL rewritten" anyway.
+    async def one_round() -> None:
+        task = asyncio.create_task(crl.keep_fresh(world.store, world.ca, interval=3600))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    caplog.set_level(logging.DEBUG, logger="f2pipe_certgen.crl")
+    asyncio.run(one_round())  # bootstrap's CRL: no entries, fresh
+    assert [r.getMessage() for r in caplog.records] == ["CRL unchanged: same entries, still fresh"]
+
+    world.enrol(csr=csr_for(f"f2-{MAC}"))
+    world.clock.advance(days=1)
+    world.enrol(csr=csr_for(f"f2-{MAC}"))  # supersedes the first: the CRL lists it
+    caplog.clear()
+    asyncio.run(one_round())
+    assert [r.getMessage() for r in caplog.records] == ["CRL unchanged: same entries, still fresh"]
+
+    world.clock.advance(days=4)  # past half-way to the next update: signed again
+    caplog.clear()
+    asyncio.run(one_round())
+    assert [(r.getMessage(), r.__dict__["revoked"]) for r in caplog.records] == [
+        ("CRL rewritten", 1)
+    ]
 
 
 @pytest.mark.parametrize(
