@@ -311,6 +311,7 @@ def test_bootstrap_certificates_are_recorded(certgen: Certgen) -> None:
 
 
 def test_metrics_count_enrolments_and_failures_by_reason(certgen: Certgen) -> None:
+    certgen.enroll(MAC1, make_csr(f"f2-{MAC1}"))  # a certificate for the next one to supersede
     before = certgen.http.get("/metrics").text
     certgen.enroll(MAC1, make_csr(f"f2-{MAC1}"))
     certgen.enroll(MAC1, code="2222-3333-4444-5555")
