@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
+from f2pipe_shared.metrics import ServiceMetrics
 from f2pipe_shared.settings import KafkaSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -83,6 +86,10 @@ def client_config(settings: KafkaSettings) -> dict[str, Any]:
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "security.protocol": settings.kafka_security_protocol,
         "error_cb": AuthFailureLog(settings),
+        # No client creates a topic by asking for it: a broker that auto-creates topics
+        # (Tansu does, with 4 partitions) would otherwise re-create a lost topic with its own
+        # partition count. Topics are created by ensure_topics, with the configured count.
+        "allow.auto.create.topics": False,
     }
     if settings.kafka_security_protocol.startswith("SASL_"):
         password = settings.kafka_sasl_password
@@ -179,14 +186,22 @@ def pipeline_topics(settings: KafkaSettings) -> dict[str, int]:
 
 
 def ensure_topics(
-    settings: KafkaSettings, topics: Mapping[str, int], timeout: float = 30.0
+    settings: KafkaSettings,
+    topics: Mapping[str, int],
+    timeout: float = 30.0,
+    configs: Mapping[str, Mapping[str, str]] | None = None,
 ) -> list[str]:
-    """Create the missing topics; return the names created now. Existing ones are kept."""
+    """Create the missing topics (with `configs[name]`, if any); return the names created now.
+    Existing ones are kept."""
     existing = set(list_topics(settings, timeout).topics)
     admin = AdminClient(client_config(settings))
+    configs = configs or {}
     wanted = [
         NewTopic(
-            name, num_partitions=partitions, replication_factor=settings.kafka_replication_factor
+            name,
+            num_partitions=partitions,
+            replication_factor=settings.kafka_replication_factor,
+            config=dict(configs.get(name, {})),
         )
         for name, partitions in topics.items()
         if name not in existing
@@ -203,3 +218,183 @@ def ensure_topics(
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # a racing replica
                 raise
     return created
+
+
+# --- partition counts and lost topics ---------------------------------------------------------
+
+TOPIC_CHECK_SECONDS = 2.0  # how often a running service checks that its topics still exist
+
+
+class PartitionCountError(SettingsError):
+    """A topic exists with another partition count than configured, where that matters."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionMismatch:
+    topic: str
+    actual: int
+    configured: int
+    setting: str  # the variable that configures it
+
+    def __str__(self) -> str:
+        return (
+            f"topic {self.topic} has {self.actual} partitions, configured {self.configured} "
+            f"({self.setting}): set {self.setting}={self.actual} to use the topic as it is, or "
+            f"delete the topic once its consumers have read it (f2pipe creates it again with "
+            f"{self.configured}); see docs/operations.md, 'partition count'"
+        )
+
+
+def partition_setting(settings: KafkaSettings, topic: str) -> str:
+    """The variable that configures `topic`'s partition count."""
+    if topic == settings.kafka_raw_topic:
+        return "KAFKA_RAW_PARTITIONS"
+    return "KAFKA_PROCESSED_PARTITIONS"
+
+
+def partition_mismatches(
+    settings: KafkaSettings, topics: Mapping[str, int], actual: Mapping[str, int]
+) -> list[PartitionMismatch]:
+    """The topics of `actual` (name -> partitions) whose count differs from `topics`."""
+    return [
+        PartitionMismatch(name, actual[name], wanted, partition_setting(settings, name))
+        for name, wanted in topics.items()
+        if name in actual and actual[name] != wanted
+    ]
+
+
+def verify_topics(
+    settings: KafkaSettings,
+    topics: Mapping[str, int],
+    *,
+    strict: Collection[str] = (),
+    timeout: float = 30.0,
+) -> list[PartitionMismatch]:
+    """Create the missing topics, then compare every partition count with the configured one.
+
+    A mismatch of a topic in `strict` raises PartitionCountError (start-up refused); the
+    others are logged as errors and returned (the service runs, and reports them).
+    """
+    ensure_topics(settings, topics, timeout)
+    metadata = list_topics(settings, timeout)
+    actual = {name: len(meta.partitions) for name, meta in metadata.topics.items()}
+    mismatches = partition_mismatches(settings, topics, actual)
+    refused = [m for m in mismatches if m.topic in strict]
+    if refused:
+        raise PartitionCountError("; ".join(map(str, refused)))
+    for mismatch in mismatches:
+        log.error(str(mismatch), extra={"topic": mismatch.topic})
+    return mismatches
+
+
+class TopicWatch:
+    """A running service's check, every TOPIC_CHECK_SECONDS, that its topics still exist.
+
+    A broker that restarted empty (Tansu in memory, a wiped data directory) has lost every
+    topic and every producer id: its records are gone, and librdkafka's idempotent producer
+    retries forever with a producer id the broker no longer knows. The watch notices a topic
+    missing (it creates it again, with the configured partitions) or created again under
+    another id (by another service first), logs it as the data loss it is, counts it, and
+    bumps `generation`: a service seeing it change replaces its producer.
+    """
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        topics: Mapping[str, int],
+        metrics: ServiceMetrics,
+        interval: float = TOPIC_CHECK_SECONDS,
+        configs: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        """`configs`: topic -> its configuration when created again (a compacted changelog)."""
+        self.settings = settings
+        self.topics = dict(topics)
+        self.configs = dict(configs or {})
+        self.interval = interval
+        self.generation = 0  # bumped each time topics were lost
+        self.mismatches: list[PartitionMismatch] = []
+        self._ids: dict[str, str] = {}
+        self._last_error = ""
+        self._admin: AdminClient | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="topic-watch", daemon=True)
+        self._lost = metrics.counter(
+            "kafka_topics_lost",
+            "times a topic was found missing or created again (the broker lost its records)",
+            ["topic"],
+        )
+        self._mismatch = metrics.gauge(
+            "kafka_topic_partitions_mismatch",
+            "1 while a topic's partition count differs from the configured one",
+            ["topic"],
+        )
+
+    def start(self) -> TopicWatch:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def problems(self) -> list[str]:
+        """What /healthz says about the topics (empty: all as configured)."""
+        return [str(m) for m in self.mismatches]
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check()
+            except Exception as exc:  # Kafka away, say: look again later
+                error, last = str(exc), self._last_error
+                self._last_error = error
+                # Once per new error: an outage would otherwise log every few seconds.
+                log.log(logging.DEBUG if error == last else logging.WARNING,
+                        "could not check the Kafka topics", extra={"error": error})  # fmt: skip
+            else:
+                self._last_error = ""
+
+    def check(self) -> None:
+        """Look once: create what is missing, note what was created again, compare counts."""
+        found = self._describe()
+        lost = [t for t, (tid, _) in found.items() if tid is None or self._ids.get(t, tid) != tid]
+        if lost:
+            missing = {t: self.topics[t] for t in lost if found[t][0] is None}
+            log.error(
+                "Kafka lost topic(s) %s (the broker restarted empty?): their records not yet "
+                "consumed are lost; creating the missing ones again with the configured "
+                "partitions",
+                ", ".join(lost),
+                extra={"topics": lost, "recreated": sorted(missing)},
+            )
+            if missing:
+                ensure_topics(self.settings, missing, timeout=10, configs=self.configs)
+            for topic in lost:
+                self._lost.labels(topic=topic).inc()
+            found = self._describe()
+            self.generation += 1
+        self._ids = {t: tid for t, (tid, _) in found.items() if tid is not None}
+        actual = {t: n for t, (tid, n) in found.items() if tid is not None}
+        mismatches = partition_mismatches(self.settings, self.topics, actual)
+        for mismatch in set(mismatches) - set(self.mismatches):  # once, not every check
+            log.error(str(mismatch), extra={"topic": mismatch.topic})
+        self.mismatches = mismatches
+        for topic in self.topics:
+            self._mismatch.labels(topic=topic).set(any(m.topic == topic for m in mismatches))
+
+    def _describe(self) -> dict[str, tuple[str | None, int]]:
+        """topic -> (its id, partitions), (None, 0) when the broker does not have it."""
+        if self._admin is None:
+            self._admin = AdminClient(client_config(self.settings))
+        futures = self._admin.describe_topics(TopicCollection(list(self.topics)))
+        found: dict[str, tuple[str | None, int]] = {}
+        for name, future in futures.items():
+            try:
+                description = future.result(10)
+            except KafkaException as exc:
+                err = kafka_error(exc)
+                if err is None or err.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise
+                found[name] = (None, 0)
+                continue
+            found[name] = (str(description.topic_id), len(description.partitions))
+        return found

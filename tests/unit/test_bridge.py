@@ -42,11 +42,13 @@ class FakeMqtt:
     def __init__(self) -> None:
         self.inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
         self.connected = threading.Event()
+        self.subscribed = threading.Event()
         self.accepting = True
         self.settled: list[int] = []
 
     def connect(self) -> None:
         self.connected.set()
+        self.subscribed.set()
 
     def settle(self, message: Inbound) -> bool:
         self.settled.append(message.mid)
@@ -54,6 +56,7 @@ class FakeMqtt:
 
     def stop(self) -> None:
         self.connected.clear()
+        self.subscribed.clear()
 
 
 class FakeClock:
@@ -584,7 +587,12 @@ def test_health_fails_once_a_batch_waited_a_minute_for_kafka() -> None:
     mqtt.connect()
     assert bridge.health() == (
         True,
-        {"mqtt_connected": True, "in_flight": 0, "oldest_unconfirmed_s": 0.0},
+        {
+            "mqtt_connected": True,
+            "mqtt_subscribed": True,
+            "in_flight": 0,
+            "oldest_unconfirmed_s": 0.0,
+        },
     )
     run(bridge, mqtt, [inbound(1, b"{}")], rounds=1)
     clock.advance(59.9)
@@ -594,6 +602,28 @@ def test_health_fails_once_a_batch_waited_a_minute_for_kafka() -> None:
     assert not ok
     assert details["in_flight"] == 1
     mqtt.stop()
+    assert bridge.health()[0] is False
+
+
+def test_health_waits_for_the_subscription_not_only_the_connection() -> None:
+    # docker-compose starts the simulator once the bridge is healthy: on a first start the
+    # session has no subscription until the SUBACK, and what is published before is dropped.
+    side, client = mqtt_side()
+    kafka = KafkaSettings(kafka_raw_topic=RAW, kafka_deadletter_topic=DLQ)
+    bridge = BridgeService(kafka, BridgeSettings(), side, FakeProducer(), side.metrics)
+    granted = [ReasonCode(PacketTypes.SUBACK, "Granted QoS 1")] * 2
+    side.on_connect(client, None, None, CONNECTED, None)
+    ok, details = bridge.health()
+    assert not ok
+    assert details["mqtt_connected"] is True
+    assert details["mqtt_subscribed"] is False
+    side.on_subscribe(client, None, 1, granted, None)
+    assert bridge.health() == (True, {**details, "mqtt_subscribed": True})
+    side.on_disconnect(client, None, None, DROPPED, None)
+    assert bridge.health()[0] is False
+    side.on_connect(client, None, None, CONNECTED, None)
+    refused = [ReasonCode(PacketTypes.SUBACK, "Not authorized")] * 2
+    side.on_subscribe(client, None, 2, refused, None)  # the ACL refuses the bridge
     assert bridge.health()[0] is False
 
 

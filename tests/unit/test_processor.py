@@ -521,6 +521,9 @@ class FakeCache:
         self.stored_locations.clear()
         self.stored_templates.clear()
 
+    async def probe(self) -> bool:
+        return self.up
+
 
 def all_templates() -> dict[int, TemplateRow]:
     return {r[0]: r for r in (ENV, POWER, DOORS, READER)}
@@ -589,7 +592,7 @@ class FakeLatest:
     def __init__(self) -> None:
         self.written: list[LatestValues] = []
 
-    def write(self, latest: LatestValues) -> None:
+    def write(self, partition: int, latest: LatestValues) -> None:
         self.written.append(latest)
 
     def flush(self) -> list[OutRecord]:
@@ -720,28 +723,28 @@ def test_latest_table_coalesces_changes_between_flushes() -> None:
         def changelog_topic(self) -> str:
             return "app-latest-changelog"
 
-        def changelog_key(self, key: str) -> tuple[bytes, int]:
+        def changelog_key(self, key: str) -> bytes:
             self.serialised.append(key)
-            return key.encode(), int(key) % 3
+            return key.encode()
 
         def changelog_value(self, entry: Entry) -> bytes:
             return json.dumps(entry).encode()
 
     backend = Backend()
     table = LatestTable(backend)
-    table.write({7: {1: (100, 20.0, "temperature")}, 8: {2: (100, 1.0, "door")}})
-    table.write({7: {1: (101, 21.0, "temperature")}})
-    table.write({8: {2: (99, 0.0, "door")}})  # older than what is stored: no change
+    table.write(1, {7: {1: (100, 20.0, "temperature")}, 8: {2: (100, 1.0, "door")}})
+    table.write(1, {7: {1: (101, 21.0, "temperature")}})
+    table.write(1, {8: {2: (99, 0.0, "door")}})  # older than what is stored: no change
     records = sorted(table.flush())
     assert [(r.topic, r.key, r.partition) for r in records] == [
-        ("app-latest-changelog", b"7", 1),
-        ("app-latest-changelog", b"8", 2),
+        ("app-latest-changelog", b"1:7", 1),
+        ("app-latest-changelog", b"1:8", 1),
     ]
     assert json.loads(records[0].value) == {"1": [101, 21.0, "temperature"]}
     assert table.flush() == []
-    table.write({7: {1: (102, 22.0, "temperature")}})
-    assert [r.key for r in table.flush()] == [b"7"]
-    assert sorted(backend.serialised) == ["7", "8"]  # each key serialised and partitioned once
+    table.write(1, {7: {1: (102, 22.0, "temperature")}})
+    assert [r.key for r in table.flush()] == [b"1:7"]
+    assert sorted(backend.serialised) == ["1:7", "1:8"]  # each key serialised and partitioned once
 
 
 # --- Metrics and wiring ---------------------------------------------------------------------
@@ -863,3 +866,22 @@ def test_each_faust_hook_still_exists(hook: Hook) -> None:
         assert list(inspect.signature(ours).parameters) == expected, (
             f"{hook.label} takes {expected} in {where}: re-check the override ({hook.why})"
         )
+
+
+def test_no_aiokafka_client_asks_the_broker_to_create_a_topic_by_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A broker that lost its topics would otherwise create the raw topic with its own
+    partition count at the consumer's next metadata refresh (issue 19, item 1)."""
+    import aiokafka.client  # type: ignore[import-untyped]
+    from aiokafka.protocol.metadata import (  # type: ignore[import-untyped]
+        MetadataRequest,
+        MetadataRequest_v5,
+    )
+
+    assert MetadataRequest(["raw"]).build(MetadataRequest_v5).allow_auto_topic_creation is True
+    # Put back after the test: other tests of this process may use aiokafka as it comes.
+    monkeypatch.setattr(aiokafka.client, "MetadataRequest", MetadataRequest)
+    faust_adapter.never_auto_create_topics()
+    asked = aiokafka.client.MetadataRequest(["raw"]).build(MetadataRequest_v5)
+    assert (asked.topics, asked.allow_auto_topic_creation) == (["raw"], False)

@@ -16,10 +16,10 @@ from confluent_kafka import KafkaException, Producer
 
 from f2pipe_bridge.metrics import BridgeMetrics
 from f2pipe_bridge.mqtt import MqttSide, subscriptions
-from f2pipe_bridge.ports import MessageSource, RecordProducer
+from f2pipe_bridge.ports import MessageSource, RecordProducer, TopicStatus
 from f2pipe_bridge.service import BridgeService
 from f2pipe_bridge.settings import Settings
-from f2pipe_shared.kafka import ensure_topics, pipeline_topics, producer_config
+from f2pipe_shared.kafka import TopicWatch, pipeline_topics, producer_config, verify_topics
 from f2pipe_shared.lifecycle import serve
 from f2pipe_shared.logs import configure_logging
 from f2pipe_shared.settings import KafkaSettings
@@ -40,35 +40,53 @@ def build(
     settings: Settings,
     producer: RecordProducer | None = None,
     mqtt: MessageSource | None = None,
+    *,
+    metrics: BridgeMetrics | None = None,
+    topics: TopicStatus | None = None,
 ) -> BridgeService:
     """The bridge with its metrics; the real producer and MQTT side unless given."""
-    metrics = BridgeMetrics()
+    metrics = metrics or BridgeMetrics()
+    config = producer_config(settings.kafka)
     if producer is None:
-        producer = Producer(producer_config(settings.kafka))
+        producer = Producer(config)
     if mqtt is None:
         mqtt = MqttSide(settings.mqtt, settings.bridge, metrics)
-    return BridgeService(settings.kafka, settings.bridge, mqtt, producer, metrics)
+    return BridgeService(
+        settings.kafka, settings.bridge, mqtt, producer, metrics,
+        topics=topics, new_producer=lambda: Producer(config),
+    )  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser().parse_args(argv)
     settings = Settings.load()
     configure_logging("bridge", settings.common.log_level, settings.common.log_format)
-    wait_for_topics(settings.kafka)
-    service = build(settings)
-    return serve(
-        "bridge", service, service.run,
-        host=settings.observability.metrics_host, port=settings.metrics_port,
-        registry=service.metrics.registry, topics=subscriptions(settings.bridge),
-    )  # fmt: skip
+    kafka = settings.kafka
+    wait_for_topics(kafka)
+    metrics = BridgeMetrics()
+    # The topics this bridge produces to, checked while it runs (a broker restarted empty).
+    produced = {kafka.kafka_raw_topic, kafka.kafka_deadletter_topic}
+    watched = {t: n for t, n in pipeline_topics(kafka).items() if t in produced}
+    watch = TopicWatch(kafka, watched, metrics).start()
+    service = build(settings, metrics=metrics, topics=watch)
+    try:
+        return serve(
+            "bridge", service, service.run,
+            host=settings.observability.metrics_host, port=settings.metrics_port,
+            registry=service.metrics.registry, topics=subscriptions(settings.bridge),
+        )  # fmt: skip
+    finally:
+        watch.stop()
 
 
 def wait_for_topics(kafka: KafkaSettings) -> None:
-    """Create the pipeline's topics, waiting for Kafka if it is not up yet."""
+    """Create the pipeline's topics, waiting for Kafka if it is not up yet; a raw topic with
+    another partition count than KAFKA_RAW_PARTITIONS stops start-up (PartitionCountError):
+    the bridge places each device on a partition by that count."""
     delay = 1.0
     while True:
         try:
-            ensure_topics(kafka, pipeline_topics(kafka), timeout=10)
+            verify_topics(kafka, pipeline_topics(kafka), strict={kafka.kafka_raw_topic}, timeout=10)
             return
         except KafkaException as exc:
             log.warning("Kafka not reachable yet", extra={"error": str(exc), "retry_in_s": delay})

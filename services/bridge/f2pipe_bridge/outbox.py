@@ -175,6 +175,15 @@ class Outbox:
         """Serve Kafka's delivery callbacks that are ready, without waiting."""
         self.producer.poll(0)
 
+    def replace_producer(self, producer: RecordProducer, timeout: float = 5.0) -> None:
+        """Go on with `producer`: the broker lost the old one's producer id (it restarted
+        empty), so that one would retry what it holds for ever. What it did not confirm is
+        purged, which fails each record through its callback, and so sent again by the new
+        one (never acknowledged before that: at worst a duplicate)."""
+        old, self.producer = self.producer, producer
+        old.purge(in_queue=True, in_flight=True, blocking=False)
+        old.flush(timeout)  # serves the purged records' callbacks
+
     def flush(self, batches: Iterable[Batch], timeout: float) -> int:
         """Send these batches and every waiting retry now, then wait up to `timeout` for Kafka;
         the number of records it did not confirm."""

@@ -33,6 +33,9 @@ class MessageSource(Protocol):
 
     inbox: queue.SimpleQueue[Inbound]
     connected: threading.Event
+    # Set once the broker accepted the subscriptions (SUBACK): only then does the session
+    # collect messages, so only then may what publishes through it start (health).
+    subscribed: threading.Event
     accepting: bool
 
     def connect(self) -> None: ...
@@ -63,6 +66,15 @@ class RecordProducer(Protocol):
     def purge(self, in_queue: bool = ..., in_flight: bool = ..., blocking: bool = ...) -> None: ...
 
     def list_topics(self, topic: str | None = ..., timeout: float = ...) -> Any: ...
+
+
+class TopicStatus(Protocol):
+    """The topics as a running service sees them (`f2pipe_shared.kafka.TopicWatch`):
+    `generation` changes when the broker lost them (its producer ids too)."""
+
+    generation: int
+
+    def problems(self) -> list[str]: ...
 
 
 class MqttClient(Protocol):

@@ -13,13 +13,14 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import KW_ONLY, InitVar, dataclass
 from typing import Any
 
 from f2pipe_bridge.batcher import Batcher
 from f2pipe_bridge.metrics import BridgeMetrics
 from f2pipe_bridge.outbox import Outbox
-from f2pipe_bridge.ports import Clock, Inbound, MessageSource, RecordProducer
+from f2pipe_bridge.ports import Clock, Inbound, MessageSource, RecordProducer, TopicStatus
 from f2pipe_bridge.settings import BridgeSettings
 from f2pipe_shared.deadletters import Reason
 from f2pipe_shared.records import partition_for_device
@@ -42,9 +43,14 @@ class BridgeService:
     metrics: BridgeMetrics
     _: KW_ONLY
     clock: Clock = time
+    # The running check of the topics (main's TopicWatch), and how to make a new producer
+    # when it says the broker lost them; None: neither (unit tests).
+    topics: TopicStatus | None = None
+    new_producer: Callable[[], RecordProducer] | None = None
 
     def __post_init__(self, kafka: KafkaSettings, producer: RecordProducer) -> None:
         settings, clock = self.settings, self.clock
+        self.generation = self.topics.generation if self.topics else 0
         self.partitions = _partition_count(producer, kafka.kafka_raw_topic)
         self.batcher = Batcher(
             settings.bridge_batch_max_messages, settings.bridge_batch_linger_ms / 1000, clock
@@ -65,6 +71,7 @@ class BridgeService:
         self._receive(self._wait(timeout), limit=DRAIN_AT_ONCE)
         for batch in self.batcher.due() + self.batcher.full():
             self.outbox.send(batch)
+        self._follow_topics()
         self.outbox.resend_due()
         self.outbox.poll()
         self.outbox.dead_log.emit_due()
@@ -95,12 +102,29 @@ class BridgeService:
         oldest = self.outbox.oldest_unconfirmed()
         waiting = 0.0 if oldest is None else self.clock.monotonic() - oldest
         connected = self.mqtt.connected.is_set()
-        ok = connected and waiting < UNCONFIRMED_HEALTHY_S
-        return ok, {
+        # Connected is not enough: until the SUBACK a first session has no subscription, and
+        # the broker drops what devices publish (docker-compose starts the simulator on this).
+        subscribed = connected and self.mqtt.subscribed.is_set()
+        ok = subscribed and waiting < UNCONFIRMED_HEALTHY_S
+        details: dict[str, Any] = {
             "mqtt_connected": connected,
+            "mqtt_subscribed": subscribed,
             "in_flight": self.in_flight,
             "oldest_unconfirmed_s": round(waiting, 3),
         }
+        problems = self.topics.problems() if self.topics else []
+        if problems:
+            details["kafka_topics"] = problems
+        return ok, details
+
+    def _follow_topics(self) -> None:
+        """The broker lost the topics (restarted empty): go on with a new producer."""
+        if self.topics is None or self.topics.generation == self.generation:
+            return
+        self.generation = self.topics.generation
+        if self.new_producer is not None:
+            log.warning("replacing the Kafka producer: the broker lost its producer id")
+            self.outbox.replace_producer(self.new_producer())
 
     # --- one message ----------------------------------------------------------------------
 

@@ -14,8 +14,9 @@ What is here:
 - ``serve``: the agent, timer, task and web pages that hand events to ``ProcessorService``
   (service.py), which knows nothing of Faust;
 - ``SafeSeekConsumer``: Faust's aiokafka consumer with a restart bug closed (below);
-- ``FaustTableBackend`` and ``latest_table``: the last-value table's storage and changelog
-  encoding for latest.py;
+- ``latest_table`` (a ``LatestFaustTable``, whose changelog replay keeps newer values) and
+  ``FaustTableBackend``: the last-value table's storage and changelog encoding for latest.py;
+  ``LatestPeers``: the workers' parts of it, for /latest;
 - ``connectivity_table``, ``FaustStateBackend`` and ``FaustProgress``: the controllers'
   connectivity state, its changelog, and where the consumer stands (connectivity.py);
 - ``run_worker``: Faust's worker with f2pipe's logging, until SIGTERM/SIGINT.
@@ -42,18 +43,23 @@ skips those records for good: lost readings. Two defences, both narrow:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import ssl
 import tempfile
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import aiokafka  # type: ignore[import-untyped]
+import aiokafka.client  # type: ignore[import-untyped]
 import faust
 from aiokafka.errors import IllegalStateError  # type: ignore[import-untyped]
+from aiokafka.protocol.metadata import MetadataRequest  # type: ignore[import-untyped]
+from faust.assignor.leader_assignor import LeaderAssignor
+from faust.assignor.partition_assignor import PartitionAssignor
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.streams import Stream
 from faust.tables.base import Collection
@@ -66,12 +72,14 @@ from faust.web.base import BlueprintManager, Web
 
 from f2pipe_processor import connectivity
 from f2pipe_processor.acks import Ack, Holes
-from f2pipe_processor.latest import CHANGELOG_CONFIG, TABLE_NAME, Entry, render
+from f2pipe_processor.latest import CHANGELOG_CONFIG, TABLE_NAME, Entry, combine, lookup, render
 from f2pipe_processor.metrics import ProcessorMetrics
 from f2pipe_processor.service import ProcessorService
 from f2pipe_processor.settings import Settings
 from f2pipe_shared.logs import configure_logging
 from f2pipe_shared.settings import CommonSettings, KafkaSettings
+
+log = logging.getLogger(__name__)
 
 # The versions every hook below was read against (uv.lock).
 PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "0.7.1"}
@@ -160,6 +168,7 @@ class ProcessorApp(faust.App):
 def create_app(settings: Settings, partitions: int) -> ProcessorApp:
     """The Faust app for ``partitions`` raw partitions (the latest table gets as many)."""
     kafka, processor = settings.kafka, settings.processor
+    never_auto_create_topics()
     return ProcessorApp(
         processor.processor_app_id,
         broker=[f"kafka://{hp.strip()}" for hp in kafka.kafka_bootstrap_servers.split(",")],
@@ -168,8 +177,8 @@ def create_app(settings: Settings, partitions: int) -> ProcessorApp:
         datadir=processor.processor_data_dir
         or str(Path(tempfile.gettempdir()) / f"{processor.processor_app_id}-data"),
         web_enabled=True,
-        # Only our pages (ProcessorApp._new_web); table_route forwards /latest through
-        # app.router in-process, not through the /router views.
+        # Only our pages (ProcessorApp._new_web): /latest asks the other workers itself
+        # (LatestPeers), not through the /router views.
         web_router_enabled=False,
         web_tables_enabled=False,
         web_stats_enabled=False,
@@ -177,7 +186,7 @@ def create_app(settings: Settings, partitions: int) -> ProcessorApp:
         web_metrics_enabled=False,
         web_bind=settings.observability.metrics_host,
         web_port=settings.port,
-        canonical_url=f"http://{socket.gethostname()}:{settings.port}",
+        canonical_url=advertised_url(settings.observability.metrics_host, settings.port),
         # Some brokers hold a group join for the whole rebalance timeout (Tansu:
         # docs/architecture.md).
         broker_rebalance_timeout=kafka.kafka_max_poll_interval_ms / 1000,
@@ -193,6 +202,43 @@ def create_app(settings: Settings, partitions: int) -> ProcessorApp:
         stream_buffer_maxsize=64,
         producer_acks=-1,
     )
+
+
+class NoAutoCreateMetadataRequest(MetadataRequest):  # type: ignore[misc]
+    """aiokafka's metadata request, never asking the broker to create the topics it names.
+
+    aiokafka asks by default (MetadataRequest v4+), so after the broker lost its topics (a
+    restart with memory storage) the consumer's next metadata refresh created the raw topic
+    with the broker's own partition count (4 for Tansu) before TopicWatch could create it
+    with the configured 6. Topics are created by f2pipe (ensure_topics, TopicWatch) and by
+    Faust's declarations, with their counts, never by naming them.
+    """
+
+    def __init__(
+        self, topics: list[str] | None = None, allow_auto_topic_creation: bool | None = None
+    ) -> None:
+        super().__init__(topics, allow_auto_topic_creation=False)
+
+
+def never_auto_create_topics() -> None:
+    """Every aiokafka client of this process (Faust's consumer, producer and admin) asks for
+    metadata without auto-creation."""
+    aiokafka.client.MetadataRequest = NoAutoCreateMetadataRequest
+
+
+def leader_topic(app: faust.App) -> str:
+    """Faust's leader-election topic (one partition), declared by Faust at start."""
+    return cast(LeaderAssignor, app._leader_assignor)._leader_topic_name
+
+
+def advertised_url(host: str, port: int) -> str:
+    """Where the other workers ask this one for its part of /latest (LatestPeers): the
+    address the web server listens on, or the host's name when it listens on all."""
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 (a comparison, not a bind)
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    return f"http://{host}:{port}"
 
 
 def credentials(kafka: KafkaSettings) -> faust.auth.Credentials | None:
@@ -218,15 +264,46 @@ def credentials(kafka: KafkaSettings) -> faust.auth.Credentials | None:
 # --- The last-value table ---------------------------------------------------------------------
 
 
+class LatestFaustTable(faust.Table[str, Entry]):
+    """Faust's table, except that a changelog record never replaces a newer value.
+
+    A recovery replays the changelog over what the worker's memory already holds, and that
+    memory may be newer: latest.py writes it directly and flushes it later, and a worker
+    keeps the partitions it owned through a rebalance (measured: after one worker of two
+    stopped, Faust's replay of the survivor's own partitions put back values from an older
+    flush for ~150 devices). Each datapoint keeps its newest value, whatever the order.
+    """
+
+    def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
+        events = list(batch)
+        store = self.data
+        before = {}
+        for event in events:
+            key = self._to_key(event.key)
+            if key not in before and (entry := store.get(key)) is not None:
+                before[key] = entry
+        super().apply_changelog_batch(events)
+        for key, entry in before.items():
+            replayed = store.get(key)
+            if replayed is not None:
+                store[key] = combine([replayed, entry])
+
+
 def latest_table(app: faust.App, partitions: int) -> Any:
-    return app.Table(
-        TABLE_NAME,
-        default=None,
-        partitions=partitions,
-        key_type=str,
-        use_partitioner=True,
-        help="device id -> {datapoint id: [timestamp_us, value, key]}",
-        extra_topic_configs=CHANGELOG_CONFIG,
+    # Not use_partitioner: latest.py writes each entry to the changelog partition of its raw
+    # partition, so the worker owning that raw partition owns (and recovers) the entry.
+    # app.Table with our class: app.tables.add(...) as app.Table does.
+    return app.tables.add(
+        LatestFaustTable(
+            app,
+            name=TABLE_NAME,
+            default=None,
+            beacon=app.tables.beacon,
+            partitions=partitions,
+            key_type=str,
+            help="'<raw partition>:<device id>' -> {datapoint id: [timestamp_us, value, key]}",
+            extra_topic_configs=CHANGELOG_CONFIG,
+        )
     )
 
 
@@ -235,11 +312,10 @@ class FaustTableBackend:
 
     latest.py writes the store directly (Faust's ``table[key] = value`` would send one
     changelog record per write) and produces the changelog itself; the records must be
-    what Faust would write, or recovery and ``table_route`` would disagree with them.
+    what Faust would write, or recovery would not read them.
     """
 
-    def __init__(self, app: faust.App, table: Any) -> None:
-        self.app = app
+    def __init__(self, table: Any) -> None:
         self.table = table
 
     def store(self) -> MutableMapping[str, Entry]:
@@ -248,16 +324,83 @@ class FaustTableBackend:
     def changelog_topic(self) -> str:
         return cast(str, self.table.changelog_topic.get_topic_name())
 
-    def changelog_key(self, key: str) -> tuple[bytes, int]:
+    def changelog_key(self, key: str) -> bytes:
         table = self.table
-        key_bytes = cast(bytes, table.changelog_topic.prepare_key(key, table.key_serializer)[0])
-        # Faust's partitioner, as table_route uses it to find the key's worker.
-        tp = self.app.producer.key_partition(self.changelog_topic(), key_bytes)
-        return key_bytes, tp.partition
+        return cast(bytes, table.changelog_topic.prepare_key(key, table.key_serializer)[0])
 
     def changelog_value(self, entry: Entry) -> bytes:
         table = self.table
         return cast(bytes, table.changelog_topic.prepare_value(entry, table.value_serializer)[0])
+
+
+PEER_TIMEOUT_SECONDS = 5.0  # for another worker's part of /latest
+
+
+class LatestPeers:
+    """Which worker owns which partitions of the latest table, and their parts of an entry.
+
+    Every worker learns the whole distribution (worker URL -> its active changelog
+    partitions) from the assignor at each rebalance. A worker answers for the partitions it
+    owns only (latest.py: its memory also holds standby copies and revoked partitions), and
+    not at all while a rebalance or its recovery is under way (its entries may be partial).
+    """
+
+    def __init__(self, app: faust.App, table: Any) -> None:
+        self.app = app
+        self.table = table
+
+    def _topic(self) -> str:
+        return cast(str, self.table.changelog_topic.get_topic_name())
+
+    def local(self, device: int) -> Entry | None:
+        """This worker's part; None while it cannot tell (rebalance, recovery)."""
+        app = self.app
+        if app.rebalancing or app.in_recovery:
+            return None
+        topic = self._topic()
+        owned = [tp.partition for tp in app.assignor.assigned_actives() if tp.topic == topic]
+        return lookup(self.table.data, device, owned)
+
+    def others(self) -> list[str]:
+        """The URLs of the other workers owning partitions of the table."""
+        topic, me = self._topic(), str(self.app.conf.canonical_url)
+        distribution = cast(PartitionAssignor, self.app.assignor).changelog_distribution
+        return sorted(url for url, tps in distribution.items() if url != me and tps.get(topic))
+
+    async def remote(self, url: str, device: int) -> Entry | None:
+        """Another worker's part; None when it did not answer one."""
+        try:
+            async with asyncio.timeout(PEER_TIMEOUT_SECONDS):
+                async with self.app.http_client.get(
+                    f"{url}/latest/{device}", params={"scope": "local"}
+                ) as response:
+                    if response.status != 200:
+                        return None
+                    return cast(Entry, await response.json())
+        # aiohttp's errors (not all OSErrors), a timeout, a body that is no JSON: all mean
+        # no answer from that worker, hence a 503, never a partial one.
+        except Exception as exc:
+            log.warning("a worker did not answer for /latest",
+                        extra={"url": url, "error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
+            return None
+
+    def complete(self) -> bool:
+        """Whether every partition of the table has an owner (not so before the first
+        assignment, or while a worker that left is still listed: then one does not answer)."""
+        topic = self._topic()
+        distribution = cast(PartitionAssignor, self.app.assignor).changelog_distribution
+        owned = {p for tps in distribution.values() for p in tps.get(topic, ())}
+        return owned >= set(range(self.table.partitions))
+
+    async def gather(self, device: int) -> Entry | None:
+        """The device's newest values from every worker; None if one could not answer."""
+        if not self.complete():
+            return None
+        parts = [self.local(device)]
+        parts += await asyncio.gather(*(self.remote(url, device) for url in self.others()))
+        if any(part is None for part in parts):
+            return None
+        return combine(part for part in parts if part is not None)
 
 
 # --- The connectivity table ------------------------------------------------------------------
@@ -349,6 +492,7 @@ def serve(
             await service.handle(message.partition, message.offset, event.value, ack)
 
     app.task(service.watch_registry)
+    app.task(service.watch_redis)
 
     # Faust's timer decorator is untyped; the function keeps its signature.
     @app.timer(settings.processor.processor_latest_flush_seconds)  # type: ignore[untyped-decorator]
@@ -367,18 +511,31 @@ def serve(
     @app.page("/healthz")
     async def healthz(self: View, request: Request) -> Response:
         ok, details = service.health()
-        body = {"status": "ok" if ok else "unhealthy", **details}
+        # Degraded (Redis down) is still 200: PostgreSQL answers every lookup.
+        status = ("degraded" if "degraded" in details else "ok") if ok else "unhealthy"
+        body = {"status": status, **details}
         return self.json(body, status=200 if ok else 503)
 
+    peers = LatestPeers(app, table)
+
     @app.page("/latest/{device_id}")
-    @app.table_route(table=table, match_info="device_id")
     async def latest_values(self: View, request: Request, device_id: str) -> Response:
         if not device_id.isdigit():
             return self.json({"error": "device id must be an integer"}, status=400)
-        stored = table.get(str(int(device_id)))
+        device = int(device_id)
+        if request.query.get("scope") == "local":  # another worker asks for our part
+            part = peers.local(device)
+            if part is None:
+                return self.json({"error": "rebalancing"}, status=503)
+            return self.json(part)
+        stored = await peers.gather(device)
+        if stored is None:
+            return self.json(
+                {"error": "a worker could not answer (rebalancing?): ask again"}, status=503
+            )
         if not stored:
             return self.json({"error": f"no values for device {device_id} (yet)"}, status=404)
-        return self.json(render(int(device_id), stored))
+        return self.json(render(device, stored))
 
     # GET /metrics serves our registry, with Faust's sensor (f2pipe_processor_faust_*) in it.
     setup_prometheus_sensors(app, name_prefix="f2pipe_processor_faust", registry=metrics.registry)
@@ -483,6 +640,11 @@ HOOKS: tuple[Hook, ...] = (
     Hook("faust-streaming", Stream, "ack",
          "relied on: its bookkeeping happens before its first await, so acks started in "
          "offset order land in offset order (acks.InFlight)"),
+    Hook("faust-streaming", faust.Table, "apply_changelog_batch",
+         "overridden: a replayed changelog record never replaces a newer value",
+         LatestFaustTable),
+    Hook("faust-streaming", Collection, "_to_key",
+         "called: a changelog record's key as the store holds it"),
     Hook("faust-streaming", Collection, "data",
          "relied on: latest.py writes the table's store directly, without Faust's per-key "
          "changelog send"),
@@ -490,8 +652,20 @@ HOOKS: tuple[Hook, ...] = (
          "relied on: changelog keys serialised as Faust's table would (recovery reads them)"),
     Hook("faust-streaming", FaustTopic, "prepare_value",
          "relied on: changelog values serialised as Faust's table would"),
-    Hook("faust-streaming", aiokafka_driver.Producer, "key_partition",
-         "relied on: Faust's partitioner for the changelog, so table_route finds each key"),
+    Hook("faust-streaming", PartitionAssignor, "changelog_distribution",
+         "read: every worker's URL and active changelog partitions, for /latest (LatestPeers)"),
+    Hook("faust-streaming", PartitionAssignor, "assigned_actives",
+         "called: the latest table's partitions this worker answers /latest for"),
+    Hook("faust-streaming", PartitionAssignor, "_get_copartitioned_groups",
+         "relied on: a table with the raw topic's partition count is co-partitioned with it, "
+         "so the owner of raw partition P owns the changelog partitions P latest.py and "
+         "connectivity.py write"),
+    Hook("faust-streaming", faust.App, "rebalancing",
+         "read: no /latest part is answered during a rebalance (entries may be partial)"),
+    Hook("faust-streaming", faust.App, "in_recovery",
+         "read: nor during a table recovery"),
+    Hook("faust-streaming", faust.App, "http_client",
+         "called: asks the other workers for their parts of /latest"),
     Hook("faust-streaming", faust.App, "on_partitions_assigned",
          "relied on: the signal tells connectivity.py which raw partitions are new to it"),
     Hook("faust-streaming", aiokafka_driver.Consumer, "highwater",
@@ -505,6 +679,13 @@ HOOKS: tuple[Hook, ...] = (
     Hook("mode-streaming", faust.Worker, "_setup_logging",
          "overridden (mode.Worker's): f2pipe's log format instead of Faust's colour logger",
          Worker),
+    Hook("aiokafka", aiokafka.client.AIOKafkaClient, "_metadata_update",
+         "relied on: builds its request from aiokafka.client.MetadataRequest, which "
+         "never_auto_create_topics replaces (no topic created by naming it)"),
+    Hook("faust-streaming", faust.App, "_leader_assignor",
+         "read: its leader topic, for TopicWatch to create again after the broker lost it"),
+    Hook("faust-streaming", LeaderAssignor, "_leader_topic_name",
+         "read: the leader topic's name"),
     Hook("aiokafka", aiokafka.AIOKafkaConsumer, "seek_to_committed",
          "relied on: awaited once per partition by Faust's perform_seek, the window in which "
          "the restart bug drops records; it seeks only partitions committed at an offset > 0"),

@@ -1,33 +1,43 @@
 """The last value of every (device, datapoint): a table, served at /latest/<device_id>.
 
-One table entry per device (key: the device id as text), holding each datapoint's newest
-``[timestamp_us, value, datapoint key]``. A batch updates each device it touched once; the
-changed devices go to the changelog every PROCESSOR_LATEST_FLUSH_SECONDS (``flush``).
+One table entry per (raw partition, device) (key ``"<partition>:<device id>"``), holding each
+datapoint's newest ``[timestamp_us, value, datapoint key]`` seen in that raw partition. A
+batch updates each device it touched once; the changed entries go to the changelog every
+PROCESSOR_LATEST_FLUSH_SECONDS (``flush``) and when the worker gives its partitions up.
+
+Several workers: the table is co-partitioned with the raw topic (an entry's changelog
+partition is the raw partition it was written from), so Faust's assignor gives the worker
+that owns raw partition P the table partition P, and a new owner of P (after a rebalance)
+recovers P's entries from the changelog. A worker's memory also holds entries of partitions
+it does not own (standby copies, which lag by a flush interval, and partitions taken away
+from it): ``lookup`` reads only the partitions it names, and the page (faust_adapter.py)
+names the ones the worker owns now. Which partition a device's values are in depends on its
+controller (the bridge partitions by controller MAC), so the page asks every worker for its
+part and ``combine`` keeps each datapoint's newest value: no registry lookup, and a device
+that moved to another controller still shows its newest value of every datapoint.
 
 Faust's own ``table[key] = value`` sends one changelog record through aiokafka per write,
 with a future, a buffer slot and several event-loop callbacks each: measured at ~28 us per
 write, it was the processor's largest cost (one write per message in a large fleet).
 ``LatestTable`` updates the table's store directly, and ``flush`` returns the changelog
-records, serialised and partitioned exactly as Faust would (the table's serializers,
-Faust's partitioner: ``faust_adapter.FaustTableBackend``), for librdkafka; recovery reads
-them like any Faust changelog. After a kill -9, values changed within the last flush interval
-come back with the records processed again or with the device's next message. No Faust here.
-
-The table is partitioned by key (``use_partitioner``), not by the raw record's partition:
-then ``table_route`` can send a request for a device to the worker holding it without
-knowing which controller (and so which raw partition) the device belongs to.
+records, serialised as Faust would (the table's serializers: ``faust_adapter.
+FaustTableBackend``), for librdkafka; recovery reads them like any Faust changelog. After a
+kill -9, values changed within the last flush interval come back with the records processed
+again or with the device's next message. No Faust here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any, Protocol
 
 from f2pipe_processor.decoder import LatestValues
 from f2pipe_processor.output import OutRecord
 from f2pipe_shared.timestamps import format_device_timestamp, from_epoch_us
 
-TABLE_NAME = "latest"
+# "-v2": keys are "<partition>:<device>" in the raw partition's changelog partition; the
+# changelog of the former "latest" table (keyed by device, Faust's partitioner) is not read.
+TABLE_NAME = "latest-v2"
 # A restarted worker replays the changelog (the table lives in memory): Kafka compacts it
 # (Faust's default policy) only once a segment closes, so close one every 10 minutes and
 # compact eagerly, or the replay grows with the changelog's 1 GB default segment. (Tansu, the
@@ -45,11 +55,16 @@ class TableBackend(Protocol):
 
     def changelog_topic(self) -> str: ...
 
-    def changelog_key(self, key: str) -> tuple[bytes, int]:
-        """The serialised key and the changelog partition it belongs to."""
+    def changelog_key(self, key: str) -> bytes:
+        """The serialised key."""
         ...
 
     def changelog_value(self, entry: Entry) -> bytes: ...
+
+
+def table_key(partition: int, device: int) -> str:
+    """The entry of ``device``'s values that came through raw ``partition``."""
+    return f"{partition}:{device}"
 
 
 def merge(
@@ -67,28 +82,46 @@ def merge(
     return merged if changed else None
 
 
+def combine(entries: Iterable[Mapping[str, list[Any]]]) -> Entry:
+    """One entry from several (partitions, workers): each datapoint's newest value."""
+    combined: Entry = {}
+    for entry in entries:
+        for dp, point in entry.items():
+            old = combined.get(dp)
+            if old is None or old[0] < point[0]:
+                combined[dp] = point
+    return combined
+
+
+def lookup(store: Mapping[str, Entry], device: int, partitions: Iterable[int]) -> Entry:
+    """``device``'s values in ``partitions`` only (those the worker owns: see the docstring)."""
+    return combine(
+        entry for p in partitions if (entry := store.get(table_key(p, device))) is not None
+    )
+
+
 class LatestTable:
     """The `ports.LatestStore` of production, over the Faust table's store."""
 
     def __init__(self, backend: TableBackend) -> None:
         self.backend = backend
-        # Device -> (serialised key, partition): both fixed for the table's life, and
-        # Faust's murmur2 partitioner is pure Python.
-        self._keys: dict[int, tuple[bytes, int]] = {}
-        self._dirty: set[int] = set()
+        self._keys: dict[str, bytes] = {}  # table key -> serialised: fixed for the table's life
+        self._dirty: dict[str, int] = {}  # table key -> its (raw and changelog) partition
 
-    def write(self, latest: LatestValues) -> None:
-        """Apply the batch's newest values; the devices changed wait for ``flush``."""
+    def write(self, partition: int, latest: LatestValues) -> None:
+        """Apply the newest values of a batch of raw ``partition``; the entries changed wait
+        for ``flush``."""
         store = self.backend.store()  # the store itself: no per-key send by Faust
+        dirty = self._dirty
         for device, values in latest.items():
-            key = str(device)
+            key = f"{partition}:{device}"  # table_key, inline: once per device and batch
             merged = merge(store.get(key), values)
             if merged is not None:
                 store[key] = merged
-                self._dirty.add(device)
+                dirty[key] = partition
 
     def flush(self) -> list[OutRecord]:
-        """The changelog records of every device changed since the last flush.
+        """The changelog records of every entry changed since the last flush.
 
         Coalesced: a device's value goes to the changelog once per flush, not once per
         batch, so a restarted worker replays a fraction of the writes (measured: a batch of
@@ -100,13 +133,13 @@ class LatestTable:
         topic = backend.changelog_topic()
         keys = self._keys
         records = []
-        dirty, self._dirty = self._dirty, set()
-        for device in dirty:
-            cached = keys.get(device)
-            if cached is None:
-                cached = keys[device] = backend.changelog_key(str(device))
-            value = backend.changelog_value(store[str(device)])
-            records.append(OutRecord(topic, cached[0], value, None, cached[1]))
+        dirty, self._dirty = self._dirty, {}
+        for key, partition in dirty.items():
+            serialised = keys.get(key)
+            if serialised is None:
+                serialised = keys[key] = backend.changelog_key(key)
+            value = backend.changelog_value(store[key])
+            records.append(OutRecord(topic, serialised, value, None, partition))
         return records
 
 

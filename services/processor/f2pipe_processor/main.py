@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from f2pipe_processor import faust_adapter
 from f2pipe_processor.acks import Holes, InFlight
@@ -26,7 +27,7 @@ from f2pipe_processor.registry import Registry
 from f2pipe_processor.resolver import RedisCache, Resolver
 from f2pipe_processor.service import ProcessorService
 from f2pipe_processor.settings import Settings
-from f2pipe_shared.kafka import ensure_topics, list_topics, pipeline_topics
+from f2pipe_shared.kafka import TopicWatch, list_topics, pipeline_topics, verify_topics
 from f2pipe_shared.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def build(settings: Settings, partitions: int | None = None) -> Processor:
         prefix=config.processor_redis_prefix,
         ttl_seconds=config.processor_cache_ttl_seconds,
         retry_seconds=config.processor_redis_retry_seconds,
+        timeout=config.processor_redis_timeout_seconds,
         metrics=metrics,
     )
     resolver = Resolver(registry, cache, config.processor_local_cache_size, metrics=metrics)
@@ -83,7 +85,7 @@ def build(settings: Settings, partitions: int | None = None) -> Processor:
         kafka=kafka,
         core=core,
         output=output,
-        latest=LatestTable(faust_adapter.FaustTableBackend(app, table)),
+        latest=LatestTable(faust_adapter.FaustTableBackend(table)),
         inflight=InFlight(config.processor_max_inflight, metrics),
         holes=Holes(frozenset({kafka.kafka_raw_topic}), metrics),
         listener=RegistryListener(settings.postgres.conninfo, resolver, retry_max),
@@ -95,6 +97,7 @@ def build(settings: Settings, partitions: int | None = None) -> Processor:
             faust_adapter.FaustStateBackend(states), settings.connectivity_timeout, metrics
         ),
         progress=faust_adapter.FaustProgress(app, kafka.kafka_raw_topic),
+        redis_probe_seconds=config.processor_redis_probe_seconds,
         clock=time.time,
     )
     faust_adapter.serve(app, service, table=table, metrics=metrics, settings=settings)
@@ -108,13 +111,34 @@ def raw_partitions(settings: Settings) -> int:
     return len(metadata.topics[topic].partitions)
 
 
+def changelog_topics(app: Any) -> tuple[dict[str, int], dict[str, dict[str, str]]]:
+    """The tables' changelog topics and Faust's leader topic (name -> partitions, name ->
+    configuration), for the topic watch to create them again as Faust declared them, should
+    the broker lose them (no client creates a topic by naming it: faust_adapter)."""
+    partitions: dict[str, int] = {faust_adapter.leader_topic(app): 1}
+    configs: dict[str, dict[str, str]] = {}
+    for table in app.tables.values():
+        name = table.changelog_topic.get_topic_name()
+        partitions[name] = table.partitions
+        configs[name] = {"cleanup.policy": "compact", **table.extra_topic_configs}
+    return partitions, configs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser().parse_args(argv)
     settings = Settings.load()
     common = settings.common
     configure_logging("processor", common.log_level, common.log_format)
-    ensure_topics(settings.kafka, pipeline_topics(settings.kafka))
+    kafka = settings.kafka
+    # The raw topic's partitions size the latest-value and connectivity tables (Faust refuses
+    # a table whose changelog does not match): another count than configured stops start-up.
+    verify_topics(kafka, pipeline_topics(kafka), strict={kafka.kafka_raw_topic})
     processor = build(settings)
+    changelogs, configs = changelog_topics(processor.app)
+    watch = TopicWatch(
+        kafka, {**pipeline_topics(kafka), **changelogs}, processor.metrics, configs=configs
+    ).start()
+    processor.output.follow(watch)
     log.info(
         "processor starting",
         extra={
@@ -127,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return faust_adapter.run_worker(processor.app, common)
     finally:
+        watch.stop()
         left = processor.output.close()
         if left:
             log.warning("output left unacknowledged at exit: reprocessed on restart",

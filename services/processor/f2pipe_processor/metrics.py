@@ -51,7 +51,9 @@ class ProcessorMetrics(ServiceMetrics):
             "time spent per stage (parse, lookup, decode, produce): the cost split",
             ["stage"],
         )
-        self.redis_up = self.gauge("redis_up", "1 while Redis answers, 0 while lookups bypass it")
+        self.redis_up = self.gauge(
+            "redis_up", "1 while Redis answers the background probe, 0 while lookups bypass it"
+        )
         self.redis_fallbacks = self.counter(
             "redis_fallbacks", "lookups sent to PostgreSQL because Redis was unavailable"
         )
@@ -59,7 +61,12 @@ class ProcessorMetrics(ServiceMetrics):
             "invalidations", "registry_changed notifications applied", ["table"]
         )
         self.cache_flushes = self.counter(
-            "cache_flushes", "whole-cache flushes (listener reconnect, TRUNCATE, big changes)"
+            "cache_flushes",
+            "whole-cache flushes (start-up, TRUNCATE, big changes, a listener away too long)",
+        )
+        self.registry_replayed = self.counter(
+            "registry_replayed",
+            "registry changes read from registry.changes after the listener reconnected",
         )
         self.refused = self.counter(
             "records_refused", "output records Kafka refused as such, replaced by a dead letter"

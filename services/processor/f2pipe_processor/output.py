@@ -18,7 +18,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -83,6 +83,13 @@ def output_records(
     return records
 
 
+class TopicGeneration(Protocol):
+    """`f2pipe_shared.kafka.TopicWatch` as the output follows it: `generation` changes when
+    the broker lost the topics, and with them every producer id."""
+
+    generation: int
+
+
 class KafkaOutput:
     """The `ports.OutputProducer` of production: librdkafka, awaited from asyncio."""
 
@@ -98,6 +105,14 @@ class KafkaOutput:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="kafka-output", daemon=True)
         self.failures = 0  # consecutive failed deliveries, for /healthz
+        self._topics: TopicGeneration | None = None
+        self._generation = 0
+
+    def follow(self, topics: TopicGeneration) -> None:
+        """Replace the producer whenever `topics` says the broker lost them (restarted
+        empty): librdkafka's idempotent producer would retry for ever with a producer id the
+        broker no longer knows."""
+        self._topics, self._generation = topics, topics.generation
 
     def _started(self) -> Producer:
         if self._producer is None:  # first use
@@ -127,6 +142,7 @@ class KafkaOutput:
         pending = list(records)
         delay = 0.5
         while True:
+            await self._follow_topics()
             futures = [await self._produce(r) for r in pending]
             results = await asyncio.gather(*futures, return_exceptions=True)
             failed = [r for r, res in zip(pending, results, strict=True) if res is not None]
@@ -192,9 +208,29 @@ class KafkaOutput:
     def _recreate(self) -> None:
         # A fatal error (idempotence state lost) leaves the producer unusable.
         log.error("Kafka producer hit a fatal error: creating a new one")
+        self._new_producer()
+
+    async def _follow_topics(self) -> None:
+        topics = self._topics
+        if topics is None or topics.generation == self._generation:
+            return
+        self._generation = topics.generation  # before any await: one replacement per change
+        if self._producer is None:
+            return  # none yet: the first one starts with a fresh producer id
+        log.warning("replacing the Kafka producer: the broker lost its producer id")
+        old = self._new_producer()
+        # Serve the purged records' callbacks off the event loop: each fails its delivery,
+        # which sends it again through the new producer (never acked before: no loss).
+        await asyncio.to_thread(old.flush, 5.0)
+
+    def _new_producer(self) -> Producer:
+        """A new producer; the old one's records are purged (their deliveries fail, so the
+        callers send them again). Returns the old one, for its callbacks to be served."""
         old = self._started()
         self._producer = Producer(self._config)
+        old.purge(in_queue=True, in_flight=True, blocking=False)
         old.flush(0)
+        return old
 
 
 def _settle(future: asyncio.Future[None], err: KafkaError | None) -> None:

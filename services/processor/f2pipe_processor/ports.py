@@ -92,9 +92,22 @@ class LookupCache(Protocol):
     async def flush(self) -> None: ...
 
 
+class CacheHealth(Protocol):
+    """Whether the shared cache answers (``RedisCache``), for /healthz and ``redis_up``:
+    ``probe`` asks it now, whatever the lookups do (a warm memory cache asks it nothing)."""
+
+    @property
+    def up(self) -> bool: ...
+
+    @property
+    def last_error(self) -> str | None: ...
+
+    async def probe(self) -> bool: ...
+
+
 class LatestStore(Protocol):
     """The last-value table: a batch's newest values in, changelog records out per flush."""
 
-    def write(self, latest: LatestValues) -> None: ...
+    def write(self, partition: int, latest: LatestValues) -> None: ...
 
     def flush(self) -> list[OutRecord]: ...

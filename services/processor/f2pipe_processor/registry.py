@@ -209,14 +209,23 @@ class Registry:
     async def macs_for(
         self, *, controllers: Iterable[int], connectors: Iterable[int], devices: Iterable[int]
     ) -> set[str]:
-        """MACs of the controllers behind changed rows; one attempt (RegistryUnavailable)."""
+        """MACs of the controllers behind changed rows; no waiting (RegistryUnavailable).
+
+        Two attempts: after a PostgreSQL restart the first finds the old connection dead,
+        and the listener's catch-up must not empty the caches for that alone.
+        """
         changed = {"controllers": list(controllers), "connectors": list(connectors),
                    "devices": list(devices)}  # fmt: skip
-        try:
-            return await self._execute(lambda conn: registry.controller_macs_async(conn, **changed))
-        except (psycopg.Error, OSError, TimeoutError) as exc:
-            await self._drop_connection()
-            raise RegistryUnavailable(str(exc)) from exc
+        for attempt in (1, 2):
+            try:
+                return await self._execute(
+                    lambda conn: registry.controller_macs_async(conn, **changed)
+                )
+            except (psycopg.Error, OSError, TimeoutError) as exc:
+                await self._drop_connection()
+                if attempt == 2:
+                    raise RegistryUnavailable(str(exc)) from exc
+        raise AssertionError("unreachable")
 
     async def _query(self, fetch: Callable[[Connection], Awaitable[T]]) -> T:
         delay = 0.2

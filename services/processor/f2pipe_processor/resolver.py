@@ -12,8 +12,14 @@ Redis keys (prefix ``PROCESSOR_REDIS_PREFIX``):
 - ``tpl:<template id>`` -> the template with its datapoints.
 
 Redis is an optimisation: when it fails, lookups go straight to PostgreSQL for
-``PROCESSOR_REDIS_RETRY_SECONDS``, then Redis is tried again. Invalidation that could not
-reach Redis leaves it "dirty", and the first contact after the outage empties our keys.
+``PROCESSOR_REDIS_RETRY_SECONDS``, then Redis is tried again. Every call has a short timeout
+(``PROCESSOR_REDIS_TIMEOUT_SECONDS``): a frozen Redis costs one timeout, not one per message.
+A probe in the background (``RedisCache.probe``, every ``PROCESSOR_REDIS_PROBE_SECONDS``)
+PINGs it whatever the lookups do: with a warm memory cache no lookup reaches Redis, and
+/healthz and ``redis_up`` must still tell the truth. While Redis stays down each failed probe
+extends the bypass, so the hot path does not try it again; a probe that gets an answer ends
+it. Invalidation that could not reach Redis leaves it "dirty", and the first contact after
+the outage empties our keys.
 """
 
 from __future__ import annotations
@@ -83,7 +89,7 @@ class RedisCache:
         prefix: str,
         ttl_seconds: int,
         retry_seconds: float,
-        timeout: float = 1.0,
+        timeout: float = 0.5,
         *,
         metrics: ProcessorMetrics,
         credentials: Mapping[str, str] | None = None,
@@ -103,6 +109,7 @@ class RedisCache:
         self._ttl = ttl_seconds
         self._retry = retry_seconds
         self._down_until = 0.0  # monotonic; 0 = up
+        self._down_since = 0.0  # monotonic time of the failure that began the outage
         self._dirty = False  # an invalidation could not delete: flush on recovery
         self.last_error: str | None = None
         self._metrics = metrics
@@ -127,6 +134,10 @@ class RedisCache:
             return True
         if time.monotonic() < self._down_until:
             return False
+        return await self.probe()
+
+    async def probe(self) -> bool:
+        """PING Redis now (up or not): whether it answered. The background probe calls it."""
         try:
             await self._client.ping()
             if self._dirty:
@@ -135,11 +146,12 @@ class RedisCache:
         except (RedisError, OSError) as exc:
             self._failed(exc)
             return False
-        down = time.monotonic() - self._down_until + self._retry
-        self._down_until = 0.0
-        self.last_error = None
+        if self._down_until != 0.0:
+            down = time.monotonic() - self._down_since
+            self._down_until = 0.0
+            self.last_error = None
+            log.info("Redis is back: lookups use it again", extra={"down_seconds": round(down, 1)})
         self._metrics.redis_up.set(1)
-        log.info("Redis is back: lookups use it again", extra={"down_seconds": round(down, 1)})
         return True
 
     def _failed(self, exc: BaseException) -> None:
@@ -156,6 +168,8 @@ class RedisCache:
                 "Redis unavailable: looking up in PostgreSQL directly",
                 extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": self._retry},
             )
+        if self._down_until == 0.0:
+            self._down_since = time.monotonic()
         self.last_error = f"{type(exc).__name__}: {exc}"
         self._down_until = time.monotonic() + self._retry
         self._metrics.redis_up.set(0)
@@ -260,9 +274,6 @@ class RedisCache:
                 batch.clear()
         if batch:
             await self._client.unlink(*batch)
-
-    async def ping(self) -> bool:
-        return await self._available()
 
 
 @dataclass(eq=False)

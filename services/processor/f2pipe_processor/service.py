@@ -10,6 +10,8 @@
       -> the devices changed since the last flush go to the table's changelog
     registry_changed notifications                              watch_registry()
       -> the caches forget what changed (invalidation.py)
+    every PROCESSOR_REDIS_PROBE_SECONDS                         watch_redis()
+      -> a PING tells redis_up and /healthz whether Redis answers (resolver.py)
     every connectivity_interval (a quarter of the timeout)      check_connectivity()
       -> offline events of controllers silent for CONNECTIVITY_TIMEOUT, the connectivity
          state's changelog (connectivity.py)
@@ -23,6 +25,8 @@ waits for on shutdown and rebalance).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from dataclasses import InitVar, dataclass
 from typing import Any
@@ -33,10 +37,10 @@ from f2pipe_processor.core import BatchProcessor
 from f2pipe_processor.metrics import ProcessorMetrics
 from f2pipe_processor.output import OutRecord, output_records
 from f2pipe_processor.ports import (
+    CacheHealth,
     ChangeFeed,
     Clock,
     LatestStore,
-    LookupCache,
     OutputProducer,
     RegistryStatus,
 )
@@ -58,10 +62,11 @@ class ProcessorService:
     listener: ChangeFeed
     resolver: Resolver
     registry: RegistryStatus
-    cache: LookupCache
+    cache: CacheHealth
     metrics: ProcessorMetrics
     connectivity: Connectivity
     progress: PartitionProgress
+    redis_probe_seconds: float = 2.0
     clock: Clock = time.time
 
     def __post_init__(self, kafka: KafkaSettings) -> None:
@@ -81,7 +86,7 @@ class ProcessorService:
             result.processed = result.processed._replace(seen=seen.seen)
         records = output_records(result, self.processed_topic, self.dlq_topic, self.raw_topic)
         records += seen.changelog  # a transition's state is in Kafka before the record is acked
-        self.latest.write(result.latest)
+        self.latest.write(partition, result.latest)
         self.inflight.add(partition, self.output.deliver(records), ack=ack)
         self.metrics.stage_seconds.labels("produce").inc(time.perf_counter() - started)
         await self.inflight.wait_below_limit()
@@ -118,9 +123,21 @@ class ProcessorService:
         """Apply registry changes to the caches until cancelled."""
         await self.listener.run()
 
+    async def watch_redis(self) -> None:
+        """PING Redis every ``redis_probe_seconds`` until cancelled: lookups answered from
+        memory never reach Redis, so only a probe tells whether it is there."""
+        while True:
+            await self.cache.probe()
+            await asyncio.sleep(self.redis_probe_seconds)
+
     async def drain(self) -> None:
-        """Wait (bounded) for the outputs in flight, so their records get acked."""
+        """Wait (bounded) for the outputs in flight, so their records get acked; then the
+        latest values not flushed yet, so whoever owns a partition next recovers them."""
         await self.inflight.drain(DRAIN_SECONDS)
+        # Bounded too (deliver retries while Kafka is away); what it leaves unflushed comes
+        # back as after a kill -9, with the device's next message.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush_latest(), DRAIN_SECONDS)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         registry_ok = self.registry.down_since is None
@@ -129,15 +146,17 @@ class ProcessorService:
         details: dict[str, Any] = {
             "registry": "up" if registry_ok else f"down: {self.registry.last_error}",
             "listener": "listening" if self.listener.connected else "disconnected",
-            "redis": "up" if cache.up else f"down (PostgreSQL answers): {cache.last_error}",
+            "redis": "up" if cache.up else f"down: {cache.last_error}",
             "output_failures": self.output.failures,
             "inflight_records": len(self.inflight),
             "cached_entries": self.resolver.cached,
             "uptime_s": round(self.clock() - self.started_at),
         }
+        if not cache.up:
+            # Redis down degrades, it does not stop processing: still healthy (200).
+            details["degraded"] = "Redis down: every lookup asks PostgreSQL (slower, correct)"
         if holes:
             # Records Faust skipped wait uncommitted: a restart processes them.
             details["skipped_by_faust"] = f"{holes} hole(s): restart this worker"
-        # Redis down degrades, it does not stop processing: still healthy.
         healthy = registry_ok and self.listener.connected and not holes
         return healthy and self.output.failures == 0, details

@@ -40,6 +40,18 @@ class ProcessorSettings(s.F2Settings):
     processor_redis_retry_seconds: PositiveFloat = Field(
         5.0, description="after a Redis failure, PostgreSQL alone answers this long"
     )
+    processor_redis_timeout_seconds: PositiveFloat = Field(
+        0.5,
+        le=30,
+        description="connect and reply timeout of each Redis call: what a frozen Redis costs "
+        "a lookup, once per PROCESSOR_REDIS_RETRY_SECONDS at most",
+    )
+    processor_redis_probe_seconds: PositiveFloat = Field(
+        2.0,
+        le=300,
+        description="how often a background PING checks Redis (redis_up, /healthz); below "
+        "PROCESSOR_REDIS_RETRY_SECONDS, lookups never try a Redis that stays down",
+    )
     processor_postgres_retry_max_seconds: PositiveFloat = Field(
         5.0, description="longest wait between attempts while PostgreSQL is down"
     )

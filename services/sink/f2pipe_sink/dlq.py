@@ -107,5 +107,15 @@ class DeadLetterProducer(DeadLetterSender):
     """Over a confluent-kafka Producer; `overrides` are librdkafka settings (tests)."""
 
     def __init__(self, settings: KafkaSettings, timeout: float = 15.0, **overrides: Any) -> None:
-        config = producer_config(settings, **{"client.id": "f2pipe-sink-dlq", **overrides})
-        super().__init__(Producer(config), settings.kafka_deadletter_topic, timeout)
+        self._config = producer_config(settings, **{"client.id": "f2pipe-sink-dlq", **overrides})
+        self._current = Producer(self._config)
+        super().__init__(self._current, settings.kafka_deadletter_topic, timeout)
+
+    def renew(self) -> None:
+        """Go on with a new producer: the broker lost this one's producer id (it restarted
+        empty), so it would retry what it holds for ever. Nothing it holds was confirmed, so
+        no offset was committed past it: the batch's next attempt sends it again."""
+        old = self._current
+        self._current = self._producer = Producer(self._config)
+        old.purge(in_queue=True, in_flight=True, blocking=False)
+        old.flush(0)

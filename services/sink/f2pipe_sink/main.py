@@ -12,12 +12,12 @@ from collections.abc import Sequence
 
 from confluent_kafka import Consumer, KafkaException
 
-from f2pipe_shared.kafka import consumer_config, ensure_topics
+from f2pipe_shared.kafka import TopicWatch, consumer_config, verify_topics
 from f2pipe_shared.lifecycle import serve
 from f2pipe_shared.logs import configure_logging
 from f2pipe_sink.dlq import DeadLetterProducer
 from f2pipe_sink.metrics import SinkMetrics
-from f2pipe_sink.ports import DeadLetters, RecordConsumer, RowWriter
+from f2pipe_sink.ports import DeadLetters, RecordConsumer, RowWriter, TopicStatus
 from f2pipe_sink.service import SinkService
 from f2pipe_sink.settings import Settings
 from f2pipe_sink.writer import Writer
@@ -38,6 +38,8 @@ def build(
     consumer: RecordConsumer | None = None,
     writer: RowWriter | None = None,
     dead_letters: DeadLetters | None = None,
+    metrics: SinkMetrics | None = None,
+    topics: TopicStatus | None = None,
 ) -> SinkService:
     """The sink with its own metrics; an adapter not passed in is the real one."""
     kafka, sink = settings.kafka, settings.sink
@@ -55,7 +57,9 @@ def build(
         consumer=consumer,
         writer=writer,
         dead_letters=dead_letters,
-        metrics=SinkMetrics(),
+        metrics=metrics or SinkMetrics(),
+        topics=topics,
+        renew_producer=dead_letters.renew if isinstance(dead_letters, DeadLetterProducer) else None,
     )
 
 
@@ -65,18 +69,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     kafka, sink = settings.kafka, settings.sink
     configure_logging("sink", settings.common.log_level, settings.common.log_format)
 
+    topics = {kafka.kafka_processed_topic: kafka.kafka_processed_partitions}
+    topics[kafka.kafka_deadletter_topic] = kafka.kafka_processed_partitions
     try:
-        topics = {kafka.kafka_processed_topic: kafka.kafka_processed_partitions}
-        topics[kafka.kafka_deadletter_topic] = kafka.kafka_processed_partitions
-        ensure_topics(kafka, topics)
+        # The sink reads whatever partitions the topic has: another count is reported, not
+        # refused (the bridge and processor refuse a raw topic's).
+        verify_topics(kafka, topics)
     except KafkaException as exc:
         log.error("kafka unreachable", extra={"error": str(exc)})
         return 1
 
-    service = build(settings)
-    return serve(
-        "sink", service, service.run,
-        host=settings.observability.metrics_host, port=settings.metrics_port,
-        registry=service.metrics.registry, topic=service.topic, group=sink.sink_group_id,
-        batch_size=sink.batch_size, flush_interval=sink.flush_interval,
-    )  # fmt: skip
+    metrics = SinkMetrics()
+    watch = TopicWatch(kafka, topics, metrics).start()
+    service = build(settings, metrics=metrics, topics=watch)
+    try:
+        return serve(
+            "sink", service, service.run,
+            host=settings.observability.metrics_host, port=settings.metrics_port,
+            registry=service.metrics.registry, topic=service.topic, group=sink.sink_group_id,
+            batch_size=sink.batch_size, flush_interval=sink.flush_interval,
+        )  # fmt: skip
+    finally:
+        watch.stop()

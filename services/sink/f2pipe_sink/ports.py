@@ -97,6 +97,15 @@ class RecordProducer(Protocol):
     def flush(self, timeout: float, /) -> int: ...
 
 
+class TopicStatus(Protocol):
+    """The topics as a running service sees them (`f2pipe_shared.kafka.TopicWatch`):
+    `generation` changes when the broker lost them (its producer ids too)."""
+
+    generation: int
+
+    def problems(self) -> list[str]: ...
+
+
 class Clock(Protocol):
     """Monotonic seconds, and waiting: the `time` module."""
 

@@ -20,7 +20,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
@@ -29,7 +29,14 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from f2pipe_sink.batch import Batch, Partition, dead_letter, take
 from f2pipe_sink.dlq import DeadLetterError
 from f2pipe_sink.metrics import SinkMetrics
-from f2pipe_sink.ports import Clock, ConsumedRecord, DeadLetters, RecordConsumer, RowWriter
+from f2pipe_sink.ports import (
+    Clock,
+    ConsumedRecord,
+    DeadLetters,
+    RecordConsumer,
+    RowWriter,
+    TopicStatus,
+)
 from f2pipe_sink.settings import SinkSettings
 from f2pipe_sink.writer import DatabaseUnavailable
 
@@ -56,8 +63,13 @@ class SinkService:
     dead_letters: DeadLetters
     metrics: SinkMetrics
     clock: Clock = time
+    # The running check of the topics (main's TopicWatch), and what replaces the dead-letter
+    # producer when it says the broker lost them; None: neither (unit tests).
+    topics: TopicStatus | None = None
+    renew_producer: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
+        self.generation = self.topics.generation if self.topics else 0
         self.batch_size = self.settings.batch_size
         self.flush_interval = self.settings.flush_interval
         self.batch = self._new_batch()
@@ -95,6 +107,7 @@ class SinkService:
         self._stop.set()
 
     def _step(self) -> None:
+        self._follow_topics()
         now = self.clock.monotonic()
         if self.held:
             # Keep polling while paused: it keeps the group membership alive and serves
@@ -334,6 +347,17 @@ class SinkService:
         log.info("sink stopped", extra={"status": status})
         return status
 
+    def _follow_topics(self) -> None:
+        """The broker lost the topics (restarted empty): go on with a new dead-letter
+        producer; the consumer finds its offsets out of range and starts again from the
+        beginning of the new topic (auto.offset.reset)."""
+        if self.topics is None or self.topics.generation == self.generation:
+            return
+        self.generation = self.topics.generation
+        if self.renew_producer is not None:
+            log.warning("replacing the dead-letter producer: the broker lost its producer id")
+            self.renew_producer()
+
     def _kafka_error(self, error: KafkaError) -> None:
         if error.fatal():
             raise KafkaException(error)
@@ -343,10 +367,13 @@ class SinkService:
         """Ready: partitions assigned and the database reachable (read from another thread)."""
         assigned = len(self.assignment)
         database = {None: "unknown", True: "up", False: "down"}[self.db_up]
-        details = {
+        details: dict[str, Any] = {
             "assigned_partitions": assigned,
             "database": database,
             "paused": self.held,
             "held_rows": self.batch.rows,
         }
+        problems = self.topics.problems() if self.topics else []
+        if problems:
+            details["kafka_topics"] = problems
         return assigned > 0 and self.db_up is True, details

@@ -1,0 +1,148 @@
+"""/latest/<device_id> with two processor workers in one group, and after one of them stops.
+
+Issue 19 item 2: each worker wrote the table entries of the devices it processed, while the
+request went to the owner of the device's table partition, usually the other worker: 404 or
+stale values for about half the fleet. Now every worker answers for every device.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from f2pipe.seed import seed_demo
+from f2pipe_devtools.servers import free_port
+from f2pipe_devtools.testkit.samples import Sample
+from tests.integration.test_processor_worker import (  # noqa: F401 (fixtures)
+    PARTITIONS,
+    Worker,
+    fleet_stream,
+    partition_of,
+    produce,
+    worker_env,
+)
+
+pytestmark = pytest.mark.integration
+
+CONTROLLERS = 24  # devices on every raw partition
+Newest = dict[int, dict[int, tuple[int, float]]]  # device -> datapoint -> (timestamp_us, value)
+
+
+@pytest.fixture
+def two_workers(
+    worker_env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> Iterator[Callable[[str, int], Worker]]:
+    """Starts worker number 1 or 2 (each its own port) on `worker_env`; kills leftovers."""
+    ports = {1: worker_env["METRICS_PORT"], 2: str(free_port())}
+    started: list[Worker] = []
+
+    def start(name: str, number: int) -> Worker:
+        worker = Worker(dict(worker_env, METRICS_PORT=ports[number]), tmp_path / f"{name}.log")
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        if worker.proc is not None and worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait(10)
+
+
+def newest_of(sent: list[Sample]) -> Newest:
+    newest: Newest = {}
+    for sample in sent:
+        for r in sample.readings:
+            points = newest.setdefault(r.device_id, {})
+            if r.datapoint_id not in points or points[r.datapoint_id][0] <= r.timestamp_us:
+                points[r.datapoint_id] = (r.timestamp_us, r.value)
+    return newest
+
+
+def wrong_answers(worker: Worker, expected: Newest) -> dict[int, object]:
+    """Device -> what `worker` answered, for every device it did not answer right."""
+    wrong: dict[int, object] = {}
+    for device, points in expected.items():
+        status, body = worker.get(f"/latest/{device}")
+        if status != 200:
+            wrong[device] = (status, body)
+            continue
+        served = {p["datapoint_id"]: (p["timestamp_us"], p["value"]) for p in body["datapoints"]}
+        if served != points:
+            wrong[device] = served
+    return wrong
+
+
+def wait_all_right(workers: list[Worker], expected: Newest, within: float) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        wrong = {w.base: wrong_answers(w, expected) for w in workers}
+        if not any(wrong.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    summary = {base: f"{len(bad)} of {len(expected)} wrong, e.g. {list(bad.items())[:2]}"
+               for base, bad in wrong.items() if bad}  # fmt: skip
+    logs = "\n".join(w.tail(15) for w in workers)
+    assert not summary, f"{summary}\n{logs}"
+
+
+def records_processed(worker: Worker) -> float:
+    status, text = worker.get("/metrics")
+    assert status == 200
+    match = re.search(r"^f2pipe_processor_records_total (\S+)$", text, re.MULTILINE)
+    assert match is not None
+    return float(match[1])
+
+
+def test_every_worker_answers_latest_for_every_device_and_the_survivor_too(
+    worker_env: dict[str, str],  # noqa: F811
+    two_workers: Callable[[str, int], Worker],
+) -> None:
+    env = worker_env
+    seed_demo(env["CONNINFO"], CONTROLLERS)
+    fleet, stream = fleet_stream(env, seconds_ago=300, seed=19)
+    producer = Producer({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"], "linger.ms": 5})
+    sent: list[Sample] = []
+
+    def send_round() -> None:
+        # Each device twice: its second value is its newest.
+        batch = [next(stream) for _ in range(2 * len(fleet))]
+        for start in range(0, len(batch), 50):
+            produce(producer, env["KAFKA_RAW_TOPIC"], batch[start : start + 50])
+        assert producer.flush(15) == 0
+        sent.extend(batch)
+
+    first = two_workers("processor-1", 1)
+    second = two_workers("processor-2", 2)
+    send_round()
+    expected = newest_of(sent)
+    partitions = {partition_of(s) for s in sent}
+    assert partitions == set(range(PARTITIONS)), partitions
+    assert len(expected) >= 50, len(expected)  # many devices, on every raw partition
+
+    wait_all_right([first, second], expected, within=90)
+
+    # Newer values: current on both at once (not a flush interval later).
+    send_round()
+    expected = newest_of(sent)
+    wait_all_right([first, second], expected, within=60)
+    # Both took part: each processed raw records (the group split the partitions).
+    deadline = time.monotonic() + 30
+    while min(records_processed(first), records_processed(second)) == 0:
+        assert time.monotonic() < deadline, f"{first.tail()}\n{second.tail()}"
+        time.sleep(0.5)
+
+    # One worker stops: the survivor owns every partition and recovers the other's entries
+    # (from the changelog: the raw records are committed), then takes new values everywhere.
+    assert second.stop() == 0
+    wait_all_right([first], expected, within=120)
+    send_round()
+    expected = newest_of(sent)
+    wait_all_right([first], expected, within=60)
+    assert first.get("/latest/999999999")[0] == 404
+    assert first.stop() == 0
