@@ -320,6 +320,17 @@ def test_start_up_order_waits_for_health_and_completed_init_jobs() -> None:
     assert "migrate" in every["sink"]["depends_on"]
 
 
+def test_the_simulator_starts_after_a_subscribed_bridge() -> None:
+    # On a first start the bridge's MQTT session does not exist until it subscribed: what the
+    # simulator published before was dropped. The bridge's /healthz is 200 only once the
+    # broker acknowledged its subscriptions (tests/unit/test_bridge.py).
+    every = services()
+    assert every["simulator"]["depends_on"]["bridge"] == {"condition": "service_healthy"}
+    test = " ".join(every["bridge"]["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{METRICS_PORTS['bridge']}/healthz" in test
+    assert "simulator" not in every["bridge"].get("depends_on", {})
+
+
 def test_init_jobs_run_the_bootstrap_and_the_migrations() -> None:
     assert services()["ca-init"]["command"] == ["certgen", "--bootstrap-only"]
     migrate = " ".join(services()["migrate"]["command"])
@@ -370,6 +381,23 @@ def test_the_broker_can_read_its_key_but_never_the_ca_key() -> None:
     for path in ("/mosquitto/ca/ca.crt", "/mosquitto/ca/crl.pem", "/mosquitto/certs/broker.key",
                  "/mosquitto/data/", "/mosquitto/config/acl"):  # fmt: skip
         assert path in conf, path
+
+
+def test_the_broker_saves_often_queues_qos0_and_logs_at_once() -> None:
+    # docs/operations.md states the crash window and the QoS 0 promise from these values; the
+    # test harness and `f2pipe dev` run the same (f2pipe_devtools.servers.mosquitto).
+    from f2pipe_devtools.servers.mosquitto import PRODUCTION_OPTIONS
+
+    conf = (ROOT / "services" / "mqtt_broker" / "f2pipe_mqtt_broker" / "mosquitto.conf").read_text()
+    options = dict(
+        line.split(" ", 1) for line in conf.splitlines() if line and not line.startswith("#")
+    )
+    assert options["persistence"] == "true"
+    assert options["autosave_interval"] == "5"
+    assert "autosave_on_changes" not in options  # the interval is seconds, not changes
+    assert options["queue_qos0_messages"] == "true"
+    assert options["log_dest"] == "stderr"  # stdout is block-buffered: logs only at exit
+    assert {option: options[option] for option in PRODUCTION_OPTIONS} == PRODUCTION_OPTIONS
 
 
 def test_named_volumes_hold_the_state() -> None:

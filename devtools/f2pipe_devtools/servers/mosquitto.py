@@ -7,6 +7,15 @@ from pathlib import Path
 
 from f2pipe_devtools.servers.base import ServerProcess, find_binary
 
+# As in production (services/mqtt_broker/f2pipe_mqtt_broker/mosquitto.conf; a unit test keeps
+# them equal): a crash loses at most 5 s of queued messages, QoS 0 messages wait for an
+# absent persistent session, and the log is written at once (stdout is block-buffered).
+PRODUCTION_OPTIONS = {
+    "autosave_interval": "5",
+    "queue_qos0_messages": "true",
+    "log_dest": "stderr",
+}
+
 
 class MosquittoServer(ServerProcess):
     name = "mosquitto"
@@ -25,7 +34,8 @@ class MosquittoServer(ServerProcess):
     def render_config(self) -> str:
         common = [
             f"persistence true\npersistence_location {self.directory}/",
-            "log_dest stdout\nlog_type error\nlog_type warning\nlog_type notice",
+            *(f"{option} {value}" for option, value in PRODUCTION_OPTIONS.items()),
+            "log_type error\nlog_type warning\nlog_type notice",
             "connection_messages true",
         ]
         if os.geteuid() == 0:
