@@ -106,12 +106,24 @@ def console(
         "stopped": simulate(stack, [STOPPED], log),
     }
     try:
+        enrolled(found, [*LIVE, STOPPED])
         yield found
     finally:
         for proc in found.simulators.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
+
+
+def enrolled(console: Console, macs: list[str], timeout: float = 90) -> None:
+    """Wait until every simulated controller holds a certificate: a page that shows its
+    certificates must not depend on which test happens to run first (any order)."""
+    deadline = time.monotonic() + timeout
+    with console.api() as http:
+        for mac in macs:
+            while not http.get(f"/v1/controllers/{mac}/certificates").json().get("items"):
+                assert time.monotonic() < deadline, f"{mac} did not enrol in {timeout:.0f} s"
+                time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")

@@ -111,9 +111,9 @@ function TemplateEditor({ me, initial, onSaved }) {
       ${isNew ? html`<${Field} label="Key"><input required pattern="[a-z0-9]+(-[a-z0-9]+)*" value=${t.key} onInput=${(e) => setT({ ...t, key: e.target.value })} /><//>` : ""}
       <${Field} label="Name"><input required value=${t.name} onInput=${(e) => setT({ ...t, name: e.target.value })} /><//>
       <${Field} label="Device type (key)"><input required value=${t.device_type} onInput=${(e) => setT({ ...t, device_type: e.target.value })} /><//>
-      <${Field} label="Frame format"><select value=${t.frame_format || ""} onChange=${(e) => setT({ ...t, frame_format: e.target.value || null })}>
+      <${Field} label="Frame format"><select value=${t.frame_format || ""} onChange=${(e) => { const f = e.target.value || null; setT({ ...t, frame_format: f, verify_crc: f === "modbus_rtu" && t.verify_crc }); }}>
         ${options([["", "none (JSON fields)"], "modbus_rtu", "raw"], t.frame_format || "")}</select><//>
-      <label class="check"><input type="checkbox" checked=${t.verify_crc} onChange=${(e) => setT({ ...t, verify_crc: e.target.checked })} /> Check the Modbus CRC</label>
+      <label class="check"><input type="checkbox" checked=${t.verify_crc} disabled=${t.frame_format !== "modbus_rtu"} onChange=${(e) => setT({ ...t, verify_crc: e.target.checked })} /> Check the Modbus CRC (modbus_rtu only)</label>
     </fieldset>
     <div class="table-wrap"><table><caption>Datapoints</caption>
       <thead><tr>${["Key", "Label", "Unit", "Offset", "Encoding", "Byte order", "Decimals", ""].map((h) => html`<th scope="col">${h}</th>`)}</tr></thead>
