@@ -18,7 +18,6 @@ import signal
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -39,14 +38,13 @@ from f2pipe_certgen.ca import CertificateAuthority
 from f2pipe_devtools.dev.ports import Ports
 from f2pipe_devtools.dev.procs import Console
 from f2pipe_devtools.dev.stack import DevOptions, DevStack
-from f2pipe_devtools.servers import MissingBinaryError, free_port
-from f2pipe_devtools.servers.base import find_binary
+from f2pipe_devtools.servers import free_port
 from f2pipe_devtools.testkit.ledger import Row, expected_rows, read_ledger
 from f2pipe_devtools.testkit.samples import Slot, load_fleet
 from f2pipe_shared.deadletters import DeadLetter
 from f2pipe_shared.decoding import build_modbus_response, format_hex_frame
 from f2pipe_shared.timestamps import format_device_timestamp, to_epoch_us
-from tests.conftest import missing
+from tests.integration.devkit import dev_stack_top
 
 CONTROLLERS = 6
 INJECTOR = demo_mac(6)  # never simulated: sends the malformed messages
@@ -81,15 +79,7 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    for binary in ("mosquitto", "redis-server"):
-        try:
-            find_binary(binary)
-        except MissingBinaryError as exc:
-            missing(exc)
-    # Not pytest's tmp_path: PostgreSQL runs as `postgres` when we are root, and cannot
-    # enter pytest's 0700 directories.
-    top = Path(tempfile.mkdtemp(prefix="f2pipe-e2e-"))
-    top.chmod(0o755)
+    top = dev_stack_top("f2pipe-e2e-")
     state_dir = top / "state"
     base = Ports.free_base()
     stack = Stack(state_dir, base, {})

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import signal
 import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from f2pipe_devtools.dev import status
+from f2pipe_devtools.dev import probes, status, supervise
 from f2pipe_devtools.dev.options import DEFAULT_BASE
 from f2pipe_devtools.dev.ports import OFFSETS, Ports
 from f2pipe_devtools.dev.procs import Console, Service, open_private_log
 from f2pipe_devtools.dev.stack import DevOptions, DevStack
+from f2pipe_devtools.dev.supervise import SupervisedServer
+from f2pipe_devtools.servers import ServerProcess, port_open
 
 
 def test_ports_follow_the_base_and_miss_the_standard_ones() -> None:
@@ -195,3 +201,158 @@ def test_health_checks_reach_certgen_over_https_trusting_the_stack_s_ca(tmp_path
         server.server_close()
     with pytest.raises(ValueError, match="http"):
         dev_http.get("ftp://127.0.0.1/healthz")
+
+
+# --- servers supervised: restarts, probes, `dev status` words, `dev down`'s leftovers ----------
+
+
+class Listener(ServerProcess):
+    """A real process listening on a port: what the supervisor sees of any server."""
+
+    name = "listener"
+
+    def command(self) -> list[str]:
+        code = ("import socket, time; s = socket.socket(); "
+                "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+                f"s.bind(('127.0.0.1', {self.port})); s.listen(); time.sleep(600)")  # fmt: skip
+        return [sys.executable, "-c", code]
+
+
+def _tick_until(supervised: SupervisedServer, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not supervised.tick():
+        assert time.monotonic() < deadline, "not restarted"
+        time.sleep(0.05)
+
+
+def test_a_dead_server_is_restarted_on_its_port_with_backoff(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervise, "BACKOFF", (0.2, 0.4, 0.8))
+    out = io.StringIO()
+    server = Listener(tmp_path / "listener").start()
+    supervised = SupervisedServer(server, Console(out))
+    try:
+        first = server.pid
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        server._proc.wait(5)  # type: ignore[union-attr]
+        assert not supervised.tick()  # noticed, announced, not yet restarted
+        assert supervised.down
+        assert "listener died (signal 9); restarting in 0.2 s" in out.getvalue()
+        _tick_until(supervised)
+        assert server.running
+        assert server.pid != first
+        assert port_open("127.0.0.1", server.port)
+        assert (supervised.restarts, supervised.down) == (1, False)
+        assert f"listener restarted on port {server.port}" in out.getvalue()
+        # Dead again at once: the next wait is longer; and a stranger holding the port is
+        # named, not fought with, until it lets go.
+        second = server.pid
+        assert second is not None
+        os.kill(second, signal.SIGKILL)
+        server._proc.wait(5)  # type: ignore[union-attr]
+        with socket.socket() as stranger:
+            stranger.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            stranger.bind(("127.0.0.1", server.port))
+            stranger.listen()
+            supervised.tick()
+            assert "listener died (signal 9); restarting in 0.4 s" in out.getvalue()
+            time.sleep(0.5)
+            assert not supervised.tick()
+            assert f"is held by pid {os.getpid()}" in out.getvalue()
+            assert supervised.down
+        _tick_until(supervised)
+        assert supervised.restarts == 2
+        assert supervised.state()["deaths"] == supervised.deaths
+        assert len(supervised.deaths) == 2
+    finally:
+        server.stop()
+
+
+def test_a_planned_outage_keeps_the_server_down_for_its_time_then_restarts_it(
+    tmp_path: Path,
+) -> None:
+    out = io.StringIO()
+    server = Listener(tmp_path / "listener").start()
+    supervised = SupervisedServer(server, Console(out))
+    try:
+        supervised.stop_for(0.6)
+        stopped = time.monotonic()
+        assert not server.running
+        assert not port_open("127.0.0.1", server.port)
+        assert supervised.down
+        assert "listener stopped for 0.6 s (on request)" in out.getvalue()
+        while time.monotonic() - stopped < 0.5:
+            assert not supervised.tick()  # not before its time, and not counted as a death
+            time.sleep(0.05)
+        _tick_until(supervised)
+        assert time.monotonic() - stopped >= 0.6
+        assert port_open("127.0.0.1", server.port)
+        assert (supervised.restarts, supervised.deaths) == (1, [])
+    finally:
+        server.stop()
+
+
+def test_the_port_holder_is_named() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        holder = probes.port_holder(port)
+        assert holder is not None
+        assert holder[0] == os.getpid()
+        assert f"pid {os.getpid()} (" in probes.describe_holder(port)
+    assert probes.port_holder(port) is None
+    # A port that listens but never answers is no Redis: the probe asks it something.
+    with socket.socket() as mute:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen()
+        assert not probes.redis(mute.getsockname()[1], "processor", "x")
+
+
+def test_dev_status_words_for_a_restarted_server_and_a_kafka_that_lost_its_contents() -> None:
+    assert status.kafka_lost([]) is None
+    assert status.kafka_lost(["21:40:12"]) == (
+        "the local Kafka lost what it held at 21:40:12: readings published before then and "
+        "not yet processed are gone"
+    )
+    assert "at 22:00:01 (2 times since `dev up`)" in (status.kafka_lost(["1", "22:00:01"]) or "")
+    assert status.restart_note({"deaths": [], "restarts": 0}) == ""
+    note = {"deaths": ["21:40:12"], "restarts": 1, "last_exit": "signal 9", "down": False}
+    assert status.restart_note(note) == " (died 1x, last at 21:40:12: signal 9; restarted 1x)"
+    assert status.restart_note({**note, "down": True}).endswith(", restart pending)")
+
+
+def test_down_stops_what_a_killed_dev_up_left_running(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # the `dev up` that wrote the state, killed
+    left = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    other = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    started = probes.start_time(left.pid)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        state = {
+            "pid": gone.pid,
+            "ports": {"redis": held.getsockname()[1]},
+            "pids": {"sink": other.pid},
+            "started": {"sink": 1},  # not its start time: a reused PID, never signalled
+            "servers": {"redis": {"pid": left.pid, "started": started}},
+        }
+        (tmp_path / "state.json").write_text(json.dumps(state))
+        down = subprocess.run(
+            [sys.executable, "-m", "f2pipe", "dev", "down", "--state-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    try:
+        assert left.wait(10) == -signal.SIGTERM
+        assert other.poll() is None
+        assert down.returncode == 1, down.stdout + down.stderr  # the port is still held
+        assert f"stopping redis (pid {left.pid})" in down.stdout
+        assert f"is still held by pid {os.getpid()}" in down.stderr
+        assert not (tmp_path / "state.json").exists()
+    finally:
+        for proc in (left, other):
+            proc.kill()
+            proc.wait()

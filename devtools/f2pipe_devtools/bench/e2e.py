@@ -5,9 +5,10 @@ Three phases on one `f2pipe dev` stack (fresh state directory, free ports):
 1. fixed rate (`--rate`, default 5,000 msg/s): latency from the device timestamp to the
    database commit (the sink's histogram), sustained readings/s;
 2. as fast as it goes (no rate limit): the sustained readings/s committed;
-3. recovery: a steady rate while bridge, processor and sink are killed with SIGKILL in turn;
-   seconds until the committed rate is back, then the database against the simulator's
-   ledger: missing and unexpected readings.
+3. recovery: a steady rate while, in turn, bridge, processor and sink are killed with SIGKILL,
+   Redis is killed with SIGKILL, PostgreSQL is stopped for 20 s and Mosquitto is killed with
+   SIGKILL (the dev supervisor restarts each); seconds until the committed rate is back,
+   then the database against the simulator's ledger: missing and unexpected readings.
 
 A sampler scrapes every service's /metrics once a second; rates are taken over each phase's
 window after its warm-up. The chart (PNG) shows readings/s and p99 latency over time.
@@ -47,7 +48,37 @@ STAGES = {  # stage -> (service, counter)
     "sink rows": ("sink", "f2pipe_sink_rows_written_total"),
 }
 LATENCY = "f2pipe_sink_end_to_end_latency_seconds"
-KILLED = ("bridge", "processor", "sink")
+KILLED = ("bridge", "processor", "sink")  # their /metrics are sampled
+POSTGRES_OUTAGE = 20.0  # seconds
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault of the recovery phase: `target` is a service or a supervised server."""
+
+    label: str
+    target: str
+    outage: float = 0.0  # seconds the target stays down on purpose
+
+    def inflict(self, stack: DevStack) -> None:
+        if self.target in stack.services:
+            pid = stack.services[self.target].pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+        elif self.outage:
+            stack.supervised[self.target].stop_for(self.outage)
+        else:  # the whole process group: Mosquitto runs under a supervising shell
+            pid = stack.supervised[self.target].server.pid
+            assert pid is not None
+            os.killpg(pid, signal.SIGKILL)
+
+
+FAULTS = (
+    *(Fault(f"{name} kill -9", name) for name in KILLED),
+    Fault("redis kill -9", "redis"),
+    Fault(f"postgres stopped {POSTGRES_OUTAGE:g} s", "postgres", POSTGRES_OUTAGE),
+    Fault("mosquitto kill -9", "mosquitto"),
+)
 
 
 @dataclass
@@ -269,24 +300,24 @@ def recovery_phase(report: Report, stack: DevStack, sampler: Sampler, plan: Plan
                    work: Path) -> None:  # fmt: skip
     since_us = int(time.time() * 1e6) - 1_000_000
     ledger = work / "recovery.jsonl"
-    total = plan.warmup + plan.kill_every * (len(KILLED) + 1)
+    outages = sum(f.outage for f in FAULTS)
+    total = plan.warmup + plan.kill_every * (len(FAULTS) + 1) + outages
     sampler.mark("recovery start")
     sim = simulator(stack, ledger, total, plan.recovery_rate, plan.controllers)
     time.sleep(plan.warmup)
-    for name in KILLED:
+    for fault in FAULTS:
         time.sleep(plan.kill_every / 2)
         # The steady rate; not the last seconds' rate, which may still be a catch-up.
         before = plan.recovery_rate * plan.readings_per_message
-        pid = stack.services[name].pid
-        assert pid is not None
-        os.kill(pid, signal.SIGKILL)
-        killed_at = sampler.now()
-        sampler.mark(f"kill -9 {name}")
-        back = _back_to(sampler, before, killed_at, timeout=plan.kill_every * 2, stack=stack)
-        report.add(Measurement(f"recovery: {name} kill -9 -> rate back", "s",
+        fault.inflict(stack)
+        struck_at = sampler.now()
+        sampler.mark(fault.label)
+        timeout = plan.kill_every * 2 + fault.outage
+        back = _back_to(sampler, before, struck_at, timeout=timeout, stack=stack)
+        report.add(Measurement(f"recovery: {fault.label} -> rate back", "s",
                                [back if back is not None else float("nan")],
                                f"sink rows/s back to 90 % of {before:,.0f}"))  # fmt: skip
-        time.sleep(max(0.0, plan.kill_every / 2 - (sampler.now() - killed_at)))
+        time.sleep(max(0.0, plan.kill_every / 2 + fault.outage - (sampler.now() - struck_at)))
     sim.wait(300)
     sampler.mark("recovery end")
     expected = expected_rows(iter_ledger(ledger)).readings
@@ -318,9 +349,9 @@ def _rate(sampler: Sampler, stage: str, seconds: float) -> float:
 def _back_to(
     sampler: Sampler, before: float, killed_at: float, timeout: float, stack: DevStack
 ) -> float | None:
-    """Seconds after the kill until 3 s of sink rows/s are back to 90 % of ``before``.
+    """Seconds after the fault until 3 s of sink rows/s are back to 90 % of ``before``.
 
-    Meanwhile the killed service is restarted as `f2pipe dev` does (checked every 0.5 s).
+    Meanwhile whatever died is restarted as `f2pipe dev` does (checked every 0.5 s).
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

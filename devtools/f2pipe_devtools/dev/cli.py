@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from f2pipe_devtools.dev import http, status
+from f2pipe_devtools.dev import http, probes, status
 from f2pipe_devtools.dev.ports import Ports
 from f2pipe_devtools.dev.procs import Console, open_private_log
 from f2pipe_devtools.dev.stack import (
@@ -24,9 +25,11 @@ from f2pipe_devtools.dev.stack import (
     DevOptions,
     DevStack,
 )
+from f2pipe_devtools.servers import port_open
 
 STATE_FILE = "state.json"
 NOT_RUNNING = 3
+TICK = 0.5  # seconds between looks at the processes (restarts); status lines are rarer
 
 
 def main(args: argparse.Namespace) -> int:
@@ -49,6 +52,15 @@ def read_state(state_dir: Path) -> dict[str, Any] | None:
     return state if _alive(int(state.get("pid", 0))) else None
 
 
+def _read_any_state(state_dir: Path) -> dict[str, Any] | None:
+    """The state file, also when the `dev up` that wrote it is gone (killed)."""
+    try:
+        state: dict[str, Any] = json.loads((state_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state
+
+
 def _alive(pid: int) -> bool:
     if pid <= 0:
         return False
@@ -61,16 +73,26 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _write_state(stack: DevStack, phase: str) -> None:
-    state = {
+def _state(stack: DevStack, phase: str) -> dict[str, Any]:
+    """What `dev status` and `dev down` need: ports, every process we started (PID and start
+    time, so `dev down` never signals a PID reused by another program), server restarts and
+    when the Kafka broker lost its contents."""
+    return {
         "pid": os.getpid(),
         "phase": phase,
         "ports": stack.options.ports.as_dict(),
         "services": list(stack.services),
         "pids": _pids(stack),
+        "started": {name: probes.start_time(pid) for name, pid in _pids(stack).items() if pid},
+        "servers": {name: s.state() for name, s in stack.supervised.items()},
+        "kafka_lost_at": stack.kafka_lost_at,
         "conninfo": stack.conninfo,
         "env": {k: v for k, v in stack.env().items() if k in status.KafkaView.SETTINGS},
     }
+
+
+def _write_state(stack: DevStack, phase: str, state: dict[str, Any] | None = None) -> None:
+    state = state or _state(stack, phase)
     path = stack.root / STATE_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=1))
@@ -123,21 +145,33 @@ def foreground(args: argparse.Namespace) -> int:
 
 
 def watch(stack: DevStack, stop: threading.Event, interval: float) -> None:
-    """Restart crashed services and print the status line until ``stop`` is set."""
+    """Restart crashed services and servers, print the status line, until ``stop`` is set."""
     urls = {name: stack.metrics_url(name) for name in stack.services if name not in HTTP_SERVICES}
     kafka = status.KafkaView(stack.env())
+    server_probes = stack.server_probes()
     before = status.take_sample(urls)
-    pids = _pids(stack)
-    while not stop.wait(interval):
+    written = _state(stack, "running")
+    next_line = time.monotonic() + interval
+    while not stop.wait(min(TICK, interval)):
         failed = stack.check()
-        if _pids(stack) != pids:  # a restarted service: `dev status` and tests read its pid
-            pids = _pids(stack)
-            _write_state(stack, "running")
+        state = _state(stack, "running")
+        if state != written:  # restarts, new PIDs: `dev status`, `dev down` and tests read them
+            _write_state(stack, "running", state)
+            written = state
+        if time.monotonic() < next_line:
+            continue
+        next_line = time.monotonic() + interval
         after = status.take_sample(urls)
         # certgen logs every request: its liveness is enough here, `dev status` asks /healthz.
         unhealthy = failed + [n for n, s in stack.services.items()
                               if not (s.running if n == "certgen" else s.healthy())]  # fmt: skip
-        line = kafka.status_line(status.rates(before, after), sorted(set(unhealthy)))
+        # A server counts as healthy when it answers, not when its process merely exists.
+        unhealthy += [n for n, probe in server_probes.items() if n not in failed and not probe()]
+        per_second, names = status.rates(before, after), sorted(set(unhealthy))
+        if "kafka" in failed:  # dead: asking it for lags would hold up its restart for seconds
+            line = status.status_line(per_second, dict.fromkeys(kafka.groups), None, names)
+        else:
+            line = kafka.status_line(per_second, names)
         stack.console.line("status", line)
         before = after
 
@@ -211,8 +245,8 @@ def show_status(state_dir: Path) -> int:
         print(f"f2pipe dev: not running in {state_dir}")
         return NOT_RUNNING
     ports: dict[str, int] = state["ports"]
-    unhealthy = []
     print(f"f2pipe dev: running (pid {state['pid']}, {state['phase']})")
+    unhealthy = _show_servers(state_dir, state)
     ca_file = state_dir.resolve() / "ca" / "ca.crt"  # DevStack.ca_dir: the HTTPS trust anchor
     for name in state["services"]:
         if name in HTTP_SERVICES:  # HTTPS only
@@ -230,21 +264,75 @@ def show_status(state_dir: Path) -> int:
     after = status.take_sample(urls)
     kafka = status.KafkaView(state["env"])
     print("  " + kafka.status_line(status.rates(before, after), unhealthy))
+    lost = status.kafka_lost(state.get("kafka_lost_at", []))
+    if lost:
+        print("  " + lost)
     return 0 if not unhealthy else 1
 
 
+def _show_servers(state_dir: Path, state: dict[str, Any]) -> list[str]:
+    """A line per server, from a real probe of each; the names of those not answering."""
+    ports: dict[str, int] = state["ports"]
+    recorded: dict[str, dict[str, Any]] = state.get("servers", {})
+    down = []
+    for name, probe in probes.probes(state_dir.resolve(), ports).items():
+        ok = probe()
+        port = ports[probes.PORT_NAMES[name]]
+        print(f"  {name:<10} :{port:<6} {'healthy' if ok else 'NOT ANSWERING'}"
+              f"{status.restart_note(recorded.get(name, {}))}")  # fmt: skip
+        if not ok:
+            down.append(name)
+    return down
+
+
 def down(state_dir: Path, timeout: float) -> int:
-    state = read_state(state_dir)
+    state = _read_any_state(state_dir)
     if state is None:
         print(f"f2pipe dev: not running in {state_dir}")
         return 0
     pid = int(state["pid"])
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.5)
     if _alive(pid):
-        print(f"f2pipe dev: pid {pid} still running after {timeout:.0f} s", file=sys.stderr)
-        return 1
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        if _alive(pid):
+            print(f"f2pipe dev: pid {pid} still running after {timeout:.0f} s", file=sys.stderr)
+            return 1
+    else:
+        print(f"f2pipe dev: `dev up` (pid {pid}) is gone; stopping what it left running")
+    # What it started and did not stop (it was killed, or a stop failed): by the PIDs recorded.
+    for name, leftover in _recorded(state).items():
+        _stop_group(name, leftover)
+    (state_dir / STATE_FILE).unlink(missing_ok=True)
+    held = {name: port for name, port in state["ports"].items() if port_open(HOST, port)}
+    for name, port in held.items():
+        print(f"f2pipe dev: port {port} ({name}) is still held by "
+              f"{probes.describe_holder(port)}, not started by f2pipe dev: stop it yourself",
+              file=sys.stderr)  # fmt: skip
     print("f2pipe dev: stopped")
-    return 0
+    return 1 if held else 0
+
+
+def _recorded(state: dict[str, Any]) -> dict[str, int]:
+    """Recorded processes still running as recorded: the same PID with the same start time."""
+    pids: dict[str, tuple[int | None, int | None]] = {
+        name: (pid, state.get("started", {}).get(name)) for name, pid in state["pids"].items()
+    }
+    for name, server in state.get("servers", {}).items():
+        pids[name] = (server.get("pid"), server.get("started"))
+    return {name: pid for name, (pid, started) in pids.items()
+            if pid and started is not None and probes.start_time(pid) == started}  # fmt: skip
+
+
+def _stop_group(name: str, pid: int, timeout: float = 30.0) -> None:
+    """Stop a process group we started (each led its own session): politely, then SIGKILL."""
+    print(f"f2pipe dev: stopping {name} (pid {pid})")
+    # PostgreSQL's fast shutdown is SIGINT; SIGTERM would wait for every client to leave.
+    sig = signal.SIGINT if name == "postgres" else signal.SIGTERM
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+        deadline = time.monotonic() + timeout
+        while probes.start_time(pid) is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.killpg(pid, signal.SIGKILL)

@@ -8,27 +8,40 @@
 Everything lives in one state directory (`.dev/` by default). PostgreSQL's data, the CA,
 the demo fleet's claim codes and the simulated controllers' certificates survive a restart;
 the Kafka-protocol broker keeps its topics in memory, so they start empty every time.
+
+While it runs, a server that dies is started again (supervise.SupervisedServer), like a
+service; the Kafka broker comes back empty, so its topics are made again before the services
+may use it (they are paused meanwhile: the broker would auto-create a topic a producer writes
+to, with its own partition count).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
+import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from confluent_kafka import KafkaException
 
 from f2pipe.brokerconfig import supervisor_command, write
+from f2pipe_devtools.dev import probes
 from f2pipe_devtools.dev.ports import Ports
 from f2pipe_devtools.dev.procs import Console, Follower, Service, private_dir
+from f2pipe_devtools.dev.supervise import SupervisedServer
 from f2pipe_devtools.env import kafka_env, mqtt_env, postgres_env, redis_env, stack_env
 from f2pipe_devtools.servers import KafkaBroker, PostgresServer, RedisServer, ServerProcess
 from f2pipe_devtools.servers.base import read_or_create_secret, write_private
 from f2pipe_devtools.servers.redis import processor_acl
+from f2pipe_shared.kafka import ensure_topics, pipeline_topics
+from f2pipe_shared.settings import KafkaSettings, load
 
 HOST = "127.0.0.1"
 DATABASE = "f2pipe"
@@ -130,6 +143,7 @@ class DevStack:
         self.ca_dir, self.issued_dir = root / "ca", root / "issued"
         self.claim_codes = root / "claim-codes.csv"
         self.servers: list[ServerProcess] = []
+        self.supervised: dict[str, SupervisedServer] = {}
         self.followers: list[Follower] = []
         self.services: dict[str, Service] = {}
 
@@ -174,6 +188,8 @@ class DevStack:
         self.followers.append(follower)
         server.start(timeout=60)
         self.servers.append(server)
+        restarting = self._kafka_restart if isinstance(server, KafkaBroker) else None
+        self.supervised[server.name] = SupervisedServer(server, self.console, restarting=restarting)
 
     def _prepare(self) -> None:
         """Migrations, the services' database roles, the demo fleet, the CA: each idempotent,
@@ -330,10 +346,67 @@ class DevStack:
     # --- running and stopping ---------------------------------------------------------------
 
     def check(self) -> list[str]:
-        """Restart services that died; the names of those given up on or servers down."""
+        """Restart services and servers that died; the names of services given up on and of
+        servers down (dead, or waiting for their restart)."""
         failed = [n for n, s in self.services.items() if not s.restart_if_dead()]
-        failed += [s.name for s in self.servers if not s.running]
+        for supervised in self.supervised.values():
+            supervised.tick()
+        failed += [name for name, s in self.supervised.items() if s.down]
         return failed
+
+    def server_probes(self) -> dict[str, Callable[[], bool]]:
+        """Each running server's probe: a real exchange (dev/probes.py)."""
+        every = probes.probes(self.root, self.options.ports.as_dict())
+        return {name: every[name] for name in self.supervised}
+
+    @property
+    def kafka_lost_at(self) -> list[str]:
+        """When the Kafka broker died (HH:MM:SS) since `dev up`: each time it lost it all."""
+        kafka = self.supervised.get("kafka")
+        return list(kafka.deaths) if kafka else []
+
+    def kafka_settings(self) -> KafkaSettings:
+        """The services' Kafka settings (topic names, partition counts), as they read them."""
+        env = self.env()
+        return load(
+            KafkaSettings, **{k.lower(): v for k, v in env.items() if k.startswith("KAFKA_")}
+        )
+
+    @contextlib.contextmanager
+    def _kafka_restart(self) -> Iterator[None]:
+        """Around a restart of the (memory-storage) broker: the services are paused until the
+        topics exist again with the configured partition counts, since the broker creates a
+        topic someone produces to with a count of its own (4 for Tansu 0.6)."""
+        paused = self._signal_services(signal.SIGSTOP)
+        try:
+            yield
+            self._make_topics()
+        finally:
+            for pid in paused:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGCONT)
+
+    def _make_topics(self) -> None:
+        settings = self.kafka_settings()
+        topics = pipeline_topics(settings)
+        try:
+            ensure_topics(settings, topics, timeout=30)
+        except KafkaException as exc:
+            self.console.line("dev", f"kafka: could not create the topics again: {exc}")
+            return
+        made = ", ".join(f"{name} ({count} partitions)" for name, count in topics.items())
+        self.console.line("dev", f"kafka restarted empty: the local Kafka lost what it held "
+                                 f"(memory storage); topics made again: {made}")  # fmt: skip
+
+    def _signal_services(self, sig: int) -> list[int]:
+        """Send `sig` to every running service's process group; the groups reached."""
+        reached = []
+        for service in self.services.values():
+            if service.running and service.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(service.pid, sig)
+                    reached.append(service.pid)
+        return reached
 
     def down(self) -> None:
         for name in reversed(list(self.services)):
@@ -346,6 +419,7 @@ class DevStack:
             self.console.line("dev", f"stopping {server.name}")
             server.stop(timeout=30)
         self.servers.clear()
+        self.supervised.clear()
         for follower in self.followers:
             follower.stop()
         self.followers.clear()

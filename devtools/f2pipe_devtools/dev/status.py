@@ -149,3 +149,28 @@ def status_line(
         f"dead letters {_num(dead_letters, '')}".rstrip()
         + f" | {health}"
     )
+
+
+def kafka_lost(times: list[str]) -> str | None:
+    """What `dev status` says once the memory-storage broker restarted empty (times HH:MM:SS
+    of each loss since `dev up`)."""
+    if not times:
+        return None
+    again = f" ({len(times)} times since `dev up`)" if len(times) > 1 else ""
+    return (
+        f"the local Kafka lost what it held at {times[-1]}{again}: readings published before "
+        "then and not yet processed are gone"
+    )
+
+
+def restart_note(server: Mapping[str, object]) -> str:
+    """`` (died 1x, last at 21:40:12: signal 9; restarted 1x)``, or nothing for a server that
+    never died since `dev up`."""
+    deaths = server.get("deaths")
+    if not isinstance(deaths, list) or not deaths:
+        return ""
+    note = (
+        f" (died {len(deaths)}x, last at {deaths[-1]}: {server.get('last_exit')}; "
+        f"restarted {server.get('restarts', 0)}x"
+    )
+    return note + (", restart pending)" if server.get("down") else ")")

@@ -136,6 +136,11 @@ class ServerProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """How it ended (negative: the signal), None while it runs or before it started."""
+        return self._proc.poll() if self._proc is not None else None
+
     def start(self, timeout: float = 30.0) -> Self:
         if self.running:
             return self

@@ -1,0 +1,167 @@
+"""Is a server of the local stack answering? A real exchange with each, not a PID or a port.
+
+A process can be alive and useless (stopped, hung, or a stranger holding its port): the
+supervisor's status line and `f2pipe dev status` ask each server something it must answer.
+The same probes serve both, from what the state directory holds (ports, secrets, the CA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+HOST = "127.0.0.1"
+TIMEOUT = 2.0
+SERVERS = ("postgres", "redis", "kafka", "mosquitto")
+# The server's port in `Ports` (Mosquitto's is the MQTT one).
+PORT_NAMES = {"postgres": "postgres", "redis": "redis", "kafka": "kafka", "mosquitto": "mqtt"}
+
+
+def postgres(port: int, passfile: Path, dbname: str = "postgres") -> bool:
+    """A login over TCP (the superuser's password from the harness's passfile) and SELECT 1."""
+    conninfo = f"host={HOST} port={port} user=postgres dbname={dbname} passfile={passfile}"
+    try:
+        with psycopg.connect(conninfo, connect_timeout=int(TIMEOUT)) as conn:
+            return conn.execute("SELECT 1").fetchone() == (1,)
+    except psycopg.Error:
+        return False
+
+
+def _resp(*words: str) -> bytes:
+    """One Redis command in RESP, the protocol's own framing (no client library needed)."""
+    out = [f"*{len(words)}\r\n".encode()]
+    for word in words:
+        raw = word.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(out)
+
+
+def redis(port: int, user: str, password: str) -> bool:
+    """AUTH as `user`, then PING: +OK and +PONG."""
+    try:
+        with socket.create_connection((HOST, port), timeout=TIMEOUT) as sock:
+            sock.sendall(_resp("AUTH", user, password) + _resp("PING"))
+            data = b""
+            while data.count(b"\r\n") < 2:
+                chunk = sock.recv(1024)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        return False
+    return data.split(b"\r\n")[:2] == [b"+OK", b"+PONG"]
+
+
+def kafka(bootstrap: str) -> bool:
+    """The broker's metadata (its topics) within the timeout."""
+    # log_level 0: librdkafka would print every refused connection on the console.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        admin.list_topics(timeout=TIMEOUT)
+    except KafkaException:
+        return False
+    return True
+
+
+def mqtt_tls(port: int, ca_file: Path) -> bool:
+    """A TLS handshake in which the broker proves itself with a certificate of the stack's CA.
+
+    Mosquitto asks for a client certificate we do not send: with TLS 1.3 the handshake
+    completes on our side first; with 1.2 the broker answers with an alert after its own
+    certificate was verified. Either way only our broker gets that far.
+    """
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except OSError:
+        return False  # no CA yet
+    context.check_hostname = False  # its certificate names the service, not 127.0.0.1
+    try:
+        with (
+            socket.create_connection((HOST, port), timeout=TIMEOUT) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            return tls.version() is not None
+    except ssl.SSLCertVerificationError:
+        return False
+    except ssl.SSLError as exc:
+        return "ALERT" in str(exc.reason or "").upper()  # refused our missing certificate
+    except OSError:
+        return False
+
+
+def probes(root: Path, ports: dict[str, int]) -> dict[str, Callable[[], bool]]:
+    """Each server's probe, from the state directory `root` and the stack's ports."""
+    secret = (root / "redis-processor-password").read_text().strip()
+    return {
+        "postgres": lambda: postgres(ports["postgres"], root / "postgres" / "pgpass"),
+        "redis": lambda: redis(ports["redis"], "processor", secret),
+        "kafka": lambda: kafka(f"{HOST}:{ports['kafka']}"),
+        "mosquitto": lambda: mqtt_tls(ports["mqtt"], root / "ca" / "ca.crt"),
+    }
+
+
+# --- who holds a port ------------------------------------------------------------------------
+
+
+def port_holder(port: int) -> tuple[int, str] | None:
+    """The process listening on `port` (pid, command line), when this user may see it."""
+    inodes = _listening_inodes(port)
+    if not inodes:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (entry / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:[") and target[8:-1] in inodes:
+                        return int(entry.name), command_line(int(entry.name))
+    return None
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(inode)
+    return inodes
+
+
+def command_line(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip() or "?"
+
+
+def describe_holder(port: int) -> str:
+    holder = port_holder(port)
+    if holder is None:
+        return "a process this user cannot see (another user's?)"
+    pid, cmd = holder
+    return f"pid {pid} ({cmd[:80]})"
+
+
+def start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot): a PID reused by another process differs."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22, counted after the command name, which may itself hold spaces and parentheses.
+    return int(stat.rsplit(")", 1)[1].split()[19])
