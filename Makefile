@@ -53,8 +53,9 @@ format: venv
 
 # The suite on TimescaleDB (when `make setup` installed it), then the database layer again on
 # plain PostgreSQL: migrations and the sink must work on both.
+# --durations: the suite must stay under 25 min in CI; the log names what costs the most.
 test: setup-test lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 	F2PIPE_TIMESCALEDB=off $(BIN)/python -m pytest -m database
 
 test-unit: venv

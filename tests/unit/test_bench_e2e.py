@@ -1,10 +1,14 @@
-"""The end-to-end benchmark's arithmetic: latency quantiles from histogram scrapes."""
+"""The end-to-end benchmark's arithmetic: latency quantiles from histogram scrapes, and the
+fixed-rate phase saying when it missed its target."""
 
 from __future__ import annotations
 
 import math
 
-from f2pipe_devtools.bench.e2e import quantile
+import pytest
+
+from f2pipe_devtools.bench.e2e import missed_target, quantile
+from f2pipe_devtools.bench.report import Report
 
 INF = math.inf
 
@@ -32,3 +36,24 @@ def test_a_restarted_histogram_counts_from_zero() -> None:
 
 def test_observations_beyond_the_last_bound_report_that_bound() -> None:
     assert quantile({1.0: 0.0, INF: 0.0}, {1.0: 0.0, INF: 4.0}, 0.5) == 1.0
+
+
+def test_a_fixed_rate_phase_that_missed_its_target_says_so_loudly(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = Report("e2e")
+    assert missed_target(report, 2584.0, 5000.0)
+    (share,) = report.measurements
+    assert (share.name, share.median) == ("fixed rate: delivered / target", 2584.0 / 5000.0)
+    assert share.note.startswith("MISSED: 2,584 of 5,000 msg/s arrived")
+    assert "WARNING: the fixed-rate phase missed its target" in capsys.readouterr().err
+    assert "MISSED" in report.table()
+
+
+def test_a_fixed_rate_phase_that_met_its_target_stays_quiet(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = Report("e2e")
+    assert not missed_target(report, 4990.0, 5000.0)
+    assert report.measurements[0].note == "target 5,000 msg/s"
+    assert capsys.readouterr().err == ""

@@ -280,6 +280,8 @@ def throughput_phase(report: Report, stack: DevStack, sampler: Sampler, plan: Pl
     seconds = last.at - first.at
     label = "fixed rate" if rate else "as fast as it goes"
     delivered = last.totals["bridge in"] - first.totals["bridge in"]
+    if rate:
+        missed_target(report, delivered / seconds, rate)
     if rate and delivered > 0:
         plan.readings_per_message = (
             last.totals["sink rows"] - first.totals["sink rows"]
@@ -294,6 +296,21 @@ def throughput_phase(report: Report, stack: DevStack, sampler: Sampler, plan: Pl
         if value is not None:
             report.add(Measurement(f"{label}: latency p{round(q * 100)}", "s", [value],
                                    "device timestamp -> database commit"))  # fmt: skip
+
+
+MET = 0.95  # of the target rate: below, the fixed-rate phase measured an overloaded stack
+
+
+def missed_target(report: Report, achieved: float, target: float) -> bool:
+    """Record what share of the target rate arrived; say it loudly when it fell short."""
+    share = achieved / target
+    short = share < MET
+    note = (f"MISSED: {achieved:,.0f} of {target:,.0f} msg/s arrived; the latencies are an "
+            "overloaded machine's") if short else f"target {target:,.0f} msg/s"  # fmt: skip
+    report.add(Measurement("fixed rate: delivered / target", "ratio", [share], note))
+    if short:
+        print(f"WARNING: the fixed-rate phase missed its target: {note}", file=sys.stderr)
+    return short
 
 
 def recovery_phase(report: Report, stack: DevStack, sampler: Sampler, plan: Plan,
