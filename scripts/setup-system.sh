@@ -14,6 +14,8 @@ if $with_browser; then
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
 fi
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+# mosquitto_sub: `f2pipe bench capacity` drains the broker with the C client (its ceiling).
+command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v pg_config >/dev/null 2>&1 \
   || need+=(postgresql)

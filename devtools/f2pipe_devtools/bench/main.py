@@ -19,6 +19,7 @@ SUITES = {
     "processor": "f2pipe_devtools.bench.processor",
     "sink": "f2pipe_devtools.bench.sink",
     "e2e": "f2pipe_devtools.bench.e2e",
+    "capacity": "f2pipe_devtools.bench.capacity",
     "import": "f2pipe_devtools.bench.importer",
     "stream": "f2pipe_devtools.bench.stream",
 }
