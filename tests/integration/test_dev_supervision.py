@@ -194,6 +194,16 @@ def test_a_killed_postgres_is_restarted_safely(stack: Stack) -> None:
     assert "postgres did not start again" not in stack.log()
     conninfo = (f"host=127.0.0.1 port={stack.port('postgres')} user=postgres dbname=f2pipe "
                 f"passfile={stack.state_dir / 'postgres' / 'pgpass'}")  # fmt: skip
+
+    def accepting() -> bool:
+        # Listening is not accepting: it replays its WAL first ("not yet accepting").
+        try:
+            with psycopg.connect(conninfo, connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    wait_for("postgres accepting connections after its recovery", accepting, stack)
     with psycopg.connect(conninfo) as conn:
         row = conn.execute("SELECT count(*) FROM registry.devices").fetchone()
         assert row is not None

@@ -304,11 +304,15 @@ def test_time_bucket_examples_and_properties(conn: Conn) -> None:
 
 # --- telemetry ------------------------------------------------------------------------------
 
+# Yesterday, on the hour: a fixed date falls out of the 365-day retention in time, and
+# TimescaleDB's retention job may then drop its chunk in the middle of a test.
+RECENT = (datetime.now(UTC) - timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
+
 
 def test_readings_key_rejects_a_duplicate_and_on_conflict_ignores_it(
     conn: Conn,
 ) -> None:
-    ts = datetime(2025, 1, 1, 12, tzinfo=UTC)
+    ts = RECENT
     insert = "INSERT INTO telemetry.readings VALUES (%s, %s, %s, %s)"
     conn.execute(insert, (ts, 7, 1, 21.5))
     with pytest.raises(errors.UniqueViolation):
@@ -325,7 +329,7 @@ def test_readings_key_rejects_a_duplicate_and_on_conflict_ignores_it(
 
 
 def test_events_key_makes_writes_idempotent(conn: Conn) -> None:
-    ts = datetime(2025, 1, 1, 12, tzinfo=UTC)
+    ts = RECENT
     insert = "INSERT INTO telemetry.events VALUES (%s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING"
     assert conn.execute(insert, (ts, 3, "scan", '{"data": "abc"}')).rowcount == 1
     assert conn.execute(insert, (ts, 3, "scan", '{"data": "abc"}')).rowcount == 0
@@ -346,7 +350,7 @@ def test_telemetry_has_no_foreign_keys_to_the_registry(conn: Conn) -> None:
 
 
 def test_readings_hourly_aggregates_per_hour(conn: Conn) -> None:
-    base = datetime(2025, 1, 1, 10, tzinfo=UTC)
+    base = RECENT
     rows = [(base + timedelta(minutes=m), 5, 1, float(m)) for m in (0, 20, 40, 70)]
     with conn.cursor() as cur:
         cur.executemany("INSERT INTO telemetry.readings VALUES (%s, %s, %s, %s)", rows)

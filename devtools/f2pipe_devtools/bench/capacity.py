@@ -44,13 +44,12 @@ from prometheus_client.samples import Sample as PromSample
 
 from f2pipe_certgen.ca import CertificateAuthority
 from f2pipe_certgen.files import PRIVATE, PUBLIC, replace
-from f2pipe_devtools.bench.e2e import _proc_stats, process_stats, stored_since
+from f2pipe_devtools.bench.e2e import _proc_stats, process_stats, simulator, stored_since
 from f2pipe_devtools.bench.report import Measurement, Report
 from f2pipe_devtools.dev.ports import Ports
 from f2pipe_devtools.dev.procs import Console, ProcessError
 from f2pipe_devtools.dev.stack import DevOptions, DevStack
 from f2pipe_devtools.dev.status import fetch
-from f2pipe_devtools.servers import free_port
 from f2pipe_devtools.testkit.ledger import Row, expected_rows, iter_ledger
 
 BACKLOG, QUICK_BACKLOG = 300_000, 30_000  # messages
@@ -283,16 +282,11 @@ def subscribe_sessions(stack: DevStack, paho: Identity, c_client: Identity | Non
 
 def queue_backlog(stack: DevStack, ledger: Path, count: int, controllers: int) -> None:
     """The simulator's load mode, ``count`` messages as fast as the broker takes them; it
-    exits once the broker acknowledged every one. (e2e.simulator has no --count.)"""
-    env = {**stack.env(), **stack.database_env("simulator"), "METRICS_PORT": str(free_port()),
-           "LOG_LEVEL": "WARNING"}  # fmt: skip
-    argv = [sys.executable, "-m", "f2pipe", "simulator", "--load", "--count", str(count),
-            "--controllers", str(controllers), "--seed", "1", "--ledger", str(ledger)]  # fmt: skip
-    with (ledger.parent / f"{ledger.stem}.log").open("ab") as log:
-        code = subprocess.run(argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              timeout=900, check=False).returncode  # fmt: skip
+    exits once the broker acknowledged every one."""
+    sim = simulator(stack, ledger, None, None, controllers, count=count)
+    code = sim.wait(900)
     if code != 0:
-        raise RuntimeError(f"the simulator exited with {code}; see {log.name}")
+        raise RuntimeError(f"the simulator exited with {code}; see {ledger.stem}.log")
 
 
 def ledger_summary(ledger: Path) -> dict[str, object]:

@@ -219,11 +219,16 @@ def process_stats(stack: DevStack) -> dict[str, tuple[float, float, float]]:
 # --- the load -------------------------------------------------------------------------------
 
 
-def simulator(stack: DevStack, ledger: Path, seconds: float, rate: float | None,
-              controllers: int) -> subprocess.Popen[bytes]:  # fmt: skip
+def simulator(
+    stack: DevStack, ledger: Path, seconds: float | None, rate: float | None, controllers: int,
+    *, count: int | None = None,
+) -> subprocess.Popen[bytes]:  # fmt: skip
+    """The simulator's load mode for `seconds`, or for `count` messages (then it exits once
+    the broker acknowledged every one)."""
     env = {**stack.env(), **stack.database_env("simulator"), "METRICS_PORT": str(free_port()),
            "LOG_LEVEL": "WARNING"}  # fmt: skip
-    argv = [sys.executable, "-m", "f2pipe", "simulator", "--load", "--duration", str(seconds),
+    length = ["--count", str(count)] if count is not None else ["--duration", str(seconds)]
+    argv = [sys.executable, "-m", "f2pipe", "simulator", "--load", *length,
             "--controllers", str(controllers), "--seed", "1", "--ledger", str(ledger)]  # fmt: skip
     if rate is not None:
         argv += ["--rate", str(rate)]
