@@ -8,9 +8,7 @@ simulator in normal mode); one api app on it with its command client."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -217,22 +215,6 @@ def test_a_command_without_a_broker_connection_fails_at_once(stack: SimStack, ap
         assert "not connected" in sent["detail"]
 
 
-def restore(proxy: TcpProxy, timeout: float = 10) -> None:
-    """proxy.restore(), once the port is free: a closed listener stays bound while its
-    thread sits in accept(), until a connection wakes it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            proxy.restore()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        with contextlib.suppress(OSError), socket.create_connection((HOST, proxy.port), 1):
-            pass
-        time.sleep(0.1)
-
-
 def test_after_the_connection_drops_the_api_reconnects_and_sends_again(
     stack: SimStack, api: Api
 ) -> None:
@@ -252,7 +234,7 @@ def test_after_the_connection_drops_the_api_reconnects_and_sends_again(
                 "failed",
                 "the api is not connected to the MQTT broker",
             )
-            restore(proxy)
+            proxy.restore()
             connected(commander, timeout=15)
             off = send(via, {"connector": "J2", "component": "siren-2", "payload": 0})
             done = wait_for(via, off["id"], *FINAL)

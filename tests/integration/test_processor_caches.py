@@ -13,7 +13,6 @@ import contextlib
 import os
 import random
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -157,22 +156,6 @@ def test_a_frozen_redis_neither_delays_start_up_nor_hides_from_healthz(
         reader.close()
 
 
-def restore(proxy: TcpProxy, timeout: float = 10) -> None:
-    """proxy.restore(), once the port is free (a closed listener stays bound while its
-    accept thread waits: a connection wakes it)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            proxy.restore()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-        with contextlib.suppress(OSError), socket.create_connection((proxy.host, proxy.port), 1):
-            pass
-        time.sleep(0.1)
-
-
 def test_a_postgres_restart_keeps_the_caches_and_applies_what_changed_meanwhile(
     registry_db: str,  # noqa: F811
     postgres_server: PostgresServer,
@@ -229,7 +212,7 @@ def test_a_postgres_restart_keeps_the_caches_and_applies_what_changed_meanwhile(
                         "UPDATE registry.pins SET component = 'sensor-4' WHERE device_id = %s",
                         (env.device_id,),
                     )
-                await asyncio.to_thread(restore, proxy)
+                await asyncio.to_thread(proxy.restore)
                 await wait_for(lambda: _true(listener.connected), 15)
 
                 # Warm still: only the moved pin's connector was forgotten.

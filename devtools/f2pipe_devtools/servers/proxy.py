@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 
 from f2pipe_devtools.servers.base import free_port
 
@@ -75,8 +76,19 @@ class TcpProxy:
         for sock in open_sockets:
             self._close(sock)
 
-    def restore(self) -> None:
-        if self._listener is None:
-            self.start()
+    def restore(self, timeout: float = 10.0) -> None:
+        """Listen again, once the port is free: a closed listener stays bound while its
+        accept thread waits, until a connection wakes it."""
+        deadline = time.monotonic() + timeout
+        while self._listener is None:
+            try:
+                self.start()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 1):
+                pass
+            time.sleep(0.1)
 
     stop = cut
