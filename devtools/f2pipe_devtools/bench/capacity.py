@@ -34,7 +34,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,11 +43,16 @@ from prometheus_client.samples import Sample as PromSample
 
 from f2pipe_certgen.ca import CertificateAuthority
 from f2pipe_certgen.files import PRIVATE, PUBLIC, replace
-from f2pipe_devtools.bench.e2e import _proc_stats, process_stats, simulator, stored_since
+from f2pipe_devtools.bench.e2e import (
+    _proc_stats,
+    bench_stack,
+    process_stats,
+    simulator,
+    stored_since,
+)
 from f2pipe_devtools.bench.report import Measurement, Report
-from f2pipe_devtools.dev.ports import Ports
-from f2pipe_devtools.dev.procs import Console, ProcessError
-from f2pipe_devtools.dev.stack import DevOptions, DevStack
+from f2pipe_devtools.dev.procs import ProcessError
+from f2pipe_devtools.dev.stack import DevStack
 from f2pipe_devtools.dev.status import fetch
 from f2pipe_devtools.testkit.ledger import Row, expected_rows, iter_ledger
 
@@ -455,18 +459,8 @@ def run(report: Report, repeats: int, min_seconds: float, quick: bool = False) -
     report.add(Measurement("machine canary: json.loads", "loads/s", [canary()],
                            f"fixed {len(CANARY_PAYLOAD)}-byte payload, pure Python, "
                            "before the stack starts: compare machines by it"))  # fmt: skip
-    top = Path(tempfile.mkdtemp(prefix="f2pipe-bench-capacity-"))
-    top.chmod(0o755)  # PostgreSQL may run as `postgres`: it must enter it
-    console = Console(open(top / "stack.log", "w"))  # noqa: SIM115 - closed with the stack
-    stack = DevStack(DevOptions(top / "dev", Ports.free(), controllers=plan.controllers,
-                                simulator=False), console)  # fmt: skip
-    try:
-        stack.up()
+    with bench_stack("f2pipe-bench-capacity-", plan.controllers) as (stack, top):
         measure(report, stack, plan, top)
-    finally:
-        stack.down()
-        console.out.close()
-        shutil.rmtree(top, ignore_errors=True)
 
 
 def measure(report: Report, stack: DevStack, plan: Plan, work: Path) -> None:

@@ -387,16 +387,28 @@ def _back_to(
 # --- the suite ------------------------------------------------------------------------------
 
 
-def run(report: Report, repeats: int, min_seconds: float, quick: bool = False,
-        out_dir: Path | None = None) -> None:  # fmt: skip
-    plan = Plan(warmup=8, measure=20, kill_every=20, controllers=100) if quick else Plan()
-    top = Path(tempfile.mkdtemp(prefix="f2pipe-bench-"))
+@contextmanager
+def bench_stack(prefix: str, controllers: int) -> Iterator[tuple[DevStack, Path]]:
+    """A fresh `f2pipe dev` stack (free ports, no simulator of its own) and its work
+    directory; both gone afterwards."""
+    top = Path(tempfile.mkdtemp(prefix=prefix))
     top.chmod(0o755)  # PostgreSQL may run as `postgres`: it must enter it
     console = Console(open(top / "stack.log", "w"))  # noqa: SIM115 - closed with the stack
-    stack = DevStack(DevOptions(top / "dev", Ports.free(), controllers=plan.controllers,
+    stack = DevStack(DevOptions(top / "dev", Ports.free(), controllers=controllers,
                                 simulator=False), console)  # fmt: skip
     try:
         stack.up()
+        yield stack, top
+    finally:
+        stack.down()
+        console.out.close()
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def run(report: Report, repeats: int, min_seconds: float, quick: bool = False,
+        out_dir: Path | None = None) -> None:  # fmt: skip
+    plan = Plan(warmup=8, measure=20, kill_every=20, controllers=100) if quick else Plan()
+    with bench_stack("f2pipe-bench-", plan.controllers) as (stack, top):
         sampler = Sampler(stack)
         with sampler.running():
             throughput_phase(report, stack, sampler, plan, name="fixed", rate=plan.rate, work=top)
@@ -412,10 +424,6 @@ def run(report: Report, repeats: int, min_seconds: float, quick: bool = False,
                                    "VmHWM (certgen: during the fleet's enrolment)"))  # fmt: skip
         if out_dir is not None:
             chart(sampler, out_dir / f"{report.started_at.replace(':', '')}-e2e.png")
-    finally:
-        stack.down()
-        console.out.close()
-        shutil.rmtree(top, ignore_errors=True)
 
 
 def chart(sampler: Sampler, path: Path) -> Path | None:
