@@ -29,6 +29,33 @@ def parse_device_timestamp(s: str) -> datetime:
         raise ValueError(_bad_format(s)) from None
 
 
+class EpochParser:
+    """Device timestamp strings -> microseconds since the epoch: the same value and the same
+    ValueError as ``to_epoch_us(parse_device_timestamp(s))``, at a fraction of the cost when
+    timestamps share their second, as a batch's do: the date and time are parsed once per
+    distinct second, the microseconds added as digits (the shape check guarantees six)."""
+
+    MAX_SECONDS = 4096  # distinct seconds remembered; then forgotten all at once
+
+    def __init__(self) -> None:
+        self._seconds: dict[str, int] = {}
+
+    def epoch_us(self, s: str) -> int:
+        if _SHAPE(s) is None:
+            raise ValueError(_bad_format(s))
+        second = s[:19]
+        base = self._seconds.get(second)
+        if base is None:
+            try:
+                base = to_epoch_us(datetime.fromisoformat(second + "+00:00"))
+            except ValueError:  # right shape, impossible date or time
+                raise ValueError(_bad_format(s)) from None
+            if len(self._seconds) >= self.MAX_SECONDS:
+                self._seconds.clear()
+            self._seconds[second] = base
+        return base + int(s[20:]) if len(s) > 19 else base
+
+
 def format_device_timestamp(dt: datetime) -> str:
     """Write an aware datetime in the device format, converted to UTC, always with 6 digits."""
     utc = _require_aware(dt).astimezone(UTC)

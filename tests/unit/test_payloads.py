@@ -1,9 +1,10 @@
+import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from f2pipe_devtools.testkit.payloads import payload_examples
@@ -26,7 +27,9 @@ from f2pipe_shared.payloads import (
     StrikeCommand,
     encode_payload,
     parse_payload,
+    sensor_frame_fields,
 )
+from f2pipe_shared.timestamps import EpochParser, to_epoch_us
 from f2pipe_shared.topics import ComponentKind, Topic, make_topic, parse_topic
 
 MAC = "e4fd45f654be"
@@ -340,3 +343,104 @@ def test_doc_component_table_examples_parse() -> None:
     for pattern, example in rows:
         topic = pattern.replace("<mac>", MAC).replace("<k>", "1").replace("<n>", "1")
         parse_payload(parse_topic(topic), example.encode())
+
+
+# --- the processor's fast path for sensor frames: never another answer than the model's -----
+
+FRAME = "01 03 06 09 29 11 D7 02 64 4B 1E"
+_json_values = st.one_of(
+    st.sampled_from([
+        '"2024-05-01 12:00:00.123456"', f'"{FRAME}"', '"zz"', "1", "1e400", "NaN", "-Infinity",
+        "null", "true", "[]", "{}", '"\\ud800"', '"\\u0041"', '"a\\"b"', '"\u00e9"', '"\x01"',
+        "[" * 150 + "]" * 150, "[" * 199 + "]" * 199, "[" * 201 + "]" * 201,
+    ]),
+    st.text(max_size=12).map(lambda t: '"' + t.replace("\\", "").replace('"', "") + '"'),
+    st.integers().map(str),
+)  # fmt: skip
+_stamps = st.one_of(
+    st.sampled_from([
+        '"2024-05-01 12:00:00.123456"', '"2024-05-01 12:00:00"', '"2024-02-30 12:00:00"',
+        '"2024-05-01T12:00:00"', '"2024-05-01 12:00:00\\u0030"',
+    ]),
+    st.text(alphabet="0123456789-: .", max_size=26).map(lambda t: f'"{t}"'),
+)  # fmt: skip
+_extra = st.lists(
+    st.tuples(st.sampled_from(["timestamp", "data", "x", "Data", "timestamp "]), _json_values),
+    max_size=3,
+)
+_datas = st.one_of(st.just(f'"{FRAME}"'), st.text(max_size=8).map(json.dumps), _json_values)
+_members = st.builds(  # mostly a frame's two fields, among others, in any order
+    lambda stamp, data, extra: [("timestamp", stamp), ("data", data), *extra],
+    _stamps, _datas, _extra,
+).flatmap(st.permutations)  # fmt: skip
+_documents = st.builds(
+    lambda members, lead, trail: (
+        lead + "{" + ",".join(f'"{k}":{v}' for k, v in members) + "}" + trail
+    ),
+    _members,
+    st.sampled_from(["", "", "", " ", "\n", "\ufeff", "[", "x"]),
+    st.sampled_from(["", "", "", " ", "\n", ",", "}", "\x00"]),
+)
+_encodings = st.sampled_from(["utf-8", "utf-16", "utf-32", "latin-1"])
+
+
+def _fast_and_model(payload: bytes) -> tuple[tuple[str, str] | None, object]:
+    fast = sensor_frame_fields(payload)
+    try:
+        model: object = parse_payload(SENSOR, payload)
+    except PayloadError as exc:
+        model = exc
+    return fast, model
+
+
+@settings(max_examples=600)  # about one in seven takes the fast path
+@given(_documents, _encodings)
+def test_the_sensor_fast_path_only_answers_what_the_model_accepts_with_the_same_values(
+    document: str, encoding: str
+) -> None:
+    try:
+        payload = document.encode(encoding)
+    except UnicodeEncodeError:
+        payload = document.encode("utf-8", "surrogatepass")
+    fast, model = _fast_and_model(payload)
+    if fast is None:
+        return  # the model decides: nothing to compare
+    assert isinstance(model, SensorFrame) or _timestamp_refused(model), (payload, model)
+    if isinstance(model, SensorFrame):
+        assert fast[1] == model.data
+        assert EpochParser().epoch_us(fast[0]) == to_epoch_us(model.timestamp)
+    else:  # only its timestamp is wrong: EpochParser refuses it too, so the model is asked
+        with pytest.raises(ValueError):
+            EpochParser().epoch_us(fast[0])
+
+
+def _timestamp_refused(error: object) -> bool:
+    return isinstance(error, SchemaViolation) and error.field == "timestamp"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"timestamp":"2024-05-01 12:00:00.123456","data":"01","x":"\\ud800"}',
+        '{"timestamp":"2024-05-01 12:00:00.123456","data":"01"}'.encode("utf-16"),
+        b'\xef\xbb\xbf{"timestamp":"2024-05-01 12:00:00.123456","data":"01"}',
+        b'{"timestamp":"2024-05-01 12:00:00.123456","data":"01","x":'
+        + b"[" * 201
+        + b"]" * 201
+        + b"}",
+        b'{"timestamp":"2024-05-01 12:00:00.123456","data":"\xff"}',
+    ],
+    ids=["lone-surrogate", "utf-16", "bom", "too-deep", "not-utf-8"],
+)
+def test_what_json_loads_takes_and_the_model_refuses_never_takes_the_fast_path(
+    payload: bytes,
+) -> None:
+    fast, model = _fast_and_model(payload)
+    assert isinstance(model, PayloadError)
+    assert fast is None
+
+
+def test_a_frame_as_controllers_send_it_takes_the_fast_path() -> None:
+    # Without it the processor is a third slower (bench processor: core / plain loop).
+    payload = f'{{{TS},"data":"{FRAME}"}}'.encode()
+    assert sensor_frame_fields(payload) == ("2024-05-01 12:00:00.123456", FRAME)

@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from f2pipe_shared.timestamps import (
+    EpochParser,
     format_device_timestamp,
     from_epoch_us,
     parse_device_timestamp,
@@ -128,3 +129,65 @@ def test_epoch_us_round_trips_exactly(dt: datetime) -> None:
 @given(st.integers(min_value=-(2**55), max_value=2**55))
 def test_epoch_us_round_trips_from_integers(us: int) -> None:
     assert to_epoch_us(from_epoch_us(us)) == us
+
+
+# --- EpochParser: the processor's per-batch parser, the same answers as the model's ------------
+
+ODD_TIMESTAMPS = [
+    "2024-02-30 00:00:00.000000",  # right shape, no such day
+    "2024-05-01 24:00:00.000000",
+    "2024-05-01T12:00:00.000000",
+    "2024-05-01 12:00:00.123",
+    "2024-05-01 12:00:00+00:00",
+    "2024-05-01 12:00:00.1234567",
+    "\uff12\uff10\uff12\uff14-05-01 12:00:00.000000",  # fullwidth digits (re.ASCII)
+    "",
+    "x" * 500,
+]
+
+
+def _both(text: str) -> tuple[object, object]:
+    """What EpochParser and parse_device_timestamp + to_epoch_us say about `text`."""
+    try:
+        fast: object = EpochParser().epoch_us(text)
+    except ValueError as exc:
+        fast = ("ValueError", str(exc))
+    try:
+        model: object = to_epoch_us(parse_device_timestamp(text))
+    except ValueError as exc:
+        model = ("ValueError", str(exc))
+    return fast, model
+
+
+@given(utc_datetimes, st.booleans())
+def test_epoch_parser_gives_the_exact_microseconds_of_any_valid_timestamp(
+    dt: datetime, fraction: bool
+) -> None:
+    text = format_device_timestamp(dt)
+    text = text if fraction else text[:19]
+    fast, model = _both(text)
+    assert fast == model
+
+
+@pytest.mark.parametrize("text", ODD_TIMESTAMPS)
+def test_epoch_parser_refuses_what_the_model_refuses_with_its_words(text: str) -> None:
+    fast, model = _both(text)
+    assert fast == model
+    assert isinstance(fast, tuple)
+
+
+@given(st.text(alphabet="0123456789-: .T+Z", max_size=30))
+def test_epoch_parser_agrees_with_the_model_on_near_miss_strings(text: str) -> None:
+    fast, model = _both(text)
+    assert fast == model
+
+
+def test_epoch_parser_remembers_seconds_and_still_adds_each_fraction() -> None:
+    parser = EpochParser()
+    base = parser.epoch_us("2026-12-06 10:00:00")
+    assert parser.epoch_us("2026-12-06 10:00:00.000001") == base + 1
+    assert parser.epoch_us("2026-12-06 10:00:00.999999") == base + 999_999
+    for second in range(EpochParser.MAX_SECONDS + 5):  # past its bound: forgets, stays right
+        text = format_device_timestamp(from_epoch_us(base + second * 1_000_000))
+        assert parser.epoch_us(text) == base + second * 1_000_000
+    assert len(parser._seconds) <= EpochParser.MAX_SECONDS

@@ -38,7 +38,9 @@ class BridgeMetrics(ServiceMetrics):
             "kafka_errors", "Kafka delivery or client errors", ["code"]
         )
         self.delivery_latency = self.histogram(
-            "delivery_latency_seconds", "from MQTT receive to Kafka confirmation", LATENCY_BUCKETS
+            "delivery_latency_seconds",
+            "per raw-iot-data record: from its first message's MQTT receive to Kafka confirmation",
+            LATENCY_BUCKETS,
         )
         self.batch_size = self.histogram(
             "batch_messages", "MQTT messages per raw-iot-data record", BATCH_BUCKETS

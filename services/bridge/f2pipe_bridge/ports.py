@@ -42,6 +42,9 @@ class MessageSource(Protocol):
 
     def settle(self, message: Inbound) -> bool: ...
 
+    # Acknowledges what was settled since the last call (the service calls it every turn).
+    def send_acks(self) -> None: ...
+
     def stop(self) -> None: ...
 
 

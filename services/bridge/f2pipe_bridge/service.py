@@ -74,6 +74,7 @@ class BridgeService:
         self._follow_topics()
         self.outbox.resend_due()
         self.outbox.poll()
+        self.mqtt.send_acks()
         self.outbox.dead_log.emit_due()
         self.metrics.in_flight.set(self.in_flight)
 
@@ -82,6 +83,7 @@ class BridgeService:
         self.mqtt.accepting = False
         self._receive(wait=0.0, limit=None)
         remaining = self.outbox.flush(self.batcher.drain(), timeout)
+        self.mqtt.send_acks()
         self.outbox.dead_log.emit_all()
         if remaining:
             log.warning(

@@ -16,9 +16,21 @@ from typing import NamedTuple, cast
 from f2pipe_processor.registry import CompiledTemplate, Location, Resolved, Unresolved
 from f2pipe_shared.deadletters import Reason
 from f2pipe_shared.decoding import FrameError
-from f2pipe_shared.payloads import DeviceMessage, PayloadError, ReaderScan, parse_payload
+from f2pipe_shared.payloads import (
+    DeviceMessage,
+    PayloadError,
+    ReaderScan,
+    SensorFrame,
+    parse_payload,
+    sensor_frame_fields,
+)
 from f2pipe_shared.records import Event, RawMessage, Reading
-from f2pipe_shared.timestamps import format_device_timestamp, from_epoch_us, to_epoch_us
+from f2pipe_shared.timestamps import (
+    EpochParser,
+    format_device_timestamp,
+    from_epoch_us,
+    to_epoch_us,
+)
 from f2pipe_shared.topics import ComponentKind, Topic, TopicError, parse_topic
 
 log = logging.getLogger(__name__)
@@ -35,8 +47,13 @@ class Parsed(NamedTuple):
     position: int  # in the batch: dead letters keep the batch's order
     message: RawMessage
     topic: Topic
-    payload: DeviceMessage
+    payload: DeviceMessage | None  # None: a sensor frame read by the fast path (`frame` only)
     timestamp_us: int
+    frame: str | None  # a sensor frame's hex
+
+
+# A Reading built without NamedTuple's Python-level __new__: three per message on average.
+_reading = tuple.__new__
 
 
 class Rejected(NamedTuple):
@@ -79,6 +96,7 @@ def parse_messages(messages: Sequence[RawMessage], window: TimestampWindow) -> P
     out = Parse()
     parsed, topics, rejected = out.parsed, out.topics, out.rejected
     earliest, latest = window.earliest_us, window.latest_us
+    epochs, sensor = EpochParser(), ComponentKind.SENSOR
     for index, message in enumerate(messages):
         try:
             topic = parse_topic(message.topic)
@@ -87,11 +105,22 @@ def parse_messages(messages: Sequence[RawMessage], window: TimestampWindow) -> P
                 continue
             # Resolved even if the payload fails: a message proves its controller online.
             topics[message.topic] = topic
-            # A stat/tele topic always gets a device message model, never a command.
-            payload = cast(DeviceMessage, parse_payload(topic, message.payload))
-            ts = to_epoch_us(payload.timestamp)
+            fast = sensor_frame_fields(message.payload) if topic.component_kind is sensor else None
+            payload: DeviceMessage | None = None
+            frame: str | None = None
+            if fast is not None:
+                frame = fast[1]
+                try:
+                    ts = epochs.epoch_us(fast[0])
+                except ValueError:
+                    fast = None  # the model says what is wrong with it
+            if fast is None:
+                # A stat/tele topic always gets a device message model, never a command.
+                payload = cast(DeviceMessage, parse_payload(topic, message.payload))
+                ts = to_epoch_us(payload.timestamp)
+                frame = payload.data if isinstance(payload, SensorFrame) else None
             if ts > latest or ts < earliest:
-                rejected.append(_implausible(index, message, payload, ts, window))
+                rejected.append(_implausible(index, message, ts, window))
                 continue
         except TopicError as exc:
             rejected.append(Rejected(index, message, Reason.bad_topic, str(exc)))
@@ -102,7 +131,7 @@ def parse_messages(messages: Sequence[RawMessage], window: TimestampWindow) -> P
         except Exception as exc:  # a bug must cost one message, not the agent
             rejected.append(_unexpected(index, message, exc))
             continue
-        parsed.append(Parsed(index, message, topic, payload, ts))
+        parsed.append(Parsed(index, message, topic, payload, ts, frame))
     return out
 
 
@@ -126,12 +155,14 @@ def decode_messages(
                 if template is None or template.frame is None:
                     rejected.append(_no_frame_template(item, location, template))
                     continue
-                values = template.frame(item.payload.data)  # type: ignore[union-attr]
+                values = template.frame(item.frame)  # type: ignore[arg-type]
                 newest = latest.setdefault(device, {})
                 keys = template.keys
                 for dp, value in zip(template.frame_points, values, strict=True):
-                    readings.append(Reading(ts, device, dp, value))
-                    _keep_newest(newest, dp, ts, value, keys[dp])
+                    readings.append(_reading(Reading, (ts, device, dp, value)))
+                    current = newest.get(dp)  # _keep_newest, inlined: per reading
+                    if current is None or current[0] <= ts:
+                        newest[dp] = (ts, value, keys[dp])
             else:
                 events.append(_event(item, device))
                 if template is not None and template.field_points:
@@ -182,6 +213,7 @@ def _keep_newest(
 
 def _event(item: Parsed, device: int) -> Event:
     payload = item.payload
+    assert payload is not None  # only sensor frames take the fast path
     if isinstance(payload, ReaderScan):
         return Event(item.timestamp_us, device, "scan", {"data": payload.data})
     # Door sensors, exit buttons, strikes, sirens, motion sensors: the booleans as sent.
@@ -205,10 +237,8 @@ def _state_readings(
             _keep_newest(newest, dp, item.timestamp_us, value, template.keys[dp])
 
 
-def _implausible(
-    index: int, message: RawMessage, payload: DeviceMessage, ts: int, window: TimestampWindow
-) -> Rejected:
-    shown = format_device_timestamp(payload.timestamp)
+def _implausible(index: int, message: RawMessage, ts: int, window: TimestampWindow) -> Rejected:
+    shown = _format_us(ts)
     if ts > window.latest_us:
         ahead = (ts - window.latest_us) / 1e6
         detail = f"timestamp {shown} is in the future: {ahead:,.0f} s past the allowed skew"
