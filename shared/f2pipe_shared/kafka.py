@@ -155,6 +155,15 @@ def producer_config(settings: KafkaSettings, **overrides: Any) -> dict[str, Any]
     return config
 
 
+# The longest a fetch waits for records. Tansu answers a fetch that found nothing new only when
+# this has passed, however soon records arrive (Kafka answers as soon as they do): at
+# librdkafka's 500 ms (Faust's aiokafka consumer: 1,500 ms) every hop of a lightly loaded
+# pipeline waited up to that long, most of the device -> database latency. Measured on Tansu:
+# produce -> consume median 115 ms at 500, 16 ms at 100. An idle consumer asks 10 times a
+# second instead of twice: nothing to a broker.
+FETCH_MAX_WAIT_MS = 100
+
+
 def consumer_config(settings: KafkaSettings, group_id: str, **overrides: Any) -> dict[str, Any]:
     """Manual commits only: a stage commits after its output is safe."""
     config: dict[str, Any] = {
@@ -171,6 +180,7 @@ def consumer_config(settings: KafkaSettings, group_id: str, **overrides: Any) ->
         # Tansu makes a consumer with a full local queue wait 1 s between fetches; 10 ms is
         # about 4x faster there and harmless on Apache Kafka (docs/architecture.md).
         "fetch.queue.backoff.ms": 10,
+        "fetch.wait.max.ms": FETCH_MAX_WAIT_MS,
     }
     config.update(overrides)
     return config

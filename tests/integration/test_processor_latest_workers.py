@@ -3,6 +3,7 @@
 Issue 19 item 2: each worker wrote the table entries of the devices it processed, while the
 request went to the owner of the device's table partition, usually the other worker: 404 or
 stale values for about half the fleet. Now every worker answers for every device.
+test_scale_out.py asks the same of the two workers of a whole scaled-out stack.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from confluent_kafka import Producer
 from f2pipe.seed import seed_demo
 from f2pipe_devtools.servers import free_port
 from f2pipe_devtools.testkit.samples import Sample
+from tests.integration.scalekit import Newest, wait_all_right
 from tests.integration.test_processor_worker import (  # noqa: F401 (fixtures)
     PARTITIONS,
     Worker,
@@ -30,7 +32,6 @@ from tests.integration.test_processor_worker import (  # noqa: F401 (fixtures)
 pytestmark = pytest.mark.integration
 
 CONTROLLERS = 24  # devices on every raw partition
-Newest = dict[int, dict[int, tuple[int, float]]]  # device -> datapoint -> (timestamp_us, value)
 
 
 @pytest.fixture
@@ -62,33 +63,6 @@ def newest_of(sent: list[Sample]) -> Newest:
             if r.datapoint_id not in points or points[r.datapoint_id][0] <= r.timestamp_us:
                 points[r.datapoint_id] = (r.timestamp_us, r.value)
     return newest
-
-
-def wrong_answers(worker: Worker, expected: Newest) -> dict[int, object]:
-    """Device -> what `worker` answered, for every device it did not answer right."""
-    wrong: dict[int, object] = {}
-    for device, points in expected.items():
-        status, body = worker.get(f"/latest/{device}")
-        if status != 200:
-            wrong[device] = (status, body)
-            continue
-        served = {p["datapoint_id"]: (p["timestamp_us"], p["value"]) for p in body["datapoints"]}
-        if served != points:
-            wrong[device] = served
-    return wrong
-
-
-def wait_all_right(workers: list[Worker], expected: Newest, within: float) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        wrong = {w.base: wrong_answers(w, expected) for w in workers}
-        if not any(wrong.values()) or time.monotonic() > deadline:
-            break
-        time.sleep(1.0)
-    summary = {base: f"{len(bad)} of {len(expected)} wrong, e.g. {list(bad.items())[:2]}"
-               for base, bad in wrong.items() if bad}  # fmt: skip
-    logs = "\n".join(w.tail(15) for w in workers)
-    assert not summary, f"{summary}\n{logs}"
 
 
 def records_processed(worker: Worker) -> float:

@@ -32,6 +32,7 @@ from f2pipe_devtools.bench.capacity import (
     stage_rate,
 )
 from f2pipe_devtools.bench.main import SUITES
+from f2pipe_devtools.bench.report import Report
 
 SINK_PAGE = """# HELP f2pipe_sink_rows_written_total Rows inserted, by table
 # TYPE f2pipe_sink_rows_written_total counter
@@ -182,3 +183,49 @@ def test_the_bare_subscriber_script_compiles() -> None:
 def test_the_suite_is_registered_and_takes_quick() -> None:
     assert SUITES["capacity"] == "f2pipe_devtools.bench.capacity"
     assert "quick" in inspect.signature(capacity.run).parameters
+
+
+def test_with_two_instances_the_pipeline_is_every_instance_bridges_first() -> None:
+    assert capacity.pipeline_names(1) == ["bridge", "processor", "sink"]
+    assert capacity.pipeline_names(2) == [
+        "bridge", "bridge-2", "processor", "processor-2", "sink", "sink-2",
+    ]  # fmt: skip
+
+
+def test_by_stage_sums_a_stage_s_instances_and_leaves_the_servers_out() -> None:
+    cpu = {"bridge": 3.0, "bridge-2": 2.5, "processor": 1.0, "sink-2": 0.5, "mosquitto": 9.0}
+    assert capacity.by_stage(cpu) == {"bridge": 5.5, "processor": 1.0, "sink": 0.5}
+
+
+def test_instances_reach_the_suite_that_takes_them_and_no_other(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from f2pipe_devtools.bench import main
+
+    with pytest.raises(ValueError, match="instances per stage"):  # before any stack starts
+        capacity.run(Report("capacity"), repeats=1, min_seconds=0.1, instances=0)
+    got: dict[str, object] = {}
+
+    def fake_run(report: object, repeats: int, min_seconds: float, quick: bool = False,
+                 instances: int = 1) -> None:  # fmt: skip
+        got.update(quick=quick, instances=instances)
+
+    monkeypatch.setattr(capacity, "run", fake_run)
+    monkeypatch.setattr(Report, "table", lambda self: "")  # nothing measured
+    assert main.run("capacity", repeats=1, out_dir=tmp_path, quick=True, instances=2) == 0
+    assert got == {"quick": True, "instances": 2}
+    main.run("capacity", repeats=1, out_dir=tmp_path)
+    assert got["instances"] == 1  # the suite's own default
+    with pytest.raises(SystemExit, match="no --instances"):
+        main.run("codec", repeats=1, out_dir=tmp_path, instances=2)
+
+
+def test_each_instance_s_share_of_its_stage_s_work() -> None:
+    done = {"bridge": 600.0, "bridge-2": 400.0, "sink": 0.0, "sink-2": 0.0}
+    shares = capacity.shares(done)
+    assert (shares["bridge"], shares["bridge-2"]) == (0.6, 0.4)
+    assert math.isnan(shares["sink"])  # nothing written: no share to speak of
+    page = samples(SINK_PAGE + "f2pipe_bridge_received_total 42.0\n")
+    assert capacity.work_done("sink", page) == 84123.0  # readings, not events
+    assert capacity.work_done("bridge", page) == 42.0
+    assert capacity.work_done("processor", page) == 0.0

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from f2pipe_devtools.bench.e2e import missed_target, quantile
+from f2pipe_devtools.bench.e2e import missed_target, quantile, recovery_note
 from f2pipe_devtools.bench.report import Report
 
 INF = math.inf
@@ -46,8 +46,17 @@ def test_a_fixed_rate_phase_that_missed_its_target_says_so_loudly(
     (share,) = report.measurements
     assert (share.name, share.median) == ("fixed rate: delivered / target", 2584.0 / 5000.0)
     assert share.note.startswith("MISSED: 2,584 of 5,000 msg/s arrived")
-    assert "WARNING: the fixed-rate phase missed its target" in capsys.readouterr().err
+    assert "WARNING: the fixed rate phase missed its target" in capsys.readouterr().err
     assert "MISSED" in report.table()
+
+
+def test_the_half_capacity_phase_is_named_in_its_share_and_its_warning(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    report = Report("e2e")
+    assert missed_target(report, 1000.0, 1700.0, "half capacity")
+    assert report.measurements[0].name == "half capacity: delivered / target"
+    assert "WARNING: the half capacity phase missed its target" in capsys.readouterr().err
 
 
 def test_a_fixed_rate_phase_that_met_its_target_stays_quiet(
@@ -57,3 +66,13 @@ def test_a_fixed_rate_phase_that_met_its_target_stays_quiet(
     assert not missed_target(report, 4990.0, 5000.0)
     assert report.measurements[0].note == "target 5,000 msg/s"
     assert capsys.readouterr().err == ""
+
+
+def test_a_recovery_measured_on_a_stack_below_its_rate_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert recovery_note("bridge kill -9", 8911.0, 8500.0) == "sink rows/s back to 90 % of 8,911"
+    assert capsys.readouterr().err == ""
+    note = recovery_note("redis kill -9", 8911.0, 5500.0)
+    assert note == "MISSED: only 5,500 rows/s before the fault; sink rows/s back to 90 % of 8,911"
+    assert "WARNING: recovery from redis kill -9: MISSED" in capsys.readouterr().err

@@ -356,3 +356,62 @@ def test_down_stops_what_a_killed_dev_up_left_running(tmp_path: Path) -> None:
         for proc in (left, other):
             proc.kill()
             proc.wait()
+
+
+def test_further_instances_get_ports_of_their_own_clear_of_the_stack_s() -> None:
+    ports = Ports.from_base(DEFAULT_BASE, instances=3)
+    assert ports.of("bridge-2") == DEFAULT_BASE + 101
+    assert ports.of("processor-2") == DEFAULT_BASE + 102
+    assert ports.of("sink-3") == DEFAULT_BASE + 113
+    assert len(set(ports.as_dict().values())) == len(OFFSETS) + 6  # none shared
+    assert Ports.from_base(DEFAULT_BASE).as_dict() == {  # one instance: as before
+        name: DEFAULT_BASE + offset for name, offset in OFFSETS.items()
+    }
+    free = Ports.free(instances=2)
+    assert set(free.extra) == {"bridge-2", "processor-2", "sink-2"}
+    with pytest.raises(ValueError, match="instances per stage"):
+        Ports.free(instances=10)
+
+
+def test_two_instances_start_each_scaled_stage_twice_in_order() -> None:
+    options = DevOptions(Path("x"), Ports.from_base(DEFAULT_BASE, 2), simulator=False, instances=2)
+    assert options.service_groups() == [
+        ["certgen"], ["api"], ["sink", "sink-2"], ["processor", "processor-2"],
+        ["bridge", "bridge-2"],
+    ]  # fmt: skip
+
+
+def test_a_second_bridge_has_its_own_identity_and_both_share_one_group(tmp_path: Path) -> None:
+    ports = Ports.from_base(40000, instances=2)
+    stack = DevStack(DevOptions(tmp_path / "dev", ports, instances=2), Console(io.StringIO()))
+    first, second = stack.service("bridge"), stack.service("bridge-2")
+    assert first.argv == second.argv  # the same command: `f2pipe bridge`
+    assert first.env["BRIDGE_SHARED_GROUP"] == second.env["BRIDGE_SHARED_GROUP"] == "f2pipe"
+    assert first.env["BRIDGE_CERT_FILE"] == str(stack.issued_dir / "bridge.crt")
+    assert second.env["BRIDGE_CERT_FILE"] == str(stack.issued_dir / "bridge-2.crt")
+    assert second.env["BRIDGE_KEY_FILE"] == str(stack.issued_dir / "bridge-2.key")
+    assert second.env["METRICS_PORT"] == str(ports.of("bridge-2"))
+    assert second.log_path.name == "bridge-2.log"
+    # One Faust group, one data directory each; one sink group, the sink's database login.
+    worker, other = stack.service("processor"), stack.service("processor-2")
+    assert worker.env.get("PROCESSOR_APP_ID") == other.env.get("PROCESSOR_APP_ID")
+    assert worker.env["PROCESSOR_DATA_DIR"] != other.env["PROCESSOR_DATA_DIR"]
+    sink = stack.service("sink-2")
+    assert sink.argv[-1] == "sink"
+    assert sink.env["POSTGRES_USER"] == "sink"
+    assert sink.health_url == f"http://127.0.0.1:{ports.of('sink-2')}/healthz"
+    # One bridge: no shared group, as before.
+    single = DevStack(DevOptions(tmp_path / "dev", Ports.from_base(40000)), Console(io.StringIO()))
+    assert "BRIDGE_SHARED_GROUP" not in single.service("bridge").env
+
+
+def test_the_acl_gives_each_further_bridge_what_it_gives_the_first() -> None:
+    from f2pipe_devtools.dev import instances
+
+    assert instances.acl_blocks(1) == ""
+    blocks = instances.acl_blocks(3)
+    for cn in ("svc-bridge-2", "svc-bridge-3"):
+        block = blocks.split(f"user {cn}\n")[1].split("\n\n")[0]
+        assert block.splitlines()[:2] == ["topic read stat/#", "topic read tele/#"]
+    assert instances.parse("processor-2") == ("processor", 2)
+    assert instances.parse("api") == ("api", 1)

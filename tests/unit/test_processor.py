@@ -30,7 +30,13 @@ from f2pipe_processor.decoder import (
     decode_messages,
     parse_messages,
 )
-from f2pipe_processor.faust_adapter import HOOKS, PINNED, Hook, SafeSeekConsumer
+from f2pipe_processor.faust_adapter import (
+    HOOKS,
+    PINNED,
+    Hook,
+    SafeSeekConsumer,
+    ShortFetchConsumerThread,
+)
 from f2pipe_processor.invalidation import parse_change
 from f2pipe_processor.latest import Entry, LatestTable, merge, render
 from f2pipe_processor.metrics import ProcessorMetrics
@@ -49,6 +55,7 @@ from f2pipe_processor.service import ProcessorService
 from f2pipe_processor.settings import ProcessorSettings, interval_to_timedelta
 from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
 from f2pipe_shared.decoding import build_modbus_response, format_hex_frame
+from f2pipe_shared.kafka import FETCH_MAX_WAIT_MS
 from f2pipe_shared.records import (
     ProcessedBatch,
     RawMessage,
@@ -417,6 +424,26 @@ def test_output_records_one_processed_record_and_a_dead_letter_per_message() -> 
     assert DeadLetter.from_kafka(records[1].value, headers).reason is Reason.crc_mismatch
 
 
+@pytest.mark.parametrize("processed_partitions", [6, 3, 4])
+def test_each_raw_partition_goes_to_its_own_processed_partition_so_every_sink_has_work(
+    processed_partitions: int,
+) -> None:
+    """Left to librdkafka's hash of the keys "0".."5", 6 raw partitions landed on processed
+    partitions 5, 5, 1, 1, 4, 4: three of six empty, two sinks splitting 28/72."""
+    placed = []
+    for raw in range(6):
+        result = BatchResult(ProcessedBatch(raw, 0, [], []), [], {}, messages=0)
+        [record] = output_records(result, "processed", "dlq", "raw", processed_partitions)
+        assert record.key == str(raw).encode()  # still keyed: the order per raw partition
+        placed.append(record.partition)
+    assert placed == [raw % processed_partitions for raw in range(6)]
+    spread = [placed.count(p) for p in range(processed_partitions)]
+    assert max(spread) - min(spread) <= 1
+    unnumbered = BatchResult(ProcessedBatch(4, 0, [], []), [], {}, messages=0)
+    record = output_records(unnumbered, "p", "d")[0]
+    assert record.partition is None  # without a count: librdkafka's partitioner, as before
+
+
 def test_a_hole_in_the_raw_topic_is_never_acked() -> None:
     added: list[tuple[int, int]] = []
 
@@ -688,6 +715,7 @@ def test_the_service_acks_each_record_in_offset_order_once_its_output_is_deliver
             await asyncio.sleep(0.01)
         assert acked == []
         output.gates[0].set()
+        output.hold = False  # or drain's flush of the latest values waits out DRAIN_SECONDS
         await service.drain()
         assert acked == [0, 1, 2, 3]
 
@@ -753,7 +781,7 @@ EXPORTED = (
     "records", "messages", "readings", "events", "dead_letters", "cache_lookups",
     "lookup_seconds", "batch_seconds", "stage_seconds", "redis_up", "redis_fallbacks",
     "postgres_up", "postgres_retries", "invalidations", "cache_flushes", "records_refused",
-    "produce_retries", "inflight_records", "skipped_by_faust",
+    "produce_retries", "inflight_records", "skipped_by_faust", "assigned_partitions",
 )  # fmt: skip
 
 
@@ -785,6 +813,27 @@ def test_build_wires_one_metrics_registry_into_the_service_and_faust(
         text = generate_latest(metrics.registry).decode()
         assert "f2pipe_processor_readings_total 0.0" in text
         assert "f2pipe_processor_faust_" in text  # Faust's sensor counts into our registry
+    finally:
+        processor.output.close(0)
+
+
+def test_a_rebalance_sets_the_share_of_raw_partitions_the_worker_shows() -> None:
+    from faust.types import TP
+
+    from f2pipe_processor.main import build
+    from f2pipe_processor.settings import Settings
+
+    settings = Settings.load()
+    processor = build(settings, partitions=6)  # no server is contacted
+    try:
+        raw = settings.kafka.kafka_raw_topic
+        gauge = processor.metrics.assigned_partitions
+        # The whole assignment after a rebalance: raw partitions and other topics' (changelog).
+        assigned = {TP(raw, 0), TP(raw, 3), TP(raw, 5), TP("latest-changelog", 0)}
+        asyncio.run(processor.app.on_partitions_assigned.send(assigned))
+        assert gauge._value.get() == 3
+        asyncio.run(processor.app.on_partitions_assigned.send({TP(raw, 1)}))
+        assert gauge._value.get() == 1  # a share that shrank, not a sum
     finally:
         processor.output.close(0)
 
@@ -866,6 +915,22 @@ def test_each_faust_hook_still_exists(hook: Hook) -> None:
         assert list(inspect.signature(ours).parameters) == expected, (
             f"{hook.label} takes {expected} in {where}: re-check the override ({hook.why})"
         )
+
+
+def test_the_worker_consumer_waits_at_most_the_short_fetch_wait() -> None:
+    """Faust passes fetch_max_wait_ms=1500, which Tansu waits out on every fetch that finds
+    nothing new; ShortFetchConsumerThread sets aiokafka's attribute, which start() hands to
+    the fetcher: both still so in the pinned aiokafka."""
+    import aiokafka  # type: ignore[import-untyped]
+
+    init = inspect.getsource(aiokafka.AIOKafkaConsumer.__init__)
+    assert "self._fetch_max_wait_ms = fetch_max_wait_ms" in init  # what the thread overwrites
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(
+        aiokafka.AIOKafkaConsumer.start
+    )
+    source = inspect.getsource(ShortFetchConsumerThread._create_worker_consumer)
+    assert "consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS" in source
+    assert FETCH_MAX_WAIT_MS <= 100
 
 
 def test_no_aiokafka_client_asks_the_broker_to_create_a_topic_by_naming_it(

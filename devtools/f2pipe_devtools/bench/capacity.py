@@ -7,16 +7,26 @@ as-fast-as-it-goes figure is partly the simulator's. Here the load is queued fir
    Mosquitto, each subscribed to stat/# and tele/#: the bridge's own (svc-bridge), a bare
    paho subscriber's (svc-operator) and the C client mosquitto_sub's (svc-bench-sub, issued
    here and given read rights in the stack's copy of the ACL);
-2. bridge, processor and sink stopped, the simulator's load mode queues the backlog (300,000
+2. bridge and processor stopped, the simulator's load mode queues the backlog (300,000
    messages, 30,000 with --quick) for all three sessions and exits once the broker
-   acknowledged every message;
-3. bridge, processor and sink started together: seconds until the sink has written every
-   reading of the simulator's ledger, then the database against the ledger (missing,
-   unexpected or duplicated);
+   acknowledged every message; the sink keeps running (nothing reaches it meanwhile);
+3. bridge and processor started together: seconds until the sink has written every reading
+   of the simulator's ledger, then the database against the ledger (missing, unexpected or
+   duplicated);
 4. the same backlog drained by the bare paho subscriber (the Python client's ceiling) and by
    mosquitto_sub (the broker's ceiling), one after the other;
 5. CPU per message of every process during each drain, and a machine canary (a fixed
    pure-Python json.loads loop) so runs on different machines can be compared.
+
+`--instances N` runs N bridges (one $share group, each its own identity), N processors (one
+Faust group) and N sinks (one consumer group) instead of one of each (dev/instances.py). The
+backlog is then queued across the N bridge sessions (the broker hands each message of the
+group to one of them, also while they are away); the stage rates and CPU are summed over a
+stage's instances, with each instance's CPU listed too.
+
+Why the sinks keep running: on Tansu, two sinks started at the same moment as two Faust
+workers were never assigned a partition (60 s and more; two sinks alone, or started while
+the workers run, join within 5 s), so the backlog never reached the database.
 
 Why other identities than the bridge's: the broker makes the certificate's CN the client id
 (use_username_as_clientid), so a second client with the bridge's certificate would take
@@ -51,6 +61,7 @@ from f2pipe_devtools.bench.e2e import (
     stored_since,
 )
 from f2pipe_devtools.bench.report import Measurement, Report
+from f2pipe_devtools.dev import instances as scaled
 from f2pipe_devtools.dev.procs import ProcessError
 from f2pipe_devtools.dev.stack import DevStack
 from f2pipe_devtools.dev.status import fetch
@@ -58,7 +69,8 @@ from f2pipe_devtools.testkit.ledger import Row, expected_rows, iter_ledger
 
 BACKLOG, QUICK_BACKLOG = 300_000, 30_000  # messages
 CONTROLLERS, QUICK_CONTROLLERS = 200, 100  # as e2e
-PIPELINE = ("bridge", "processor", "sink")  # stopped while the backlog queues
+PIPELINE = ("bridge", "processor", "sink")  # the stages
+STOPPED = ("bridge", "processor")  # while the backlog queues: the sink keeps running
 TOPICS = ("stat/#", "tele/#")  # what the bridge subscribes to
 RECEIVE_MAXIMUM = 5000  # the bridge's window (BRIDGE_MAX_IN_FLIGHT): the same for all three
 PAHO_IDENTITY = "operator"  # issued/operator.crt: the ACL lets svc-operator read both
@@ -222,6 +234,23 @@ def cpu_of(stats: Mapping[str, tuple[float, float, float]]) -> dict[str, float]:
     return {name: cpu for name, (cpu, _peak, _rss) in stats.items()}
 
 
+def pipeline_names(instances: int) -> list[str]:
+    """Every instance of the pipeline's stages, bridges first (stopped first: nothing is
+    left half-forwarded)."""
+    return [name for stage in PIPELINE for name in scaled.names(stage, instances)]
+
+
+def by_stage(cpu: Mapping[str, float]) -> dict[str, float]:
+    """A value (CPU seconds, work) of each pipeline stage: its instances (`bridge`, `bridge-2`,
+    …) summed; the servers left out."""
+    out: dict[str, float] = {}
+    for name, seconds in cpu.items():
+        stage = scaled.parse(name)[0]
+        if stage in PIPELINE:
+            out[stage] = out.get(stage, 0.0) + seconds
+    return out
+
+
 # --- identities and sessions ----------------------------------------------------------------
 
 
@@ -366,6 +395,12 @@ def stage_rate(drained: PipelineDrain, service: str, messages: int) -> float:
     return ratio(messages, marks[True] - marks[False])
 
 
+def stage_samples(stack: DevStack, stage: str) -> list[PromSample]:
+    """The /metrics samples of every instance of ``stage``: counters sum over them."""
+    names = scaled.names(stage, stack.options.instances)
+    return [sample for name in names for sample in fetch(stack.metrics_url(name))]
+
+
 def wait_written(stack: DevStack, backlog: tuple[int, int], started: float) -> PipelineDrain:
     """Scrape the services from their start until the sink wrote every reading of
     ``backlog`` (messages, readings), or wrote nothing new for STALL seconds, noting when
@@ -374,11 +409,12 @@ def wait_written(stack: DevStack, backlog: tuple[int, int], started: float) -> P
     drained = PipelineDrain(started, None, 0.0)
     while True:
         now = time.monotonic()
-        for name in PIPELINE:
+        for name in pipeline_names(stack.options.instances):
             if not stack.services[name].running:
                 raise ProcessError(f"{name} exited while draining:\n{stack.services[name].tail()}")
         pending = [m for m in MILESTONES if m not in drained.reached]
-        pages = {s: fetch(stack.metrics_url(s)) for s in {m.service for m in pending} | {"sink"}}
+        stages = {m.service for m in pending} | {"sink"}
+        pages = {stage: stage_samples(stack, stage) for stage in stages}
         for milestone in pending:
             if passed(milestone, pages[milestone.service], messages):
                 drained.reached[milestone] = now
@@ -452,14 +488,18 @@ class Plan:
     controllers: int = CONTROLLERS
 
 
-def run(report: Report, repeats: int, min_seconds: float, quick: bool = False) -> None:
+def run(report: Report, repeats: int, min_seconds: float, quick: bool = False,
+        instances: int = 1) -> None:  # fmt: skip
     """One run (each drain takes the whole backlog): ``repeats`` and ``min_seconds`` do not
-    apply."""
+    apply. ``instances`` of bridge, processor and sink each."""
+    scaled.check(instances)
     plan = Plan(QUICK_BACKLOG, QUICK_CONTROLLERS) if quick else Plan()
     report.add(Measurement("machine canary: json.loads", "loads/s", [canary()],
                            f"fixed {len(CANARY_PAYLOAD)}-byte payload, pure Python, "
                            "before the stack starts: compare machines by it"))  # fmt: skip
-    with bench_stack("f2pipe-bench-capacity-", plan.controllers) as (stack, top):
+    report.add(Measurement("instances per stage", "processes", [instances],
+                           "bridges ($share group), processors, sinks"))  # fmt: skip
+    with bench_stack("f2pipe-bench-capacity-", plan.controllers, instances) as (stack, top):
         measure(report, stack, plan, top)
 
 
@@ -473,7 +513,8 @@ def measure(report: Report, stack: DevStack, plan: Plan, work: Path) -> None:
         print("WARNING: no mosquitto_sub (Debian: mosquitto-clients): no broker ceiling",
               file=sys.stderr)  # fmt: skip
     subscribe_sessions(stack, paho, c_client)
-    for name in PIPELINE:  # the bridge first: nothing left half-forwarded
+    names = [n for n in pipeline_names(stack.options.instances) if scaled.parse(n)[0] in STOPPED]
+    for name in names:  # the bridges first: nothing left half-forwarded
         stack.services[name].stop()
     since_us = int(time.time() * 1e6) - 1_000_000
     ledger = work / "backlog.jsonl"
@@ -483,11 +524,15 @@ def measure(report: Report, stack: DevStack, plan: Plan, work: Path) -> None:
     add_backlog(report, messages, readings, ledger_summary(ledger))
 
     before = cpu_of(process_stats(stack))
-    drained = wait_written(stack, (messages, readings), start_together(stack, PIPELINE))
+    drained = wait_written(stack, (messages, readings), start_together(stack, names))
     pipeline_cpu = cpu_deltas(before, cpu_of(process_stats(stack)), startup)
     time.sleep(3)  # a duplicate would arrive now
     diff = ledger_diff(expected.readings, stored_since(stack, since_us))
     add_pipeline(report, drained, (messages, readings), diff, pipeline_cpu)
+    if stack.options.instances > 1:
+        add_shares(report, {name: work_done(stage, fetch(stack.metrics_url(name)))
+                            for stage in PIPELINE
+                            for name in scaled.names(stage, stack.options.instances)})  # fmt: skip
 
     bare = drain_paho(stack, paho, messages)
     add_drain(report, bare)
@@ -518,7 +563,8 @@ def add_backlog(
     report: Report, messages: int, readings: int, summary: Mapping[str, object]
 ) -> None:
     report.add(Measurement("backlog: messages", "messages", [messages],
-                           "acknowledged by the broker, queued for 3 sessions"))  # fmt: skip
+                           "acknowledged by the broker, queued for the bridges' sessions "
+                           "and the two bare subscribers'"))  # fmt: skip
     report.add(Measurement("backlog: readings", "readings", [readings], "in the ledger"))
     rate = summary.get("load_rate")
     if isinstance(rate, int | float):
@@ -534,7 +580,7 @@ def add_pipeline(report: Report, drained: PipelineDrain, backlog: tuple[int, int
     seconds = (drained.done - drained.started) if drained.done is not None else float("nan")
     note = "" if drained.done is not None else f"INCOMPLETE: {drained.written:,.0f} written"
     report.add(Measurement("pipeline: start -> every reading stored", "s", [seconds],
-                           note or "bridge, processor, sink started together"))  # fmt: skip
+                           note or "bridge and processor started together"))  # fmt: skip
     for milestone in MILESTONES:
         report.add(Measurement(f"pipeline: start -> {milestone.label}", "s",
                                [drained.since_start(milestone)], milestone.counter))  # fmt: skip
@@ -555,12 +601,40 @@ def add_pipeline(report: Report, drained: PipelineDrain, backlog: tuple[int, int
     report.add(Measurement("pipeline: unexpected or duplicated readings", "readings", [extra],
                            "must be 0"))  # fmt: skip
     for name, seconds_cpu in sorted(cpu.items()):
+        stage = scaled.parse(name)[0]
         report.add(Measurement(f"pipeline drain: CPU {name}", "µs/message",
                                [per_message_us(seconds_cpu, messages)],
-                               "start-up taken off" if name in PIPELINE else ""))  # fmt: skip
+                               "start-up taken off" if stage in STOPPED else ""))  # fmt: skip
+    if any(scaled.parse(name)[1] > 1 for name in cpu):
+        for stage, seconds_cpu in by_stage(cpu).items():  # several instances: each stage's sum
+            report.add(Measurement(f"pipeline drain: CPU {stage}, all instances", "µs/message",
+                                   [per_message_us(seconds_cpu, messages)],
+                                   "start-up taken off" if stage in STOPPED else ""))  # fmt: skip
     report.add(Measurement("pipeline drain: CPU all processes", "µs/message",
                            [per_message_us(sum(cpu.values()), messages)],
                            f"{sum(cpu.values()) / seconds:.2f} cores busy on average"))  # fmt: skip
+
+
+def work_done(stage: str, samples: Iterable[PromSample]) -> float:
+    """What an instance did: messages received (bridge), processed (processor), readings
+    written (sink); 0 when it did not answer."""
+    if stage == "sink":
+        return readings_written(samples) or 0.0
+    name = "f2pipe_bridge_received_total" if stage == "bridge" else (
+        "f2pipe_processor_messages_total")  # fmt: skip
+    return counter(samples, name) or 0.0
+
+
+def shares(done: Mapping[str, float]) -> dict[str, float]:
+    """Each instance's fraction of its stage's work (`bridge-2` -> 0.48)."""
+    totals = by_stage(done)
+    return {name: ratio(value, totals[scaled.parse(name)[0]]) for name, value in done.items()}
+
+
+def add_shares(report: Report, done: Mapping[str, float]) -> None:
+    for name, share in shares(done).items():
+        report.add(Measurement(f"pipeline: share of {name}", "fraction", [share],
+                               "of its stage's messages (sink: readings written)"))  # fmt: skip
 
 
 def add_drain(report: Report, drain: Drain) -> None:

@@ -1,6 +1,7 @@
 """`f2pipe bench`: each suite is a module with `run(report, repeats, min_seconds)`.
 
-A suite that also takes `quick` and `out_dir` gets them (e2e: shorter phases, its chart).
+A suite that also takes `quick` and `out_dir` gets them (e2e: shorter phases, its chart), and
+one that takes `instances` gets `--instances` (capacity: N bridges, processors and sinks).
 """
 
 from __future__ import annotations
@@ -22,14 +23,20 @@ SUITES = {
     "capacity": "f2pipe_devtools.bench.capacity",
     "import": "f2pipe_devtools.bench.importer",
     "stream": "f2pipe_devtools.bench.stream",
+    "growth": "f2pipe_devtools.bench.growth",
 }
 
 
-def run(suite: str, repeats: int, out_dir: Path, quick: bool = False) -> int:
+def run(
+    suite: str, repeats: int, out_dir: Path, quick: bool = False, instances: int | None = None
+) -> int:
     report = Report(suite)
     module = importlib.import_module(SUITES[suite])
     params = inspect.signature(module.run).parameters
-    extra = {k: v for k, v in (("quick", quick), ("out_dir", out_dir)) if k in params}
+    if instances is not None and "instances" not in params:
+        raise SystemExit(f"f2pipe bench {suite}: no --instances (it runs one of each service)")
+    asked = (("quick", quick), ("out_dir", out_dir), ("instances", instances))
+    extra = {k: v for k, v in asked if k in params and v is not None}
     module.run(report, repeats=3 if quick else repeats, min_seconds=0.05 if quick else 0.3, **extra)
     print(report.table())
     path = report.write_json(out_dir)
@@ -49,9 +56,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--repeats", type=int, default=7, help="runs per measurement (median quoted)")
     p.add_argument("--quick", action="store_true", help="fewer, shorter runs")
+    p.add_argument("--instances", type=int, metavar="N",
+                   help="capacity: N bridges, processors and sinks each (default 1)")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="JSON output directory")
     p.set_defaults(handler=_bench)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    return run(args.suite, repeats=args.repeats, out_dir=args.out, quick=args.quick)
+    return run(args.suite, repeats=args.repeats, out_dir=args.out, quick=args.quick,
+               instances=args.instances)  # fmt: skip

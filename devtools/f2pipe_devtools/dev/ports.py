@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 
+from f2pipe_devtools.dev.instances import extra_offsets
 from f2pipe_devtools.servers import free_port, port_open
 from f2pipe_devtools.servers.base import FIRST_PORT, bindable, ephemeral_range
 
@@ -36,17 +37,23 @@ class Ports:
     processor: int
     sink: int
     simulator: int
+    # Instances beyond the first of a scaled stage (dev/instances.py): "bridge-2" -> port.
+    extra: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_base(cls, base: int) -> Ports:
-        if not 1024 <= base <= 65535 - max(OFFSETS.values()):
-            raise ValueError(f"--base-port {base}: choose 1024..{65535 - max(OFFSETS.values())}")
-        return cls(**{name: base + offset for name, offset in OFFSETS.items()})
+    def from_base(cls, base: int, instances: int = 1) -> Ports:
+        extra = extra_offsets(instances, OFFSETS)
+        top = max([*OFFSETS.values(), *extra.values()])
+        if not 1024 <= base <= 65535 - top:
+            raise ValueError(f"--base-port {base}: choose 1024..{65535 - top}")
+        return cls(**{name: base + offset for name, offset in OFFSETS.items()},
+                   extra={name: base + offset for name, offset in extra.items()})  # fmt: skip
 
     @classmethod
-    def free(cls) -> Ports:
-        """Any free ports (tests)."""
-        return cls(**{name: free_port() for name in OFFSETS})
+    def free(cls, instances: int = 1) -> Ports:
+        """Any free ports (tests, benchmarks)."""
+        extra = {name: free_port() for name in extra_offsets(instances, OFFSETS)}
+        return cls(**{name: free_port() for name in OFFSETS}, extra=extra)
 
     @classmethod
     def free_base(cls, host: str = "127.0.0.1") -> int:
@@ -64,7 +71,13 @@ class Ports:
         raise RuntimeError(f"no free block of ports between {FIRST_PORT} and {low}")
 
     def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+        """Every port by name, further instances' included (`bridge-2`, …)."""
+        named = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return named | self.extra
+
+    def of(self, name: str) -> int:
+        """The port of a server or a service instance."""
+        return self.as_dict()[name]
 
     def taken(self, host: str = "127.0.0.1") -> dict[str, int]:
         """The ports something already listens on."""

@@ -158,10 +158,14 @@ def describe_holder(port: int) -> str:
 
 
 def start_time(pid: int) -> int | None:
-    """When `pid` started (clock ticks since boot): a PID reused by another process differs."""
+    """When `pid` started (clock ticks since boot): a PID reused by another process differs.
+    None when it does not run (gone, or exited and not yet reaped)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # Field 22, counted after the command name, which may itself hold spaces and parentheses.
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] == "Z":  # exited, not yet reaped by its parent: gone all the same
+        return None
+    return int(fields[19])

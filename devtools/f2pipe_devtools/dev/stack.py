@@ -5,6 +5,9 @@
       -> Mosquitto (production configuration, mutual TLS, under run-broker.sh)
       -> certgen, api, sink, processor, bridge, simulator   our services, each waited healthy
 
+With `DevOptions.instances` N > 1, bridge, processor and sink run N times each (sink,
+sink-2, …; dev/instances.py): the bridges in one $share group, each with its own identity.
+
 Everything lives in one state directory (`.dev/` by default). PostgreSQL's data, the CA,
 the demo fleet's claim codes and the simulated controllers' certificates survive a restart;
 the Kafka-protocol broker keeps its topics in memory, so they start empty every time.
@@ -32,6 +35,7 @@ import psycopg
 from confluent_kafka import KafkaException
 
 from f2pipe.brokerconfig import supervisor_command, write
+from f2pipe_devtools.dev import instances as scaled
 from f2pipe_devtools.dev import probes
 from f2pipe_devtools.dev.ports import Ports
 from f2pipe_devtools.dev.procs import Console, Follower, Service, private_dir
@@ -67,6 +71,12 @@ class DevOptions:
     publish_interval: float = 5.0
     event_interval: float = 30.0
     env: dict[str, str] = field(default_factory=dict)  # extra settings for every service
+    instances: int = 1  # of bridge, processor and sink each (their ports: Ports(instances))
+
+    def service_groups(self) -> list[list[str]]:
+        """The services in start order, a scaled stage's instances in one group."""
+        wanted = [n for n in SERVICES if n != "simulator" or self.simulator]
+        return [scaled.names(stage, self.instances) for stage in wanted]
 
 
 class StateDirError(RuntimeError):
@@ -94,9 +104,12 @@ class DevBroker(ServerProcess):
 
     name = "mosquitto"
 
-    def __init__(self, directory: Path, port: int, ca_dir: Path, issued_dir: Path) -> None:
+    def __init__(
+        self, directory: Path, port: int, ca_dir: Path, issued_dir: Path, acl_extra: str = ""
+    ) -> None:
         super().__init__(directory, port)
         self.ca_dir, self.issued_dir = ca_dir, issued_dir
+        self.acl_extra = acl_extra  # appended to the ACL copy (further bridges' blocks)
 
     def prepare(self) -> None:
         # Started as root, Mosquitto runs as `mosquitto` (as in docker-compose): it reads
@@ -109,6 +122,9 @@ class DevBroker(ServerProcess):
         user = BROKER_USER if os.geteuid() == 0 else None
         self.conf = write(self.directory, ca_dir=self.ca_dir, issued_dir=issued,
                           port=self.port, host=self.host, user=user)  # fmt: skip
+        if self.acl_extra:  # written again at each start: a restart keeps the blocks
+            with (self.directory / "acl").open("a") as acl:
+                acl.write(self.acl_extra)
         if os.geteuid() == 0:
             account = pwd.getpwnam(BROKER_USER)
             for path in [self.directory / "data", *(self.directory / "data").rglob("*")]:
@@ -158,11 +174,10 @@ class DevStack:
             self._start_servers()
             self._prepare()
             self._start_server(DevBroker(self.root / "broker", self.options.ports.mqtt,
-                                         self.ca_dir, self.issued_dir))  # fmt: skip
-            for name in SERVICES:
-                if name == "simulator" and not self.options.simulator:
-                    continue
-                self.start_service(name)
+                                         self.ca_dir, self.issued_dir,
+                                         scaled.acl_blocks(self.options.instances)))  # fmt: skip
+            for group in self.options.service_groups():
+                self.start_services(group)
         except BaseException:
             self.down()
             raise
@@ -199,7 +214,25 @@ class DevStack:
         self._run("seed-demo", ["seed-demo", "--controllers", str(self.options.controllers),
                                 "--claim-codes", str(self.claim_codes)], login="owner")  # fmt: skip
         self._run("ca", ["certgen", "--bootstrap-only"], login="certgen")
+        self._bridge_identities()
         self._api_admin_token()
+
+    def _bridge_identities(self) -> None:
+        """Bridges 2..N: a service certificate each from the stack's CA (kept, as the first
+        bridge's; certgen's bootstrap issues only that one)."""
+        from f2pipe_certgen.ca import CertificateAuthority
+        from f2pipe_certgen.files import PRIVATE, PUBLIC, replace
+
+        for number in range(2, self.options.instances + 1):
+            stem, cn = scaled.bridge_identity(number)
+            cert, key = self.issued_dir / f"{stem}.crt", self.issued_dir / f"{stem}.key"
+            if cert.exists() and key.exists():
+                continue
+            ca = CertificateAuthority.load(self.ca_dir)
+            issued, key_pem = ca.issue_key_and_certificate(cn, days=365, kind="service")
+            replace(key, key_pem.encode(), PRIVATE)
+            replace(cert, issued.pem.encode(), PUBLIC)
+            self.console.line("dev", f"issued {cn} for bridge {number} ({cert})")
 
     def _api_admin_token(self) -> None:
         """An admin token for the api, made at the first `dev up` and kept 0600 in the state
@@ -229,19 +262,27 @@ class DevStack:
         if result.returncode != 0:
             raise RuntimeError(f"f2pipe {' '.join(args)} failed with {result.returncode}")
 
-    def start_service(self, name: str) -> Service:
-        service = self.service(name)
-        self.services[name] = service
-        self.console.line("dev", f"starting {name}")
-        service.start().wait_healthy(START_TIMEOUT.get(name, 60.0))
-        return service
+    def start_services(self, names: list[str]) -> None:
+        """Start the instances of one stage together, then wait for each to be healthy (two
+        Faust workers starting one after the other would double the wait)."""
+        started = []
+        for name in names:
+            service = self.service(name)
+            self.services[name] = service
+            self.console.line("dev", f"starting {name}")
+            started.append(service.start())
+        for service in started:
+            service.wait_healthy(START_TIMEOUT.get(service.name, 60.0))
 
     def service(self, name: str) -> Service:
-        ports = self.options.ports
-        argv = [sys.executable, "-m", "f2pipe", name]
-        env = {**self.env(), **self.database_env(name), "METRICS_PORT": str(getattr(ports, name))}
+        """A service (not started): ``name`` is a stage or one of its instances (`sink-2`)."""
+        port, stage = self.options.ports.of(name), scaled.parse(name)[0]
+        argv = [sys.executable, "-m", "f2pipe", stage]
+        env = {**self.env(), **self.database_env(stage), "METRICS_PORT": str(port),
+               **scaled.instance_env(name, self.options.instances, str(self.issued_dir),
+                                        str(self.root))}  # fmt: skip
         if name in HTTP_SERVICES:
-            argv += ["--host", HOST, "--port", str(getattr(ports, name))]
+            argv += ["--host", HOST, "--port", str(port)]
             env.pop("METRICS_PORT")
         if name == "simulator":
             argv += ["--controllers", str(self.options.controllers)]
@@ -254,10 +295,10 @@ class DevStack:
         # certgen and the api serve HTTPS only (certificates from the stack's CA, for
         # 127.0.0.1 too).
         scheme = "https" if name in HTTP_SERVICES else "http"
-        return f"{scheme}://{HOST}:{getattr(self.options.ports, name)}/healthz"
+        return f"{scheme}://{HOST}:{self.options.ports.of(name)}/healthz"
 
     def metrics_url(self, name: str) -> str:
-        return f"http://{HOST}:{getattr(self.options.ports, name)}/metrics"
+        return f"http://{HOST}:{self.options.ports.of(name)}/metrics"
 
     # --- settings ---------------------------------------------------------------------------
 

@@ -76,6 +76,7 @@ from f2pipe_processor.latest import CHANGELOG_CONFIG, TABLE_NAME, Entry, combine
 from f2pipe_processor.metrics import ProcessorMetrics
 from f2pipe_processor.service import ProcessorService
 from f2pipe_processor.settings import Settings
+from f2pipe_shared.kafka import FETCH_MAX_WAIT_MS
 from f2pipe_shared.logs import configure_logging
 from f2pipe_shared.settings import CommonSettings, KafkaSettings
 
@@ -88,10 +89,22 @@ PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "
 # --- The consumer -----------------------------------------------------------------------------
 
 
+class ShortFetchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Faust passes fetch_max_wait_ms=1500, which Tansu waits out whenever a fetch finds
+        # nothing new: up to 1.5 s more on every record's way (shared.kafka.FETCH_MAX_WAIT_MS).
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+        return consumer
+
+
 class SafeSeekConsumer(aiokafka_driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._held: set[TP] = set()
+
+    def _new_consumer_thread(self) -> ShortFetchConsumerThread:
+        return ShortFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def perform_seek(self) -> None:
         # Faust resumed these partitions just before calling us: hold them until the flow
@@ -505,8 +518,11 @@ def serve(
 
     @app.on_partitions_assigned.connect
     async def on_assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # The whole new assignment (Faust's eager rebalance), not only what is new to us.
         assigned: set[TP] = args[0] if args else kwargs.get("assigned", set())
-        service.connectivity.assigned(tp.partition for tp in assigned if tp.topic == raw_topic_name)
+        raw = [tp.partition for tp in assigned if tp.topic == raw_topic_name]
+        metrics.assigned_partitions.set(len(raw))
+        service.connectivity.assigned(raw)
 
     @app.page("/healthz")
     async def healthz(self: View, request: Request) -> Response:
@@ -686,6 +702,11 @@ HOOKS: tuple[Hook, ...] = (
          "read: its leader topic, for TopicWatch to create again after the broker lost it"),
     Hook("faust-streaming", LeaderAssignor, "_leader_topic_name",
          "read: the leader topic's name"),
+    Hook("faust-streaming", aiokafka_driver.Consumer, "_new_consumer_thread",
+         "overridden: the consumer thread that shortens the fetch wait", SafeSeekConsumer),
+    Hook("faust-streaming", aiokafka_driver.AIOKafkaConsumerThread, "_create_worker_consumer",
+         "overridden: sets the new consumer's _fetch_max_wait_ms (Faust passes 1,500 ms)",
+         ShortFetchConsumerThread),
     Hook("aiokafka", aiokafka.AIOKafkaConsumer, "seek_to_committed",
          "relied on: awaited once per partition by Faust's perform_seek, the window in which "
          "the restart bug drops records; it seeks only partitions committed at an offset > 0"),

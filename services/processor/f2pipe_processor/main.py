@@ -131,8 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("processor", common.log_level, common.log_format)
     kafka = settings.kafka
     # The raw topic's partitions size the latest-value and connectivity tables (Faust refuses
-    # a table whose changelog does not match): another count than configured stops start-up.
-    verify_topics(kafka, pipeline_topics(kafka), strict={kafka.kafka_raw_topic})
+    # a table whose changelog does not match), and processed records are produced to
+    # partitions by number: another count than configured stops start-up.
+    strict = {kafka.kafka_raw_topic, kafka.kafka_processed_topic}
+    verify_topics(kafka, pipeline_topics(kafka), strict=strict)
     processor = build(settings)
     changelogs, configs = changelog_topics(processor.app)
     watch = TopicWatch(

@@ -77,6 +77,10 @@ class ProcessorMetrics(ServiceMetrics):
         self.inflight = self.gauge(
             "inflight_records", "raw records whose output awaits Kafka's ack"
         )
+        self.assigned_partitions = self.gauge(
+            "assigned_partitions",
+            "raw-iot-data partitions assigned to this worker (its share of the group)",
+        )
         self.postgres_up = self.gauge("postgres_up", "1 while the registry database answers")
         self.postgres_retries = self.counter(
             "postgres_retries", "failed registry queries, retried (offsets wait meanwhile)"

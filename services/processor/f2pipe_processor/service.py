@@ -73,6 +73,7 @@ class ProcessorService:
         self.raw_topic = kafka.kafka_raw_topic
         self.processed_topic = kafka.kafka_processed_topic
         self.dlq_topic = kafka.kafka_deadletter_topic
+        self.processed_partitions = kafka.kafka_processed_partitions
         self.started_at = self.clock()
 
     async def handle(self, partition: int, offset: int, value: bytes | None, ack: Ack) -> None:
@@ -84,7 +85,8 @@ class ProcessorService:
         if seen.events or seen.seen:
             result.processed.events.extend(seen.events)
             result.processed = result.processed._replace(seen=seen.seen)
-        records = output_records(result, self.processed_topic, self.dlq_topic, self.raw_topic)
+        records = output_records(result, self.processed_topic, self.dlq_topic, self.raw_topic,
+                                 self.processed_partitions)  # fmt: skip
         records += seen.changelog  # a transition's state is in Kafka before the record is acked
         self.latest.write(partition, result.latest)
         self.inflight.add(partition, self.output.deliver(records), ack=ack)

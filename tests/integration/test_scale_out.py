@@ -1,0 +1,149 @@
+"""Two of each stage on one stack: two bridges in one $share group (each its own identity),
+two processor workers in one Faust group, two sinks in one consumer group, all real
+processes against real servers (`DevOptions.instances`, dev/instances.py).
+
+The first test: each instance takes a share (of the MQTT messages; of the raw and processed
+partitions, as their metrics show), the database holds exactly the simulator's ledger, and
+either processor answers /latest for every device (test_processor_latest_workers.py covers
+/latest across rebalances and a worker stopping). The second: one instance of each stage
+killed with SIGKILL in turn while the simulator publishes; the killed bridge comes back (its
+persistent session holds its share of the group's messages meanwhile), the killed processor
+and sink stay dead and their survivors take every partition: exactly the ledger, again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from f2pipe.seed import demo_mac
+from f2pipe_devtools.dev.stack import DevStack
+from f2pipe_devtools.testkit.ledger import expected_rows, read_ledger
+from tests.integration.scalekit import (
+    Instance,
+    exactly_the_ledger,
+    load,
+    newest_in_ledger,
+    scaled_stack,
+    wait_all_right,
+)
+
+pytestmark = pytest.mark.integration
+
+STAGES = ("bridge", "processor", "sink")
+SHARES = {"processor": "f2pipe_processor_assigned_partitions",
+          "sink": "f2pipe_sink_assigned_partitions"}  # fmt: skip
+WORK = {"bridge": "f2pipe_bridge_received_total",
+        "processor": "f2pipe_processor_messages_total",
+        "sink": "f2pipe_sink_rows_written_total"}  # fmt: skip
+CONTROLLERS = 24
+SHARING = [demo_mac(n) for n in range(1, 13)]  # each test its own devices: its own /latest
+KILLING = [demo_mac(n) for n in range(13, 25)]
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[DevStack]:
+    with scaled_stack("f2pipe-scale-out-", CONTROLLERS, instances=2) as stack:
+        yield stack
+
+
+def pair(stack: DevStack, stage: str) -> tuple[Instance, Instance]:
+    return Instance(stack, stage), Instance(stack, f"{stage}-2")
+
+
+def wait_until(done: Callable[[], bool], within: float, what: str, stack: DevStack) -> None:
+    deadline = time.monotonic() + within
+    while not done():
+        assert time.monotonic() < deadline, f"not within {within:.0f} s: {what}\n{logs(stack)}"
+        time.sleep(0.5)
+
+
+def logs(stack: DevStack) -> str:
+    return "\n".join(f"--- {n}\n{s.tail()[-2000:]}" for n, s in stack.services.items())
+
+
+def partitions(stack: DevStack, stage: str) -> int:
+    kafka = stack.kafka_settings()
+    return kafka.kafka_raw_partitions if stage == "processor" else kafka.kafka_processed_partitions
+
+
+def shares(stack: DevStack, stage: str) -> list[float]:
+    return [i.metric(SHARES[stage]) for i in pair(stack, stage)]
+
+
+def shared(stack: DevStack, stage: str) -> bool:
+    """Both instances own partitions, together all of them."""
+    assigned = shares(stack, stage)
+    return min(assigned) > 0 and sum(assigned) == partitions(stack, stage)
+
+
+def all_instances_running(stack: DevStack) -> None:
+    """Instances the other test killed are started again (the module shares the stack), and
+    each group has rebalanced over both before anything is measured."""
+    for service in stack.services.values():
+        if not service.running:
+            service.start().wait_healthy(60)
+    for stage in SHARES:
+        wait_until(partial(shared, stack, stage), 60, f"both {stage}s assigned", stack)
+
+
+def work(stack: DevStack, stage: str) -> list[float]:
+    return [i.metric(WORK[stage]) for i in pair(stack, stage)]
+
+
+def test_two_of_each_stage_share_the_work_and_either_processor_answers_latest(
+    stack: DevStack, tmp_path: Path
+) -> None:
+    all_instances_running(stack)
+    before = {stage: work(stack, stage) for stage in STAGES}
+    since_us = int(time.time() * 1e6) - 1_000_000
+    ledger = tmp_path / "sharing.jsonl"
+    simulator = load(stack, SHARING, ledger, count=2400, rate=800)
+    assert simulator.wait(120) == 0, (tmp_path / "sharing.log").read_text()[-3000:]
+    exactly_the_ledger(stack, ledger, since_us, within=60)
+
+    # Each instance of each stage took a share, as its own metrics show.
+    for stage in SHARES:
+        assigned = shares(stack, stage)
+        assert min(assigned) > 0, f"{stage}: one instance owns every partition: {assigned}"
+        assert sum(assigned) == partitions(stack, stage), (stage, assigned)
+    did = {stage: [a - b for a, b in zip(work(stack, stage), before[stage], strict=True)]
+           for stage in STAGES}  # fmt: skip
+    assert all(min(done) > 0 for done in did.values()), f"an idle instance: {did}"
+    published = expected_rows(read_ledger(ledger)).published
+    # $share: the broker gives each message to one bridge of the group, never to both.
+    assert sum(did["bridge"]) == published, did["bridge"]
+    assert sum(did["processor"]) >= published, did["processor"]
+
+    # Either worker answers for every device, whichever worker processed it.
+    wait_all_right(list(pair(stack, "processor")), newest_in_ledger(read_ledger(ledger)), 30)
+
+
+def test_kill_9_of_one_of_two_of_each_stage_mid_load_stores_exactly_the_ledger(
+    stack: DevStack, tmp_path: Path
+) -> None:
+    all_instances_running(stack)
+    bridge, processor, sink = (pair(stack, stage)[1] for stage in STAGES)
+    received = sum(work(stack, "bridge"))
+    since_us = int(time.time() * 1e6) - 1_000_000
+    ledger = tmp_path / "killing.jsonl"
+    simulator = load(stack, KILLING, ledger, count=7500, rate=500)  # 15 s: the kills take 11
+    wait_until(lambda: sum(work(stack, "bridge")) > received + 500, 60, "the load", stack)
+
+    bridge.kill9()  # its session keeps its share of the group's messages until it is back
+    time.sleep(2)
+    stack.services[bridge.name].start()
+    for instance in (processor, sink):  # their survivors take over: not started again
+        time.sleep(4)
+        assert simulator.poll() is None, "the load ended before every kill"
+        instance.kill9()
+    assert simulator.wait(120) == 0, (tmp_path / "killing.log").read_text()[-3000:]
+    exactly_the_ledger(stack, ledger, since_us, within=90)
+
+    for stage, gauge in SHARES.items():  # the survivor owns every partition
+        survivor = pair(stack, stage)[0]
+        assert survivor.metric(gauge) == partitions(stack, stage), logs(stack)
