@@ -48,9 +48,8 @@ from tests.integration.certgen_harness import start_https as start_certgen
 pytestmark = pytest.mark.integration
 
 HOST = "127.0.0.1"
-# Per operation and generation mode: 15 take ~25 s over every route on 2 cores, within the
-# suite's budget; F2PIPE_SCHEMA_EXAMPLES=300 for a deeper search (the two 500s it found were
-# found at 30).
+# Per operation and generation mode: 15 take ~40 s over every route on 2 cores (30: ~52 s);
+# F2PIPE_SCHEMA_EXAMPLES=300 for a deeper search (the two 500s it found were found at 30).
 EXAMPLES = int(os.environ.get("F2PIPE_SCHEMA_EXAMPLES", "15"))
 CHECKS = [
     not_a_server_error,

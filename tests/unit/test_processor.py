@@ -917,6 +917,21 @@ def test_each_faust_hook_still_exists(hook: Hook) -> None:
         )
 
 
+def test_the_prompt_table_manager_starts_as_faust_s_does_but_for_its_sleep() -> None:
+    from faust.tables import TableManager
+
+    def steps(method: Any) -> list[str]:
+        body = inspect.getsource(method).split(":", 1)[1]
+        lines = [line.strip() for line in body.splitlines()]
+        return [line for line in lines if line and not line.startswith('"""')]
+
+    theirs = steps(TableManager.on_start)
+    assert "await self.sleep(1.0)" in theirs
+    assert steps(faust_adapter.PromptTableManager.on_start) == [
+        line for line in theirs if "sleep" not in line
+    ]
+
+
 def test_the_worker_consumer_waits_at_most_the_short_fetch_wait() -> None:
     """Faust passes fetch_max_wait_ms=1500, which Tansu waits out on every fetch that finds
     nothing new; ShortFetchConsumerThread sets aiokafka's attribute, which start() hands to

@@ -62,6 +62,7 @@ from faust.assignor.leader_assignor import LeaderAssignor
 from faust.assignor.partition_assignor import PartitionAssignor
 from faust.sensors.prometheus import setup_prometheus_sensors
 from faust.streams import Stream
+from faust.tables import TableManager
 from faust.tables.base import Collection
 from faust.topics import Topic as FaustTopic
 from faust.transport.consumer import Consumer as FaustConsumer
@@ -143,6 +144,17 @@ class SafeSeekTransport(aiokafka_driver.Transport):
     Consumer = SafeSeekConsumer
 
 
+class PromptTableManager(TableManager):
+    """Faust's table manager without the second it sleeps before wiring the tables'
+    changelogs into recovery (a second of every start and restart): both tables are declared
+    in main.build, before the worker starts, so there is nothing to wait for."""
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
+
+
 # --- The app ------------------------------------------------------------------------------------
 
 
@@ -187,6 +199,7 @@ def create_app(settings: Settings, partitions: int) -> ProcessorApp:
         broker=[f"kafka://{hp.strip()}" for hp in kafka.kafka_bootstrap_servers.split(",")],
         broker_credentials=credentials(kafka),
         store="memory://",
+        TableManager=PromptTableManager,
         datadir=processor.processor_data_dir
         or str(Path(tempfile.gettempdir()) / f"{processor.processor_app_id}-data"),
         web_enabled=True,
@@ -702,6 +715,10 @@ HOOKS: tuple[Hook, ...] = (
          "read: its leader topic, for TopicWatch to create again after the broker lost it"),
     Hook("faust-streaming", LeaderAssignor, "_leader_topic_name",
          "read: the leader topic's name"),
+    Hook("faust-streaming", TableManager, "on_start",
+         "overridden: the same steps without Faust's 1 s sleep before them", PromptTableManager),
+    Hook("faust-streaming", TableManager, "_update_channels",
+         "called: wires the declared tables' changelogs (all declared before the start)"),
     Hook("faust-streaming", aiokafka_driver.Consumer, "_new_consumer_thread",
          "overridden: the consumer thread that shortens the fetch wait", SafeSeekConsumer),
     Hook("faust-streaming", aiokafka_driver.AIOKafkaConsumerThread, "_create_worker_consumer",
