@@ -47,8 +47,8 @@ class EpochParser:
         base = self._seconds.get(second)
         if base is None:
             try:
-                base = to_epoch_us(datetime.fromisoformat(second + "+00:00"))
-            except ValueError:  # right shape, impossible date or time
+                base = to_epoch_us(parse_device_timestamp(second))
+            except ValueError:  # right shape, impossible date or time: named as given
                 raise ValueError(_bad_format(s)) from None
             if len(self._seconds) >= self.MAX_SECONDS:
                 self._seconds.clear()

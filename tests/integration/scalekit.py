@@ -27,7 +27,7 @@ from f2pipe_devtools.dev.ports import Ports
 from f2pipe_devtools.dev.procs import Console
 from f2pipe_devtools.dev.stack import DevOptions, DevStack
 from f2pipe_devtools.servers import free_port
-from f2pipe_devtools.testkit.ledger import expected_rows, iter_ledger
+from f2pipe_devtools.testkit.ledger import datapoint_ids, expected_rows, iter_ledger
 from f2pipe_shared.timestamps import parse_device_timestamp, to_epoch_us
 from tests.integration.devkit import dev_stack_top
 
@@ -78,8 +78,7 @@ def newest_in_ledger(lines: Iterable[dict[str, Any]]) -> Newest:
     ids: dict[tuple[int, str], int] = {}
     for line in lines:
         if line["type"] == "header":
-            ids = {(int(t), key): dp["id"] for t, tpl in line["templates"].items()
-                   for key, dp in tpl["datapoints"].items()}  # fmt: skip
+            ids = datapoint_ids(line)
         elif line["type"] == "publish":
             ts = to_epoch_us(parse_device_timestamp(line["timestamp"]))
             points = newest.setdefault(line["device_id"], {})

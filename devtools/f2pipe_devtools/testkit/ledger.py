@@ -41,14 +41,19 @@ class Expected:
     published: int = 0
 
 
+def datapoint_ids(header: dict[str, Any]) -> dict[tuple[int, str], int]:
+    """(template id, reading key) -> datapoint id, from a ledger's header line."""
+    return {(int(t), key): dp["id"] for t, tpl in header["templates"].items()
+            for key, dp in tpl["datapoints"].items()}  # fmt: skip
+
+
 def expected_rows(lines: Iterable[dict[str, Any]]) -> Expected:
     """Readings (the header maps each reading's key to its datapoint id) and events."""
     expected = Expected()
     ids: dict[tuple[int, str], int] = {}
     for line in lines:
         if line["type"] == "header":
-            ids = {(int(t), key): dp["id"] for t, tpl in line["templates"].items()
-                   for key, dp in tpl["datapoints"].items()}  # fmt: skip
+            ids = datapoint_ids(line)
         elif line["type"] == "publish":
             expected.published += 1
             ts = to_epoch_us(parse_device_timestamp(line["timestamp"]))
