@@ -40,6 +40,30 @@ def test_the_suite_is_registered() -> None:
     assert SUITES["growth"] == "f2pipe_devtools.bench.growth"
 
 
+def test_chunk_interval_reaches_growth_and_no_other_suite(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from f2pipe_devtools.bench import main
+    from f2pipe_devtools.bench.report import Report
+
+    got: dict[str, object] = {}
+
+    def fake_run(
+        report: object, repeats: int, min_seconds: float, quick: bool = False,
+        out_dir: Path | None = None, *, chunk_interval: str | None = None,
+    ) -> None:  # fmt: skip
+        got.update(chunk_interval=chunk_interval)
+
+    monkeypatch.setattr(growth, "run", fake_run)
+    monkeypatch.setattr(Report, "table", lambda self: "")  # nothing measured
+    assert main.run("growth", repeats=1, out_dir=tmp_path, chunk_interval="6 hours") == 0
+    assert got == {"chunk_interval": "6 hours"}
+    main.run("growth", repeats=1, out_dir=tmp_path)
+    assert got == {"chunk_interval": None}
+    with pytest.raises(SystemExit, match="no --chunk-interval"):
+        main.run("codec", repeats=1, out_dir=tmp_path, chunk_interval="6 hours")
+
+
 def test_fleet_topics_are_valid_and_sensors_send_ten_times_as_often() -> None:
     topics, rates = fleet_topics([growth.mac_of(0), growth.mac_of(1)])
     assert len(topics) == len(set(topics)) == 24  # seed-demo's 12 devices per controller
@@ -106,6 +130,11 @@ def test_fill_plan_ends_one_period_before_the_end() -> None:
     ticks, start = fill_plan(50_000_000, 15_000, 30_000_000, 10**15)
     assert ticks == 3_334  # whole ticks: at least the rows asked for
     assert start == 10**15 - 3_334 * 30_000_000
+
+
+def test_fill_plan_refuses_an_empty_registry() -> None:
+    with pytest.raises(ValueError, match="no series"):
+        fill_plan(1_000, 0, 30_000_000, 0)
 
 
 def test_series_workload_is_batches_of_records_in_tick_order() -> None:

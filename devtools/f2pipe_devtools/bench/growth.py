@@ -82,7 +82,6 @@ READING_PERIOD_US = 30_000_000
 READING_CONTROLLERS = 1_000  # whose sensors fill the readings table
 FILL_TICKS = 720  # ticks per INSERT statement: 6 h of readings
 END = datetime(2026, 12, 5, 20, 0, tzinfo=UTC)  # the fill ends here; the sink writes after
-DAY_END_US = int((END.replace(hour=0) + timedelta(days=1)).timestamp() * 1_000_000)
 END_US = int(END.timestamp() * 1_000_000)
 RECORD_ROWS = 1_250
 BATCH_ROWS = 5_000  # SinkSettings.batch_size's default
@@ -635,6 +634,8 @@ def reading_series(conninfo: str, controllers: int) -> list[tuple[int, int]]:
 def fill_plan(rows: int, series: int, period_us: int, end_us: int) -> tuple[int, int]:
     """(ticks, first tick's time): `rows` readings of `series` series every `period_us`,
     the last tick one period before `end_us`."""
+    if series <= 0:
+        raise ValueError("no series to fill the readings table with (an empty registry?)")
     ticks = -(-rows // series)
     return ticks, end_us - ticks * period_us
 
@@ -684,7 +685,21 @@ def settle(conninfo: str, timescaledb: bool) -> dict[str, float]:
     return took
 
 
+def written_chunk(conninfo: str, at: datetime) -> tuple[datetime, datetime] | None:
+    """(start, end) of the readings chunk that holds `at`, if there is one (TimescaleDB)."""
+    with psycopg.connect(conninfo) as conn:
+        row = conn.execute(
+            """SELECT range_start, range_end FROM timescaledb_information.chunks
+               WHERE hypertable_schema = 'telemetry' AND hypertable_name = 'readings'
+                 AND range_start <= %s AND range_end > %s""",
+            (at, at),
+        ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
 def table_shape(conninfo: str, timescaledb: bool) -> dict[str, float]:
+    """Rows, bytes, chunks, and the rows in the chunk the sink's writes after END land in
+    (0 when END starts a new chunk)."""
     with psycopg.connect(conninfo) as conn:
         row = conn.execute(
             "SELECT count(*), pg_total_relation_size('telemetry.readings') FROM telemetry.readings"
@@ -698,9 +713,12 @@ def table_shape(conninfo: str, timescaledb: bool) -> dict[str, float]:
         if timescaledb:
             row = conn.execute("SELECT count(*) FROM show_chunks('telemetry.readings')").fetchone()
             chunks = row[0] if row else 0
+    held = written_chunk(conninfo, END) if timescaledb else None
+    if held is not None:
+        with psycopg.connect(conninfo) as conn:
             row = conn.execute(
                 'SELECT count(*) FROM telemetry.readings WHERE "timestamp" >= %s',
-                (END.replace(hour=0),),
+                (held[0],),
             ).fetchone()
             newest = row[0] if row else 0
     return {"rows": float(count), "bytes": float(size), "chunks": float(chunks),
@@ -760,13 +778,15 @@ def measure_sink(
     full = writer_method(servers.conninfo)
     empty = writer_method(servers.empty)
     starts = sink_windows(first_us, repeats + 1, SINK_ROWS, len(series))
-    # Writes stay in END's day: a new chunk would be empty in both databases.
-    if starts[-1] + SINK_ROWS // len(series) * READING_PERIOD_US >= DAY_END_US:
-        raise RuntimeError("the sink runs would leave END's chunk: fewer repeats or SINK_ROWS")
     # Warm-up on both (connections, plans, the chunk after END); the empty one emptied again.
     warm = series_workload(series, SINK_ROWS, starts[0])
     _rate(full, warm)
     _rate(empty, warm)
+    # Writes stay in END's chunk: a new chunk would be empty in both databases.
+    held = written_chunk(servers.conninfo, END) if servers.timescaledb else None
+    last_us = starts[-1] + SINK_ROWS // len(series) * READING_PERIOD_US
+    if held is not None and last_us >= held[1].timestamp() * 1_000_000:
+        raise RuntimeError("the sink runs would leave END's chunk: fewer repeats or SINK_ROWS")
     _empty_again(servers.empty, END_US)
     results: dict[str, list[float]] = {"empty": [], "full": []}
     for run, start in enumerate(starts[1:]):
@@ -858,8 +878,11 @@ def tuned_shared_buffers() -> str:
 
 def run(
     report: Report, repeats: int, min_seconds: float, quick: bool = False,
-    out_dir: Path | None = None,
+    out_dir: Path | None = None, *, chunk_interval: str | None = None,
 ) -> None:  # fmt: skip
+    """With `chunk_interval` (TELEMETRY_CHUNK_INTERVAL's form, e.g. "6 hours"): the readings
+    table's chunks that long, and only the readings part (the registry does not depend on
+    it: it holds just the READING_CONTROLLERS whose sensors fill the table)."""
     sizes = (1_000, 10_000) if quick else (1_000, 10_000, 100_000)
     rows = 5_000_000 if quick else 50_000_000
     tsdb = timescaledb_installed(postgres_bin_dir())
@@ -873,11 +896,15 @@ def run(
             servers = Servers(pg.create_database("growth"), pg.create_database("empty"),
                               cache.url, tsdb)  # fmt: skip
             for conninfo in (servers.conninfo, servers.empty):
-                apply_migrations(conninfo)
+                policy = {"chunk_interval": chunk_interval} if chunk_interval else None
+                apply_migrations(conninfo, settings=policy)
                 seed_demo(conninfo, 0)  # device types, templates, datapoints
                 if tsdb:
                     print(f"paused {pause_jobs(conninfo)} TimescaleDB policy jobs")
-            measure_registry(report, servers, sizes, repeats)
+            if chunk_interval is None:
+                measure_registry(report, servers, sizes, repeats)
+            else:  # the controllers whose sensors fill the readings table, and no more
+                grow_registry(servers.conninfo, 0, READING_CONTROLLERS)
             _readings(report, servers, pg, rows, repeats=repeats, out_dir=out_dir)
 
 

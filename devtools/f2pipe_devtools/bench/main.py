@@ -1,7 +1,8 @@
 """`f2pipe bench`: each suite is a module with `run(report, repeats, min_seconds)`.
 
 A suite that also takes `quick` and `out_dir` gets them (e2e: shorter phases, its chart), and
-one that takes `instances` gets `--instances` (capacity: N bridges, processors and sinks).
+one that takes `instances` gets `--instances` (capacity: N bridges, processors and sinks),
+one that takes `chunk_interval` gets `--chunk-interval` (growth: the readings table's chunks).
 """
 
 from __future__ import annotations
@@ -28,14 +29,23 @@ SUITES = {
 
 
 def run(
-    suite: str, repeats: int, out_dir: Path, quick: bool = False, instances: int | None = None
+    suite: str,
+    repeats: int,
+    out_dir: Path,
+    quick: bool = False,
+    instances: int | None = None,
+    *,
+    chunk_interval: str | None = None,
 ) -> int:
     report = Report(suite)
     module = importlib.import_module(SUITES[suite])
     params = inspect.signature(module.run).parameters
     if instances is not None and "instances" not in params:
         raise SystemExit(f"f2pipe bench {suite}: no --instances (it runs one of each service)")
-    asked = (("quick", quick), ("out_dir", out_dir), ("instances", instances))
+    if chunk_interval is not None and "chunk_interval" not in params:
+        raise SystemExit(f"f2pipe bench {suite}: no --chunk-interval (growth only)")
+    asked = (("quick", quick), ("out_dir", out_dir), ("instances", instances),
+             ("chunk_interval", chunk_interval))  # fmt: skip
     extra = {k: v for k, v in asked if k in params and v is not None}
     module.run(report, repeats=3 if quick else repeats, min_seconds=0.05 if quick else 0.3, **extra)
     print(report.table())
@@ -58,10 +68,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--quick", action="store_true", help="fewer, shorter runs")
     p.add_argument("--instances", type=int, metavar="N",
                    help="capacity: N bridges, processors and sinks each (default 1)")  # fmt: skip
+    p.add_argument(
+        "--chunk-interval",
+        metavar="INTERVAL",
+        help="growth: readings chunks this long, e.g. '6 hours' (readings only)",
+    )
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="JSON output directory")
     p.set_defaults(handler=_bench)
 
 
 def _bench(args: argparse.Namespace) -> int:
     return run(args.suite, repeats=args.repeats, out_dir=args.out, quick=args.quick,
-               instances=args.instances)  # fmt: skip
+               instances=args.instances, chunk_interval=args.chunk_interval)  # fmt: skip
