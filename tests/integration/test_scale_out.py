@@ -8,11 +8,18 @@ either processor answers /latest for every device (test_processor_latest_workers
 /latest across rebalances and a worker stopping). The second: one instance of each stage
 killed with SIGKILL in turn while the simulator publishes; the killed bridge comes back (its
 persistent session holds its share of the group's messages meanwhile), the killed processor
-and sink stay dead and their survivors take every partition: exactly the ledger, again.
+and sink stay dead and their survivors take every partition: exactly the ledger, again. The
+third: `f2pipe bridge --workers 2` in the bridges' place, one worker killed and started again
+by the supervisor.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -21,7 +28,10 @@ from pathlib import Path
 import pytest
 
 from f2pipe.seed import demo_mac
+from f2pipe_devtools.dev import http, status
+from f2pipe_devtools.dev.instances import SHARED_GROUP
 from f2pipe_devtools.dev.stack import DevStack
+from f2pipe_devtools.servers import free_port
 from f2pipe_devtools.testkit.ledger import expected_rows, read_ledger
 from tests.integration.scalekit import (
     Instance,
@@ -40,9 +50,10 @@ SHARES = {"processor": "f2pipe_processor_assigned_partitions",
 WORK = {"bridge": "f2pipe_bridge_received_total",
         "processor": "f2pipe_processor_messages_total",
         "sink": "f2pipe_sink_rows_written_total"}  # fmt: skip
-CONTROLLERS = 24
+CONTROLLERS = 36
 SHARING = [demo_mac(n) for n in range(1, 13)]  # each test its own devices: its own /latest
 KILLING = [demo_mac(n) for n in range(13, 25)]
+WORKING = [demo_mac(n) for n in range(25, 37)]
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +158,90 @@ def test_kill_9_of_one_of_two_of_each_stage_mid_load_stores_exactly_the_ledger(
     for stage, gauge in SHARES.items():  # the survivor owns every partition
         survivor = pair(stack, stage)[0]
         assert survivor.metric(gauge) == partitions(stack, stage), logs(stack)
+
+
+def two_free_ports() -> int:
+    """A free port whose next one is free too (worker n listens on METRICS_PORT + n - 1)."""
+    while True:
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+
+
+def children(pid: int) -> dict[int, str]:
+    """Child pid -> its METRICS_PORT, of a running process."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) != pid:
+                continue
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        ports = [e[13:].decode() for e in env if e.startswith(b"METRICS_PORT=")]
+        found[int(entry.name)] = ports[0] if ports else ""
+    return found
+
+
+def test_bridge_workers_share_the_group_and_a_killed_one_comes_back_with_its_share(
+    stack: DevStack, tmp_path: Path
+) -> None:
+    """`f2pipe bridge --workers 2` with the stack's two bridge identities (the stack's own
+    bridges stopped meanwhile): both take messages, worker 2 killed with SIGKILL mid-load is
+    started again by the supervisor, exactly the ledger is stored, SIGTERM stops it all."""
+    all_instances_running(stack)
+    for name in ("bridge", "bridge-2"):
+        stack.services[name].stop()
+    port = two_free_ports()
+    env = {**stack.env(), **stack.database_env("bridge"), "BRIDGE_SHARED_GROUP": SHARED_GROUP,
+           "METRICS_PORT": str(port)}  # fmt: skip
+    out = (tmp_path / "workers.log").open("wb")
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "f2pipe", "bridge", "--workers", "2"],
+        env=env, stdout=out, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    urls = [f"http://127.0.0.1:{port + n}" for n in (0, 1)]
+
+    def received(n: int) -> float:
+        return status.scrape(urls[n] + "/metrics").get("f2pipe_bridge_received_total", 0.0)
+
+    def why() -> str:
+        return (tmp_path / "workers.log").read_text()[-4000:]
+
+    try:
+        wait_until(lambda: all(http.ok(u + "/healthz") for u in urls), 60, "two workers", stack)
+        since_us = int(time.time() * 1e6) - 1_000_000
+        ledger = tmp_path / "workers.jsonl"
+        simulator = load(stack, WORKING, ledger, count=6000, rate=500)
+        wait_until(lambda: min(received(0), received(1)) > 200, 60, "both take a share", stack)
+        (victim,) = [pid for pid, p in children(supervisor.pid).items() if p == str(port + 1)]
+        os.kill(victim, signal.SIGKILL)
+
+        def replaced() -> bool:
+            now = children(supervisor.pid)
+            return victim not in now and str(port + 1) in now.values()
+
+        wait_until(replaced, 20, "worker 2 started again", stack)
+        wait_until(lambda: http.ok(urls[1] + "/healthz"), 60, "worker 2 healthy", stack)
+        assert simulator.wait(120) == 0, why()
+        exactly_the_ledger(stack, ledger, since_us, within=90)
+        assert received(1) > 0, why()  # the new worker 2 delivered its session's share
+
+        workers = list(children(supervisor.pid))
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(45) == 0, why()
+        assert not any(Path(f"/proc/{pid}").exists() for pid in workers), why()
+    finally:
+        if supervisor.poll() is None:
+            for pid in children(supervisor.pid):
+                os.kill(pid, signal.SIGKILL)
+            supervisor.kill()
+            supervisor.wait(10)
+        out.close()

@@ -19,21 +19,32 @@ from f2pipe_bridge.mqtt import MqttSide, subscriptions
 from f2pipe_bridge.ports import MessageSource, RecordProducer, TopicStatus
 from f2pipe_bridge.service import BridgeService
 from f2pipe_bridge.settings import Settings
+from f2pipe_bridge.workers import Supervisor, worker_settings
 from f2pipe_shared.kafka import TopicWatch, pipeline_topics, producer_config, verify_topics
 from f2pipe_shared.lifecycle import serve
 from f2pipe_shared.logs import configure_logging
-from f2pipe_shared.settings import KafkaSettings
+from f2pipe_shared.observability import on_shutdown_signal
+from f2pipe_shared.settings import KafkaSettings, SettingsError
 
 log = logging.getLogger("f2pipe.bridge")
 
 
 def parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
+    p = argparse.ArgumentParser(
         prog="f2pipe bridge",
         description=(
             "MQTT stat/# and tele/# -> Kafka raw-iot-data, acknowledged after Kafka confirmed"
         ),
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="N bridge processes in the BRIDGE_SHARED_GROUP, each its own certificate "
+        "(bridge-2.crt, ...) and METRICS_PORT + n - 1; a dead one is started again",
+    )
+    return p
 
 
 def build(
@@ -58,9 +69,11 @@ def build(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser().parse_args(argv)
+    args = parser().parse_args(argv)
     settings = Settings.load()
     configure_logging("bridge", settings.common.log_level, settings.common.log_format)
+    if args.workers != 1:
+        return run_workers(settings, args.workers)
     kafka = settings.kafka
     wait_for_topics(kafka)
     metrics = BridgeMetrics()
@@ -92,3 +105,15 @@ def wait_for_topics(kafka: KafkaSettings) -> None:
             log.warning("Kafka not reachable yet", extra={"error": str(exc), "retry_in_s": delay})
             time.sleep(delay)
             delay = min(delay * 2, 30)
+
+
+def run_workers(settings: Settings, workers: int) -> int:
+    """`--workers N`: this process supervises N bridges (workers.py) and bridges nothing."""
+    try:
+        plans = worker_settings(settings, workers)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    supervisor = Supervisor(plans)
+    on_shutdown_signal(supervisor.stop)
+    log.info("bridge workers starting", extra={"workers": workers})
+    return supervisor.run()
