@@ -6,7 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from f2pipe_devtools.dev.probes import start_time
 
 PARENT = """
 import sys, time
@@ -19,11 +20,7 @@ time.sleep(120)
 
 def running(pid: int) -> bool:
     """Alive and not a zombie (an orphan's parent may be slow to reap it)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return start_time(pid) is not None
 
 
 def test_a_worker_gets_sigterm_when_its_supervisor_is_killed() -> None:

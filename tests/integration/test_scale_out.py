@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from f2pipe.seed import demo_mac
+from f2pipe_devtools.bench.e2e import process_tree
 from f2pipe_devtools.dev import http, status
 from f2pipe_devtools.dev.instances import SHARED_GROUP
 from f2pipe_devtools.dev.stack import DevStack
@@ -173,20 +174,16 @@ def two_free_ports() -> int:
 
 
 def children(pid: int) -> dict[int, str]:
-    """Child pid -> its METRICS_PORT, of a running process."""
+    """Child pid -> its METRICS_PORT, of a running supervisor (its workers start no
+    processes of their own)."""
     found: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for child in process_tree(pid)[1:]:
         try:
-            stat = (entry / "stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[1]) != pid:
-                continue
-            env = (entry / "environ").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
+            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
             continue  # gone meanwhile
         ports = [e[13:].decode() for e in env if e.startswith(b"METRICS_PORT=")]
-        found[int(entry.name)] = ports[0] if ports else ""
+        found[child] = ports[0] if ports else ""
     return found
 
 

@@ -175,7 +175,7 @@ def quantile(before: dict[float, float], after: dict[float, float], q: float) ->
 # --- processes ------------------------------------------------------------------------------
 
 
-def _tree(pid: int) -> list[int]:
+def process_tree(pid: int) -> list[int]:
     """``pid`` and all its descendants (PostgreSQL's backends, Mosquitto under run-broker.sh)."""
     pids, todo = [], [pid]
     while todo:
@@ -191,7 +191,7 @@ def _proc_stats(pid: int) -> tuple[float, float, float] | None:
     """CPU seconds (user + system) of a process and its descendants, and the largest peak
     and current RSS (MB) among them."""
     cpu, peak, now, seen = 0.0, 0.0, 0.0, False
-    for member in _tree(pid):
+    for member in process_tree(pid):
         try:
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
             status = Path(f"/proc/{member}/status").read_text()

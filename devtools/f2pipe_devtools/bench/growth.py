@@ -700,6 +700,7 @@ def written_chunk(conninfo: str, at: datetime) -> tuple[datetime, datetime] | No
 def table_shape(conninfo: str, timescaledb: bool) -> dict[str, float]:
     """Rows, bytes, chunks, and the rows in the chunk the sink's writes after END land in
     (0 when END starts a new chunk)."""
+    held = written_chunk(conninfo, END) if timescaledb else None
     with psycopg.connect(conninfo) as conn:
         row = conn.execute(
             "SELECT count(*), pg_total_relation_size('telemetry.readings') FROM telemetry.readings"
@@ -713,12 +714,9 @@ def table_shape(conninfo: str, timescaledb: bool) -> dict[str, float]:
         if timescaledb:
             row = conn.execute("SELECT count(*) FROM show_chunks('telemetry.readings')").fetchone()
             chunks = row[0] if row else 0
-    held = written_chunk(conninfo, END) if timescaledb else None
-    if held is not None:
-        with psycopg.connect(conninfo) as conn:
+        if held is not None:
             row = conn.execute(
-                'SELECT count(*) FROM telemetry.readings WHERE "timestamp" >= %s',
-                (held[0],),
+                'SELECT count(*) FROM telemetry.readings WHERE "timestamp" >= %s', (held[0],)
             ).fetchone()
             newest = row[0] if row else 0
     return {"rows": float(count), "bytes": float(size), "chunks": float(chunks),

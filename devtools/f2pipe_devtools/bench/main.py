@@ -40,10 +40,9 @@ def run(
     report = Report(suite)
     module = importlib.import_module(SUITES[suite])
     params = inspect.signature(module.run).parameters
-    if instances is not None and "instances" not in params:
-        raise SystemExit(f"f2pipe bench {suite}: no --instances (it runs one of each service)")
-    if chunk_interval is not None and "chunk_interval" not in params:
-        raise SystemExit(f"f2pipe bench {suite}: no --chunk-interval (growth only)")
+    for name, value in (("instances", instances), ("chunk_interval", chunk_interval)):
+        if value is not None and name not in params:  # an option the suite does not take
+            raise SystemExit(f"f2pipe bench {suite}: no --{name.replace('_', '-')}")
     asked = (("quick", quick), ("out_dir", out_dir), ("instances", instances),
              ("chunk_interval", chunk_interval))  # fmt: skip
     extra = {k: v for k, v in asked if k in params and v is not None}
