@@ -10,13 +10,15 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from confluent_kafka import Consumer, TopicPartition
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from f2pipe_devtools.env import kafka_env, mqtt_env, service_env
 from f2pipe_devtools.servers import free_port
@@ -54,11 +56,11 @@ class BridgeProcess:
     metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait_healthy: bool = True) -> BridgeProcess:
+    def start(self, wait_healthy: bool = True, args: Sequence[str] = ()) -> BridgeProcess:
         env = {**self.env, "METRICS_PORT": str(self.metrics_port)}
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "f2pipe", "bridge"], env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "f2pipe", "bridge", *args], env=env, stdout=log, stderr=log
         )
         if wait_healthy:
             self.wait_healthy()
@@ -156,6 +158,27 @@ class Publisher:
         self.wait()
         self.client.loop_stop()
         self.client.disconnect()
+
+
+def session_present(port: int, client_id: str, timeout: float = 10) -> bool:
+    """Whether the broker holds a persistent session for `client_id`; a session found is
+    resumed and kept as it was (this client subscribes to nothing, acknowledges nothing)."""
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+    )
+    found: list[bool] = []
+    client.on_connect = lambda _c, _u, flags, _r, _p: found.append(flags.session_present)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 3600  # what the bridge asks: the session stays
+    client.connect("127.0.0.1", port, clean_start=False, properties=props)
+    client.loop_start()
+    deadline = time.monotonic() + timeout
+    while not found and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.disconnect()
+    client.loop_stop()
+    assert found, f"no CONNACK for {client_id} in {timeout}s"
+    return found[0]
 
 
 def read_topic(

@@ -30,6 +30,7 @@ from tests.integration.bridgekit import (
     bridge_env,
     dead_letters,
     raw_messages,
+    session_present,
     wait_for,
 )
 from tests.integration.tlskit import Identity, Pki, SupervisedMosquitto, start_broker
@@ -369,6 +370,56 @@ def test_two_bridges_share_the_load_through_a_shared_group(
     assert set(found.values()) == {1}  # each message lands once per delivery
     assert sum(produced) == total
     assert min(produced) > 0, f"one bridge carried everything: {produced}"
+
+
+def test_a_plain_bridge_that_joins_a_group_bridges_each_message_once(
+    broker: MosquittoServer, kafka_bootstrap: str, topics: Topics, bridge_factory: BridgeFactory
+) -> None:
+    # Its session keeps stat/# and tele/# from its plain days: beside the group's filters
+    # they would hand it every message twice.
+    assert bridge_factory(client_id="bridge-join").start().terminate() == 0
+    # Each test its own group: the module's broker keeps every session that ever joined one.
+    joined = bridge_factory(client_id="bridge-join", BRIDGE_SHARED_GROUP="join").start()
+    total = 300
+    publish_round_robin(Publisher(broker.port), total)
+    wait_for(lambda: joined.metric("f2pipe_bridge_acknowledged_total") >= total, 30, "acks")
+    time.sleep(1)  # a second copy would come right behind the first
+    assert joined.metric("f2pipe_bridge_received_total") == total
+    assert joined.terminate() == 0
+    found = seqs(raw_messages(kafka_bootstrap, topics.raw, idle=2))
+    assert len(found) == total
+    assert set(found.values()) == {1}
+
+
+def test_leave_hands_over_a_departed_members_share_and_ends_its_session(
+    broker: MosquittoServer, kafka_bootstrap: str, topics: Topics, bridge_factory: BridgeFactory
+) -> None:
+    staying = bridge_factory(client_id="leave-a", BRIDGE_SHARED_GROUP="leave").start()
+    going = bridge_factory(client_id="leave-b", BRIDGE_SHARED_GROUP="leave")
+    assert going.start().terminate() == 0  # scaled down: its session still takes a share
+    total = 600
+    sent = publish_round_robin(Publisher(broker.port), total)
+    wait_for(lambda: staying.metric("f2pipe_bridge_acknowledged_total") > 0, 30, "a's share")
+    time.sleep(1)
+    held = total - staying.metric("f2pipe_bridge_received_total")
+    assert held > 0, "the departed member's session took no share"
+
+    leaving = going.start(wait_healthy=False, args=["--leave"]).proc
+    assert leaving is not None
+    assert leaving.wait(60) == 0, going.log()
+    assert "bridge session ended" in going.log()
+    assert not session_present(broker.port, "leave-b")
+    # What its session held is in Kafka, and from now on the group is the one bridge left.
+    publisher, later = Publisher(broker.port), set()
+    for seq in range(total, total + 300):
+        device = DEVICES[seq % len(DEVICES)]
+        publisher.publish(topic_of(device, seq), payload(device, seq))
+        later.add((device, seq))
+    publisher.close()
+    found = collect_all(kafka_bootstrap, topics.raw, sent | later, 60, "every message")
+    assert set(found.values()) == {1}
+    assert staying.metric("f2pipe_bridge_received_total") == total - held + len(later)
+    assert staying.terminate() == 0
 
 
 def test_sigterm_flushes_acknowledges_and_exits_0(

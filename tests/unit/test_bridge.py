@@ -45,10 +45,15 @@ class FakeMqtt:
         self.subscribed = threading.Event()
         self.accepting = True
         self.settled: list[int] = []
+        self.ended = False
 
     def connect(self) -> None:
         self.connected.set()
         self.subscribed.set()
+
+    def end_session(self) -> None:
+        self.ended = True
+        self.stop()
 
     def settle(self, message: Inbound) -> bool:
         self.settled.append(message.mid)
@@ -355,7 +360,10 @@ class FakeClient:
 
     def __init__(self) -> None:
         self.subscribed: list[tuple[str, int]] = []
+        self.unsubscribed: list[str] = []
+        self.requests: list[str] = []  # "subscribe" / "unsubscribe", in the order sent
         self.acks: list[tuple[int, int]] = []
+        self.disconnected_with: Any = "never"
 
     def connect_async(
         self,
@@ -373,12 +381,17 @@ class FakeClient:
 
     def subscribe(self, topic: list[tuple[str, int]]) -> None:
         self.subscribed.extend(topic)
+        self.requests.append("subscribe")
+
+    def unsubscribe(self, topic: list[str]) -> None:
+        self.unsubscribed.extend(topic)
+        self.requests.append("unsubscribe")
 
     def ack(self, mid: int, qos: int) -> None:
         self.acks.append((mid, qos))
 
-    def disconnect(self) -> None:
-        pass
+    def disconnect(self, *, properties: Any = None) -> None:
+        self.disconnected_with = properties
 
     def loop_stop(self) -> None:
         pass
@@ -489,6 +502,87 @@ def test_shared_subscriptions_with_a_group() -> None:
     side, client = mqtt_side(bridge_shared_group="f2")
     side.on_connect(client, None, None, CONNECTED, None)
     assert client.subscribed == [("$share/f2/stat/#", 1), ("$share/f2/tele/#", 1)]
+
+
+NEW_SESSION, RESUMED = paho.ConnectFlags(session_present=False), paho.ConnectFlags(True)
+
+
+def test_a_resumed_session_joining_a_group_drops_its_plain_filters_after_subscribing() -> None:
+    side, client = mqtt_side(bridge_shared_group="f2")
+    side.on_connect(client, None, RESUMED, CONNECTED, None)
+    # The session was a plain bridge's: its stat/# and tele/# would deliver every message a
+    # second time beside the group's share. Subscribing first leaves no moment with neither.
+    assert client.requests == ["subscribe", "unsubscribe"]
+    assert client.unsubscribed == ["stat/#", "tele/#"]
+
+
+@pytest.mark.parametrize(
+    ("group", "flags"), [("f2", NEW_SESSION), (None, RESUMED), (None, NEW_SESSION)]
+)
+def test_no_filter_is_dropped_from_a_new_session_or_by_a_plain_bridge(
+    group: str | None, flags: paho.ConnectFlags
+) -> None:
+    side, client = mqtt_side(bridge_shared_group=group)
+    side.on_connect(client, None, flags, CONNECTED, None)
+    assert client.requests == ["subscribe"]
+
+
+def test_leaving_subscribes_to_nothing_drops_every_filter_it_names_and_ends_the_session() -> None:
+    client = FakeClient()
+    bridge = BridgeSettings(bridge_shared_group="f2")
+    side = MqttSide(
+        MqttSettings(mqtt_tls=False), bridge, BridgeMetrics(), client=client, leaving=True
+    )
+    side.on_connect(client, None, RESUMED, CONNECTED, None)
+    assert client.subscribed == []
+    assert client.unsubscribed == ["stat/#", "tele/#", "$share/f2/stat/#", "$share/f2/tele/#"]
+    assert not side.subscribed.is_set()  # until the broker confirmed
+    codes = ["Success", "No subscription found", "Success", "Success"]
+    side.on_unsubscribe(client, None, 1, [ReasonCode(PacketTypes.UNSUBACK, c) for c in codes], None)
+    assert side.subscribed.is_set()
+    side.end_session()
+    assert client.disconnected_with.SessionExpiryInterval == 0
+
+
+class TickingClock(FakeClock):
+    """Time that moves 0.05 s each time it is read: a loop on it runs through its timeouts."""
+
+    def monotonic(self) -> float:
+        self.now += 0.05
+        return self.now
+
+
+def test_leave_hands_over_what_the_session_holds_then_ends_it() -> None:
+    producer = FakeProducer()
+    bridge, mqtt = make(producer, TickingClock())
+    for mid in range(1, 4):
+        mqtt.inbox.put(inbound(mid, b'{"n": %d}' % mid))
+    assert bridge.leave(quiet_s=1.0, timeout_s=60.0) == 0
+    assert mqtt.settled == [1, 2, 3]  # confirmed by Kafka, acknowledged, before the end
+    assert producer.raw_payloads() == [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
+    assert mqtt.ended
+
+
+def test_leave_keeps_the_session_while_messages_keep_arriving() -> None:
+    producer = FakeProducer()
+    bridge, mqtt = make(producer, TickingClock())
+    endless = threading.Event()
+
+    def keep_arriving() -> None:
+        mid = 0
+        while not endless.wait(0.01):
+            mid += 1
+            mqtt.inbox.put(inbound(mid, b"{}"))
+
+    threading.Thread(target=keep_arriving, daemon=True).start()
+    try:
+        # A filter the settings cannot name (another group's) keeps delivering: ending the
+        # session would lose what it holds, so the bridge stops instead, exit 1.
+        assert bridge.leave(quiet_s=1.0, timeout_s=5.0) == 1
+    finally:
+        endless.set()
+    assert not mqtt.ended
+    assert mqtt.settled  # what came was handed over all the same
 
 
 def test_a_full_window_holds_paho_until_a_message_is_settled() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from f2pipe_bridge import workers
-from f2pipe_bridge.main import main
+from f2pipe_bridge.main import leaving_settings, main
 from f2pipe_bridge.settings import BridgeSettings, Settings
 from f2pipe_bridge.workers import Supervisor, numbered, worker_settings
 from f2pipe_shared.settings import (
@@ -86,6 +86,31 @@ def test_main_refuses_workers_without_a_group_as_a_settings_error(
     monkeypatch.delenv("BRIDGE_SHARED_GROUP", raising=False)
     with pytest.raises(SettingsError, match="BRIDGE_SHARED_GROUP"):
         main(["--workers", "2"])
+
+
+def test_leave_takes_the_identity_and_port_of_the_worker_it_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("BRIDGE_CERT_FILE", "BRIDGE_KEY_FILE", "BRIDGE_CLIENT_ID", "METRICS_PORT"):
+        # Set, then unset: the undo then removes what leaving_settings writes there.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
+    third = leaving_settings(settings(tmp_path), 3)
+    assert third.bridge.bridge_cert_file == str(tmp_path / "bridge-3.crt")
+    assert third.bridge.bridge_key_file == str(tmp_path / "bridge-3.key")
+    assert third.bridge.bridge_client_id == "f2pipe-bridge-3"
+    assert third.metrics_port == 9302
+
+
+@pytest.mark.parametrize("number", [0, 17])
+def test_leave_names_a_worker_that_can_exist(tmp_path: Path, number: int) -> None:
+    with pytest.raises(SettingsError, match=r"--leave must be 1\.\.16"):
+        leaving_settings(settings(tmp_path), number)
+
+
+def test_leave_and_workers_together_are_refused() -> None:
+    with pytest.raises(SettingsError, match="without --workers"):
+        main(["--workers", "2", "--leave", "2"])
 
 
 class FakeProc:

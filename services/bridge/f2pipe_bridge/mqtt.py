@@ -16,6 +16,13 @@ Acknowledgements go out in bulk (`send_acks`, once per turn of the service loop)
 for each, a syscall, a TLS record and a GIL hand-off per message that made the bridge half as
 fast as a bare subscriber. Here the PUBACKs Kafka confirmed since the last turn are queued as
 one write (`queue_pubacks`).
+
+The session outlives the bridge's settings: a session that subscribed `stat/#` keeps that
+subscription when the bridge comes back in a `$share` group, and would deliver every message
+once through each. So a resumed session drops the filters the bridge can name and no longer
+wants (`stale_filters`). `leaving=True` (`f2pipe bridge --leave`) subscribes to nothing, drops
+every filter it can name, and `end_session` ends the session once what it held is handed
+over.
 """
 
 from __future__ import annotations
@@ -70,6 +77,17 @@ def subscriptions(bridge: BridgeSettings) -> list[str]:
     return [f"$share/{group}/{t}" if group else t for t in SUBSCRIPTIONS]
 
 
+def stale_filters(bridge: BridgeSettings) -> list[str]:
+    """Filters a resumed session may hold from earlier settings that this bridge can name and
+    does not want: the plain ones, in a group. (The other way, a group's name is not known.)"""
+    return list(SUBSCRIPTIONS) if bridge.bridge_shared_group else []
+
+
+def named_filters(bridge: BridgeSettings) -> list[str]:
+    """Every filter this bridge's settings can name: what `--leave` drops."""
+    return list(dict.fromkeys([*SUBSCRIPTIONS, *subscriptions(bridge)]))
+
+
 class MqttSide:
     """The MessageSource of production. `client` is for tests; without it, a paho client
     configured from the settings and wired to this side's callbacks."""
@@ -82,8 +100,10 @@ class MqttSide:
         *,
         client: MqttClient | None = None,
         clock: Clock = time,
+        leaving: bool = False,
     ) -> None:
         self.settings = mqtt_settings
+        self.leaving = leaving
         self.bridge = bridge
         self.metrics = metrics
         self.clock = clock
@@ -119,6 +139,7 @@ class MqttSide:
         client.on_disconnect = self.on_disconnect
         client.on_message = self.on_message
         client.on_subscribe = self.on_subscribe
+        client.on_unsubscribe = self.on_unsubscribe
         return client
 
     # --- what the service calls ---------------------------------------------------------
@@ -173,22 +194,42 @@ class MqttSide:
         self.client.disconnect()
         self.client.loop_stop()
 
+    def end_session(self) -> None:
+        """Disconnect and have the broker discard the session (MQTT 5: Session Expiry 0 on
+        DISCONNECT), its subscriptions with it: nothing more is queued for this client id."""
+        props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 0
+        self.client.disconnect(properties=props)
+        self.client.loop_stop()
+
     def topics(self) -> list[str]:
-        return subscriptions(self.bridge)
+        return [] if self.leaving else subscriptions(self.bridge)
 
     # --- paho's callbacks, on its network thread ----------------------------------------
 
-    def on_connect(self, client: MqttClient, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
+    def on_connect(
+        self, client: MqttClient, _u: Any, flags: Any, reason: ReasonCode, _p: Any
+    ) -> None:
         if reason.is_failure:
             log.error("MQTT connection refused", extra={"reason": str(reason)})
             return
         self.epoch += 1
-        # Subscribing again is harmless with a resumed session and needed with a new one.
-        client.subscribe([(t, 1) for t in self.topics()])
+        resumed = bool(getattr(flags, "session_present", False))
+        if self.leaving:
+            client.unsubscribe(named_filters(self.bridge))
+        else:
+            # Subscribing again is harmless with a resumed session and needed with a new one;
+            # the stale filters go after, so no message finds neither subscription meanwhile.
+            client.subscribe([(t, 1) for t in self.topics()])
+            if resumed and (stale := stale_filters(self.bridge)):
+                client.unsubscribe(stale)
         self.connected.set()
         self.metrics.connected.set(1)
         self.metrics.connects.inc()
-        log.info("MQTT connected", extra={"epoch": self.epoch, "topics": self.topics()})
+        log.info(
+            "MQTT connected",
+            extra={"epoch": self.epoch, "session_resumed": resumed, "topics": self.topics()},
+        )
 
     def on_subscribe(
         self, _c: MqttClient, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any
@@ -199,6 +240,16 @@ class MqttSide:
             log.error("MQTT subscription refused", extra={"reasons": refused})
             return
         self.subscribed.set()
+
+    def on_unsubscribe(
+        self, _c: MqttClient, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any
+    ) -> None:
+        # In the order asked: named_filters when leaving, stale_filters otherwise.
+        asked = named_filters(self.bridge) if self.leaving else stale_filters(self.bridge)
+        dropped = [f for f, r in zip(asked, reasons, strict=False) if r.value == 0]
+        log.info("MQTT filters dropped from the session", extra={"filters": dropped})
+        if self.leaving:
+            self.subscribed.set()  # the session now collects nothing new: what leaving needs
 
     def on_disconnect(self, _c: MqttClient, _u: Any, _f: Any, reason: ReasonCode, _p: Any) -> None:
         self.epoch += 1

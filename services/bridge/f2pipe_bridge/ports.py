@@ -34,7 +34,8 @@ class MessageSource(Protocol):
     inbox: queue.SimpleQueue[Inbound]
     connected: threading.Event
     # Set once the broker accepted the subscriptions (SUBACK): only then does the session
-    # collect messages, so only then may what publishes through it start (health).
+    # collect messages, so only then may what publishes through it start (health). When
+    # leaving: once the broker dropped the filters (UNSUBACK), nothing new is collected.
     subscribed: threading.Event
     accepting: bool
 
@@ -46,6 +47,9 @@ class MessageSource(Protocol):
     def send_acks(self) -> None: ...
 
     def stop(self) -> None: ...
+
+    # Disconnect and have the broker discard the session (`f2pipe bridge --leave`).
+    def end_session(self) -> None: ...
 
 
 class RecordProducer(Protocol):
@@ -97,9 +101,11 @@ class MqttClient(Protocol):
 
     def subscribe(self, topic: list[tuple[str, int]]) -> object: ...
 
+    def unsubscribe(self, topic: list[str]) -> object: ...
+
     def ack(self, mid: int, qos: int) -> object: ...
 
-    def disconnect(self) -> object: ...
+    def disconnect(self, *, properties: Any = ...) -> object: ...
 
     def loop_stop(self) -> object: ...
 

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 DRAIN_AT_ONCE = 5_000
 WAKE = Inbound("", b"", 0, -1, 0, -1)  # not a message: wakes the loop when it must stop
 UNCONFIRMED_HEALTHY_S = 60
+LEAVE_QUIET_S = 3.0  # nothing received this long, everything settled: the session is empty
+LEAVE_TIMEOUT_S = 300.0
 
 
 @dataclass(eq=False)
@@ -66,9 +68,38 @@ class BridgeService:
             self.pump(timeout=0.1)
         self.shutdown()
 
-    def pump(self, timeout: float) -> None:
-        """Take what arrived, send the batches that are due, serve Kafka callbacks."""
-        self._receive(self._wait(timeout), limit=DRAIN_AT_ONCE)
+    def leave(self, quiet_s: float = LEAVE_QUIET_S, timeout_s: float = LEAVE_TIMEOUT_S) -> int:
+        """`--leave`: with the session's filters dropped, hand over what it holds, then end
+        it. 1 if messages still arrived after `timeout_s` (a filter the settings cannot name,
+        such as another group's): the session is kept, so nothing it holds is lost."""
+        self.mqtt.connect()
+        clock, deadline, quiet_since = self.clock, self.clock.monotonic() + timeout_s, None
+        handed = 0
+        while not self.stopping.is_set() and clock.monotonic() < deadline:
+            taken = self.pump(timeout=0.1)
+            handed += taken
+            idle = self.mqtt.subscribed.is_set() and not taken and not self.in_flight
+            if not idle:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = clock.monotonic()
+            if quiet_since is not None and clock.monotonic() - quiet_since >= quiet_s:
+                self.mqtt.end_session()
+                log.info("bridge session ended", extra={"messages_handed_over": handed})
+                return 0
+        if not self.stopping.is_set():
+            log.error(
+                "messages kept arriving: the session holds a filter these settings do not "
+                "name (another BRIDGE_SHARED_GROUP?); the session is kept",
+                extra={"timeout_s": timeout_s},
+            )
+        self.shutdown()
+        return 0 if self.stopping.is_set() else 1
+
+    def pump(self, timeout: float) -> int:
+        """Take what arrived, send the batches that are due, serve Kafka callbacks; how many
+        messages were taken."""
+        taken = self._receive(self._wait(timeout), limit=DRAIN_AT_ONCE)
         for batch in self.batcher.due() + self.batcher.full():
             self.outbox.send(batch)
         self._follow_topics()
@@ -77,6 +108,7 @@ class BridgeService:
         self.mqtt.send_acks()
         self.outbox.dead_log.emit_due()
         self.metrics.in_flight.set(self.in_flight)
+        return taken
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """Stop taking messages, send what we hold, acknowledge what Kafka confirms."""
@@ -171,22 +203,23 @@ class BridgeService:
             return timeout
         return max(0.0, min(timeout, deadline - self.clock.monotonic()))
 
-    def _receive(self, wait: float, limit: int | None) -> None:
+    def _receive(self, wait: float, limit: int | None) -> int:
         """Handle what is in the inbox: wait up to `wait` for a first message, then take up
-        to `limit` more (all, for None) without waiting."""
+        to `limit` more (all, for None) without waiting. How many were taken."""
         inbox = self.mqtt.inbox
+        taken = 0
         try:
             message = inbox.get(timeout=wait)
-            taken = 0
             while True:
                 if message is not WAKE:
                     self.handle(message)
-                if limit is not None and taken >= limit:
-                    return
+                    taken += 1
+                if limit is not None and taken > limit:
+                    return taken
                 message = inbox.get_nowait()
-                taken += 1
         except queue.Empty:
             pass
+        return taken
 
 
 def _partition_count(producer: RecordProducer, topic: str) -> int:

@@ -84,16 +84,7 @@ def worker_settings(settings: Settings, workers: int) -> list[dict[str, str]]:
             "--workers needs BRIDGE_SHARED_GROUP: without a shared subscription every worker "
             "would receive every message"
         )
-    port, client = settings.metrics_port, bridge.bridge_client_id
-    plans = [
-        {
-            "BRIDGE_CERT_FILE": numbered(bridge.bridge_cert_file, n),
-            "BRIDGE_KEY_FILE": numbered(bridge.bridge_key_file, n),
-            "BRIDGE_CLIENT_ID": client if n == 1 else f"{client}-{n}",
-            "METRICS_PORT": str(port + n - 1 if port else 0),  # 0: each its own free port
-        }
-        for n in range(1, workers + 1)
-    ]
+    plans = [worker_plan(settings, n) for n in range(1, workers + 1)]
     missing = [
         path for plan in plans for key in ("BRIDGE_CERT_FILE", "BRIDGE_KEY_FILE")
         if not Path(path := plan[key]).is_file()
@@ -104,6 +95,17 @@ def worker_settings(settings: Settings, workers: int) -> list[dict[str, str]]:
             f"missing: {', '.join(missing)}"
         )
     return plans
+
+
+def worker_plan(settings: Settings, n: int) -> dict[str, str]:
+    """Worker `n`'s identity and port, as settings on top of the environment."""
+    bridge, port = settings.bridge, settings.metrics_port
+    return {
+        "BRIDGE_CERT_FILE": numbered(bridge.bridge_cert_file, n),
+        "BRIDGE_KEY_FILE": numbered(bridge.bridge_key_file, n),
+        "BRIDGE_CLIENT_ID": bridge.bridge_client_id if n == 1 else f"{bridge.bridge_client_id}-{n}",
+        "METRICS_PORT": str(port + n - 1 if port else 0),  # 0: each its own free port
+    }
 
 
 BRIDGE_ARGV = (sys.executable, "-m", "f2pipe", "bridge")
