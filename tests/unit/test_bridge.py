@@ -22,7 +22,7 @@ from f2pipe_bridge.main import build
 from f2pipe_bridge.metrics import BridgeMetrics
 from f2pipe_bridge.mqtt import MqttSide, pubacks, queue_pubacks
 from f2pipe_bridge.ports import Inbound
-from f2pipe_bridge.service import BridgeService
+from f2pipe_bridge.service import GATHER_S, BridgeService
 from f2pipe_bridge.settings import BridgeSettings, Settings
 from f2pipe_shared.deadletters import PREVIEW_BYTES, DeadLetter, Reason
 from f2pipe_shared.records import decode_raw_batch
@@ -839,6 +839,45 @@ def test_shutdown_with_kafka_away_purges_and_acknowledges_nothing() -> None:
     assert producer.purged == 1
     assert mqtt.settled == []
     assert producer.raw_payloads() == []
+
+
+class RecordingInbox:
+    """The inbox, recording how long each get() may block."""
+
+    def __init__(self) -> None:
+        self.inner: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
+        self.waits: list[float | None] = []
+
+    def put(self, item: Inbound) -> None:
+        self.inner.put(item)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Inbound:
+        self.waits.append(timeout if block else 0.0)
+        return self.inner.get(block, timeout)
+
+    def get_nowait(self) -> Inbound:
+        return self.get(False)
+
+
+def test_while_messages_flow_the_loop_gathers_them_instead_of_waking_for_each() -> None:
+    bridge, mqtt = make(FakeProducer(), bridge_batch_linger_ms=1000)
+    inbox = RecordingInbox()
+    mqtt.inbox = inbox  # type: ignore[assignment]
+    inbox.put(inbound(1, b"{}"))
+    assert bridge.pump(timeout=0.1) == 1
+    assert inbox.waits[0] == 0.1  # idle: it blocks, so the first message is taken at once
+    # Flowing: a blocked get() would be woken by each of paho's puts (a thread switch per
+    # message); the loop sleeps GATHER_S and takes what came meanwhile without blocking.
+    inbox.waits.clear()
+    threading.Timer(GATHER_S / 5, inbox.put, [inbound(2, b"{}")]).start()
+    started = time.monotonic()
+    assert bridge.pump(timeout=0.1) == 1
+    assert time.monotonic() - started >= GATHER_S
+    assert inbox.waits[0] == 0.0
+    inbox.waits.clear()
+    assert bridge.pump(timeout=0.1) == 0  # nothing came: the next turn blocks again
+    assert bridge.pump(timeout=0.1) == 0
+    assert inbox.waits[-1] == pytest.approx(0.1, abs=0.01)
 
 
 def test_stop_wakes_a_waiting_loop_and_the_wake_up_is_no_message() -> None:

@@ -32,6 +32,12 @@ log = logging.getLogger(__name__)
 DRAIN_AT_ONCE = 5_000
 WAKE = Inbound("", b"", 0, -1, 0, -1)  # not a message: wakes the loop when it must stop
 UNCONFIRMED_HEALTHY_S = 60
+# While messages flow, the loop sleeps this long and then takes what gathered, instead of
+# blocking on the inbox: a blocked get() is woken by each put, one thread switch and GIL
+# hand-off per message against paho's thread (measured: 1.0 voluntary switches per message,
+# 80-91 us of CPU each; with 5 ms, 0.23-0.27 and 57-62 us, 11,100-13,100 -> 16,300-17,100
+# msg/s). An idle bridge still blocks, so the first message after a pause is taken at once.
+GATHER_S = 0.005
 LEAVE_QUIET_S = 3.0  # nothing received this long, everything settled: the session is empty
 LEAVE_TIMEOUT_S = 300.0
 
@@ -60,6 +66,7 @@ class BridgeService:
         self.outbox = Outbox(kafka, producer, self.metrics, clock, settle=self._settle)
         self.stopping = threading.Event()
         self.in_flight = 0  # received and not yet settled
+        self.flowing = False  # the last turn took messages: gather, do not block (GATHER_S)
 
     def run(self) -> None:
         """Connect, pump until stopped, then hand over what is held and disconnect."""
@@ -99,7 +106,12 @@ class BridgeService:
     def pump(self, timeout: float) -> int:
         """Take what arrived, send the batches that are due, serve Kafka callbacks; how many
         messages were taken."""
-        taken = self._receive(self._wait(timeout), limit=DRAIN_AT_ONCE)
+        wait = self._wait(timeout)
+        if self.flowing:
+            time.sleep(min(wait, GATHER_S))
+            wait = 0.0
+        taken = self._receive(wait, limit=DRAIN_AT_ONCE)
+        self.flowing = taken > 0
         for batch in self.batcher.due() + self.batcher.full():
             self.outbox.send(batch)
         self._follow_topics()
