@@ -160,12 +160,17 @@ class Publisher:
         self.client.disconnect()
 
 
-def session_present(port: int, client_id: str, timeout: float = 10) -> bool:
-    """Whether the broker holds a persistent session for `client_id`; a session found is
+def session_present(
+    port: int, client_id: str, timeout: float = 10, tls: tuple[str, str, str] | None = None
+) -> bool:
+    """Whether the broker holds a persistent session for `client_id` (under mutual TLS,
+    `tls` = CA, certificate, key: the certificate's CN is the client id); a session found is
     resumed and kept as it was (this client subscribes to nothing, acknowledges nothing)."""
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
     )
+    if tls:
+        client.tls_set(ca_certs=tls[0], certfile=tls[1], keyfile=tls[2])
     found: list[bool] = []
     client.on_connect = lambda _c, _u, flags, _r, _p: found.append(flags.session_present)
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]

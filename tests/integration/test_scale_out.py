@@ -10,7 +10,8 @@ killed with SIGKILL in turn while the simulator publishes; the killed bridge com
 persistent session holds its share of the group's messages meanwhile), the killed processor
 and sink stay dead and their survivors take every partition: exactly the ledger, again. The
 third: `f2pipe bridge --workers 2` in the bridges' place, one worker killed and started again
-by the supervisor.
+by the supervisor. The fourth: bridge 2 taken away mid-load and made to leave the group, as
+`f2pipe dev` does for a bridge it no longer runs.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from f2pipe_devtools.dev.instances import SHARED_GROUP
 from f2pipe_devtools.dev.stack import DevStack
 from f2pipe_devtools.servers import free_port
 from f2pipe_devtools.testkit.ledger import expected_rows, read_ledger
+from tests.integration.bridgekit import session_present
 from tests.integration.scalekit import (
     Instance,
     exactly_the_ledger,
@@ -242,3 +244,30 @@ def test_bridge_workers_share_the_group_and_a_killed_one_comes_back_with_its_sha
             supervisor.kill()
             supervisor.wait(10)
         out.close()
+
+
+def test_a_bridge_taken_away_hands_over_its_share_when_it_leaves(
+    stack: DevStack, tmp_path: Path
+) -> None:
+    """Bridge 2 stopped for good while the simulator publishes: its session keeps a share of
+    the group's messages. `f2pipe bridge --leave 2` (what `dev up` runs for a bridge beyond
+    its instances) hands that share to Kafka and ends the session: exactly the ledger is
+    stored, and the broker holds no session for svc-bridge-2."""
+    all_instances_running(stack)
+    first = Instance(stack, "bridge")
+    stack.services["bridge-2"].stop()
+    try:
+        before = first.metric(WORK["bridge"])
+        since_us = int(time.time() * 1e6) - 1_000_000
+        ledger = tmp_path / "leaving.jsonl"
+        simulator = load(stack, WORKING, ledger, count=2000, rate=500)
+        assert simulator.wait(120) == 0
+        time.sleep(3)  # the first bridge has its share by now
+        assert first.metric(WORK["bridge"]) - before < 2000, "bridge 2's session held nothing"
+        assert stack.leave_bridge(2) == 0, logs(stack)
+        exactly_the_ledger(stack, ledger, since_us, within=90)
+        cert, key = (str(stack.issued_dir / f"bridge-2.{ext}") for ext in ("crt", "key"))
+        tls = (str(stack.ca_dir / "ca.crt"), cert, key)
+        assert not session_present(stack.options.ports.mqtt, "svc-bridge-2", tls=tls)
+    finally:
+        stack.services["bridge-2"].start().wait_healthy(60)

@@ -400,9 +400,24 @@ def test_a_second_bridge_has_its_own_identity_and_both_share_one_group(tmp_path:
     assert sink.argv[-1] == "sink"
     assert sink.env["POSTGRES_USER"] == "sink"
     assert sink.health_url == f"http://127.0.0.1:{ports.of('sink-2')}/healthz"
-    # One bridge: no shared group, as before.
+    # One bridge: in the group all the same, so growing and shrinking never switches its
+    # session between plain and shared filters.
     single = DevStack(DevOptions(tmp_path / "dev", Ports.from_base(40000)), Console(io.StringIO()))
-    assert "BRIDGE_SHARED_GROUP" not in single.service("bridge").env
+    assert single.service("bridge").env["BRIDGE_SHARED_GROUP"] == "f2pipe"
+
+
+def test_bridges_beyond_the_instances_that_have_an_identity_are_the_departed(
+    tmp_path: Path,
+) -> None:
+    stack = DevStack(DevOptions(tmp_path / "dev", Ports.from_base(40000), instances=2),
+                     Console(io.StringIO()))  # fmt: skip
+    stack.issued_dir.mkdir(parents=True)
+    for stem, exts in [("bridge-2", ("crt", "key")), ("bridge-3", ("crt", "key")),
+                       ("bridge-4", ("crt",)), ("bridge-6", ("crt", "key"))]:  # fmt: skip
+        for ext in exts:
+            (stack.issued_dir / f"{stem}.{ext}").write_text("x")
+    # Bridge 2 is one of the two asked for; 4 has no key, so it never ran.
+    assert stack.departed_bridges() == [3, 6]
 
 
 def test_the_acl_gives_each_further_bridge_what_it_gives_the_first() -> None:

@@ -5,7 +5,10 @@ an operator scales them (docs/operations.md#scaling-each-service):
 
 - bridges in one MQTT 5 shared subscription (BRIDGE_SHARED_GROUP), each with its own
   certificate and ACL block: the broker makes the CN the client id, so two bridges with one
-  certificate would take over each other's session instead of sharing the load;
+  certificate would take over each other's session instead of sharing the load. The first
+  bridge is in the group with one instance too (a group of one gets every message, in
+  order): a session that changes between plain and shared filters as the stack grows and
+  shrinks would keep the form it left (docs/bridge.md);
 - processors in one Faust group (the same PROCESSOR_APP_ID), each with its own data directory;
 - sinks in one consumer group (the same SINK_GROUP_ID);
 - each instance its own /metrics and /healthz port.
@@ -17,7 +20,7 @@ import re
 
 SCALED = ("bridge", "processor", "sink")  # the stages that run N times
 MAX_INSTANCES = 9  # per stage: their ports stay inside the stack's block (below base + 200)
-SHARED_GROUP = "f2pipe"  # the bridges' $share group when there are several
+SHARED_GROUP = "f2pipe"  # the bridges' $share group
 # Instance n (≥ 2) of a stage listens on base + EXTRA_OFFSET + 10 * (n - 2) + the stage's own
 # offset (ports.OFFSETS): bridge-2 on base + 101, processor-2 + 102, sink-2 + 103, bridge-3
 # + 111, … clear of the fixed offsets below 100.
@@ -76,7 +79,7 @@ def instance_env(name: str, instances: int, issued_dir: str, data_root: str) -> 
     """The settings by which instance ``name`` differs from the stage's first instance."""
     stage, number = parse(name)
     env: dict[str, str] = {}
-    if stage == "bridge" and instances > 1:
+    if stage == "bridge":
         env["BRIDGE_SHARED_GROUP"] = SHARED_GROUP
     if number == 1:
         return env

@@ -7,6 +7,9 @@
 
 With `DevOptions.instances` N > 1, bridge, processor and sink run N times each (sink,
 sink-2, …; dev/instances.py): the bridges in one $share group, each with its own identity.
+Started with fewer bridges than before, the stack ends the departed ones' broker sessions
+first (`f2pipe bridge --leave n`), which hand their share of the group to Kafka: left alone,
+each would go on collecting a share of the messages that nobody reads.
 
 Everything lives in one state directory (`.dev/` by default). PostgreSQL's data, the CA,
 the demo fleet's claim codes and the simulated controllers' certificates survive a restart;
@@ -52,6 +55,7 @@ DATABASE = "f2pipe"
 # Started in this order, stopped in the reverse one: the simulator stops publishing first,
 # the bridge flushes what it holds, then the processor and the sink drain theirs.
 SERVICES = ("certgen", "api", "sink", "processor", "bridge", "simulator")
+LEAVE_TIMEOUT_S = 360.0  # `--leave` gives up after 300 s of messages that keep coming
 START_TIMEOUT = {"simulator": 180.0}  # enrolment of the whole fleet on its first start
 # Each logs into PostgreSQL with a role of its own (docs/data_model.md#database-roles).
 DATABASE_SERVICES = ("certgen", "api", "sink", "processor", "simulator")
@@ -173,9 +177,13 @@ class DevStack:
         try:
             self._start_servers()
             self._prepare()
+            departed = self.departed_bridges()
+            # The departed keep their ACL block until they left: the broker checks it on
+            # every message it hands over.
+            acl = scaled.acl_blocks(max([self.options.instances, *departed]))
             self._start_server(DevBroker(self.root / "broker", self.options.ports.mqtt,
-                                         self.ca_dir, self.issued_dir,
-                                         scaled.acl_blocks(self.options.instances)))  # fmt: skip
+                                         self.ca_dir, self.issued_dir, acl))  # fmt: skip
+            self._end_departed_bridges(departed)
             for group in self.options.service_groups():
                 self.start_services(group)
         except BaseException:
@@ -233,6 +241,41 @@ class DevStack:
             replace(key, key_pem.encode(), PRIVATE)
             replace(cert, issued.pem.encode(), PUBLIC)
             self.console.line("dev", f"issued {cn} for bridge {number} ({cert})")
+
+    def departed_bridges(self) -> list[int]:
+        """Bridges beyond the instances asked for that have an identity: they ran before, and
+        their session may still be in the group."""
+        return [n for n in range(self.options.instances + 1, scaled.MAX_INSTANCES + 1)
+                if all(p.exists() for p in self._bridge_files(n))]  # fmt: skip
+
+    def _bridge_files(self, number: int) -> tuple[Path, Path]:
+        stem = scaled.bridge_identity(number)[0]
+        return self.issued_dir / f"{stem}.crt", self.issued_dir / f"{stem}.key"
+
+    def _end_departed_bridges(self, departed: list[int]) -> None:
+        """End each departed bridge's session, then retire its identity (issued again if the
+        stack grows back); one that could not leave is tried again at the next start."""
+        for number in departed:
+            if self.leave_bridge(number) != 0:
+                self.console.line("dev", f"bridge {number} could not leave; tried again next start")
+                continue
+            for path in self._bridge_files(number):
+                path.unlink()
+            self.console.line("dev", f"bridge {number}: its session ended, its share handed over")
+
+    def leave_bridge(self, number: int) -> int:
+        """`f2pipe bridge --leave number` against this stack; its exit code."""
+        env = {**self.env(), **self.database_env("bridge"), "METRICS_PORT": "0",
+               **scaled.instance_env("bridge", self.options.instances, str(self.issued_dir),
+                                     str(self.root))}  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "f2pipe", "bridge", "--leave", str(number)],
+            env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
+            timeout=LEAVE_TIMEOUT_S,
+        )  # fmt: skip
+        for line in (result.stdout + result.stderr).splitlines():
+            self.console.line(f"bridge-{number}", line)
+        return result.returncode
 
     def _api_admin_token(self) -> None:
         """An admin token for the api, made at the first `dev up` and kept 0600 in the state
