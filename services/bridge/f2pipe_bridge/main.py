@@ -52,8 +52,8 @@ def parser() -> argparse.ArgumentParser:
         const=1,
         metavar="N",
         help="end the broker session of this bridge (of worker N, with its identity) after "
-        "handing what it holds to Kafka: run after taking a worker away or a group's name "
-        "off a bridge, so its session collects nothing more",
+        "handing what it holds to Kafka: run after taking a worker away, so its session "
+        "collects no more of the group's messages",
     )
     return p
 
