@@ -30,7 +30,6 @@ from tests.integration.bridgekit import (
     bridge_env,
     dead_letters,
     raw_messages,
-    session_present,
     wait_for,
 )
 from tests.integration.tlskit import Identity, Pki, SupervisedMosquitto, start_broker
@@ -389,37 +388,6 @@ def test_a_plain_bridge_that_joins_a_group_bridges_each_message_once(
     found = seqs(raw_messages(kafka_bootstrap, topics.raw, idle=2))
     assert len(found) == total
     assert set(found.values()) == {1}
-
-
-def test_leave_hands_over_a_departed_members_share_and_ends_its_session(
-    broker: MosquittoServer, kafka_bootstrap: str, topics: Topics, bridge_factory: BridgeFactory
-) -> None:
-    staying = bridge_factory(client_id="leave-a", BRIDGE_SHARED_GROUP="leave").start()
-    going = bridge_factory(client_id="leave-b", BRIDGE_SHARED_GROUP="leave")
-    assert going.start().terminate() == 0  # scaled down: its session still takes a share
-    total = 600
-    sent = publish_round_robin(Publisher(broker.port), total)
-    wait_for(lambda: staying.metric("f2pipe_bridge_acknowledged_total") > 0, 30, "a's share")
-    time.sleep(1)
-    held = total - staying.metric("f2pipe_bridge_received_total")
-    assert held > 0, "the departed member's session took no share"
-
-    leaving = going.start(wait_healthy=False, args=["--leave"]).proc
-    assert leaving is not None
-    assert leaving.wait(60) == 0, going.log()
-    assert "bridge session ended" in going.log()
-    assert not session_present(broker.port, "leave-b")
-    # What its session held is in Kafka, and from now on the group is the one bridge left.
-    publisher, later = Publisher(broker.port), set()
-    for seq in range(total, total + 300):
-        device = DEVICES[seq % len(DEVICES)]
-        publisher.publish(topic_of(device, seq), payload(device, seq))
-        later.add((device, seq))
-    publisher.close()
-    found = collect_all(kafka_bootstrap, topics.raw, sent | later, 60, "every message")
-    assert set(found.values()) == {1}
-    assert staying.metric("f2pipe_bridge_received_total") == total - held + len(later)
-    assert staying.terminate() == 0
 
 
 def test_sigterm_flushes_acknowledges_and_exits_0(
