@@ -232,8 +232,8 @@ class DevStack:
         from f2pipe_certgen.files import PRIVATE, PUBLIC, replace
 
         for number in range(2, self.options.instances + 1):
-            stem, cn = scaled.bridge_identity(number)
-            cert, key = self.issued_dir / f"{stem}.crt", self.issued_dir / f"{stem}.key"
+            cn = scaled.bridge_identity(number)[1]
+            cert, key = self._bridge_files(number)
             if cert.exists() and key.exists():
                 continue
             ca = CertificateAuthority.load(self.ca_dir)
@@ -265,17 +265,9 @@ class DevStack:
 
     def leave_bridge(self, number: int) -> int:
         """`f2pipe bridge --leave number` against this stack; its exit code."""
-        env = {**self.env(), **self.database_env("bridge"), "METRICS_PORT": "0",
-               **scaled.instance_env("bridge", self.options.instances, str(self.issued_dir),
-                                     str(self.root))}  # fmt: skip
-        result = subprocess.run(
-            [sys.executable, "-m", "f2pipe", "bridge", "--leave", str(number)],
-            env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
-            timeout=LEAVE_TIMEOUT_S,
-        )  # fmt: skip
-        for line in (result.stdout + result.stderr).splitlines():
-            self.console.line(f"bridge-{number}", line)
-        return result.returncode
+        env = {"BRIDGE_SHARED_GROUP": scaled.SHARED_GROUP, "METRICS_PORT": "0"}
+        return self._run(f"bridge-{number}", ["bridge", "--leave", str(number)], login="bridge",
+                         env=env, check=False, timeout=LEAVE_TIMEOUT_S)  # fmt: skip
 
     def _api_admin_token(self) -> None:
         """An admin token for the api, made at the first `dev up` and kept 0600 in the state
@@ -291,19 +283,32 @@ class DevStack:
         write_private(path, token)
         self.console.line("dev", f"api: admin token {name} written to {path}")
 
-    def _run(self, name: str, args: list[str], *, login: str) -> None:
+    def _run(
+        self,
+        name: str,
+        args: list[str],
+        *,
+        login: str,
+        env: dict[str, str] | None = None,
+        check: bool = True,
+        timeout: float | None = None,
+    ) -> int:
+        """`f2pipe args` against this stack, its output on the console as `name`; its exit
+        code, which must be 0 when `check`."""
         result = subprocess.run(
             [sys.executable, "-m", "f2pipe", *args],
-            env={**self.env(), **self.database_env(login)},
+            env={**self.env(), **self.database_env(login), **(env or {})},
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
             check=False,
+            timeout=timeout,
         )
         for line in (result.stdout + result.stderr).splitlines():
             self.console.line(name, line)
-        if result.returncode != 0:
+        if check and result.returncode != 0:
             raise RuntimeError(f"f2pipe {' '.join(args)} failed with {result.returncode}")
+        return result.returncode
 
     def start_services(self, names: list[str]) -> None:
         """Start the instances of one stage together, then wait for each to be healthy (two
