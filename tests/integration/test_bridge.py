@@ -384,6 +384,8 @@ def test_a_plain_bridge_that_joins_a_group_bridges_each_message_once(
     wait_for(lambda: joined.metric("f2pipe_bridge_acknowledged_total") >= total, 30, "acks")
     time.sleep(1)  # a second copy would come right behind the first
     assert joined.metric("f2pipe_bridge_received_total") == total
+    # The broker's UNSUBACK matched to the request that named them (by packet id).
+    assert "MQTT filters dropped from the session filters=['stat/#', 'tele/#']" in joined.log()
     assert joined.terminate() == 0
     found = seqs(raw_messages(kafka_bootstrap, topics.raw, idle=2))
     assert len(found) == total

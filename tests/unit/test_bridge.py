@@ -383,9 +383,10 @@ class FakeClient:
         self.subscribed.extend(topic)
         self.requests.append("subscribe")
 
-    def unsubscribe(self, topic: list[str]) -> None:
+    def unsubscribe(self, topic: list[str]) -> tuple[int, int]:
         self.unsubscribed.extend(topic)
         self.requests.append("unsubscribe")
+        return 0, len(self.requests)  # a packet id per request, as paho gives
 
     def ack(self, mid: int, qos: int) -> None:
         self.acks.append((mid, qos))
@@ -527,7 +528,9 @@ def test_no_filter_is_dropped_from_a_new_session_or_by_a_plain_bridge(
     assert client.requests == ["subscribe"]
 
 
-def test_leaving_subscribes_to_nothing_drops_every_filter_it_names_and_ends_the_session() -> None:
+def test_leaving_subscribes_to_nothing_drops_every_filter_it_names_and_ends_the_session(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     client = FakeClient()
     bridge = BridgeSettings(bridge_shared_group="f2")
     side = MqttSide(
@@ -538,7 +541,13 @@ def test_leaving_subscribes_to_nothing_drops_every_filter_it_names_and_ends_the_
     assert client.unsubscribed == ["stat/#", "tele/#", "$share/f2/stat/#", "$share/f2/tele/#"]
     assert not side.subscribed.is_set()  # until the broker confirmed
     codes = ["Success", "No subscription found", "Success", "Success"]
-    side.on_unsubscribe(client, None, 1, [ReasonCode(PacketTypes.UNSUBACK, c) for c in codes], None)
+    with caplog.at_level(logging.INFO, logger="f2pipe_bridge.mqtt"):
+        side.on_unsubscribe(
+            client, None, 1, [ReasonCode(PacketTypes.UNSUBACK, c) for c in codes], None
+        )
+    # The reason codes matched to the filters that very request named.
+    (record,) = [r for r in caplog.records if r.msg == "MQTT filters dropped from the session"]
+    assert record.filters == ["stat/#", "$share/f2/stat/#", "$share/f2/tele/#"]  # type: ignore[attr-defined]
     assert side.subscribed.is_set()
     side.end_session()
     assert client.disconnected_with.SessionExpiryInterval == 0

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from confluent_kafka import KafkaException, Producer
 
 from f2pipe_bridge.metrics import BridgeMetrics
-from f2pipe_bridge.mqtt import MqttSide, subscriptions
+from f2pipe_bridge.mqtt import MqttSide, wanted_filters
 from f2pipe_bridge.ports import MessageSource, RecordProducer, TopicStatus
 from f2pipe_bridge.service import BridgeService
 from f2pipe_bridge.settings import Settings
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bridge", service, service.leave if leaving else service.run,
             host=settings.observability.metrics_host, port=settings.metrics_port,
             registry=service.metrics.registry, leaving=leaving,
-            topics=[] if leaving else subscriptions(settings.bridge),
+            topics=wanted_filters(settings.bridge, leaving=leaving),
         )  # fmt: skip
     finally:
         watch.stop()

@@ -77,6 +77,11 @@ def subscriptions(bridge: BridgeSettings) -> list[str]:
     return [f"$share/{group}/{t}" if group else t for t in SUBSCRIPTIONS]
 
 
+def wanted_filters(bridge: BridgeSettings, *, leaving: bool) -> list[str]:
+    """What the bridge subscribes to: its filters, or none when it is leaving."""
+    return [] if leaving else subscriptions(bridge)
+
+
 def stale_filters(bridge: BridgeSettings) -> list[str]:
     """Filters a resumed session may hold from earlier settings that this bridge can name and
     does not want: the plain ones, in a group. (The other way, a group's name is not known.)"""
@@ -118,6 +123,8 @@ class MqttSide:
         self.freed = 0
         self.acks: list[int] = []
         self.acks_epoch = 0
+        # UNSUBSCRIBE packet id -> the filters it asked to drop (paho's thread only).
+        self.dropping: dict[int, list[str]] = {}
         self.client: MqttClient = self._paho_client() if client is None else client
 
     def _paho_client(self) -> mqtt.Client:
@@ -203,7 +210,7 @@ class MqttSide:
         self.client.loop_stop()
 
     def topics(self) -> list[str]:
-        return [] if self.leaving else subscriptions(self.bridge)
+        return wanted_filters(self.bridge, leaving=self.leaving)
 
     # --- paho's callbacks, on its network thread ----------------------------------------
 
@@ -216,13 +223,13 @@ class MqttSide:
         self.epoch += 1
         resumed = bool(getattr(flags, "session_present", False))
         if self.leaving:
-            client.unsubscribe(named_filters(self.bridge))
+            self._drop(client, named_filters(self.bridge))
         else:
             # Subscribing again is harmless with a resumed session and needed with a new one;
             # the stale filters go after, so no message finds neither subscription meanwhile.
             client.subscribe([(t, 1) for t in self.topics()])
             if resumed and (stale := stale_filters(self.bridge)):
-                client.unsubscribe(stale)
+                self._drop(client, stale)
         self.connected.set()
         self.metrics.connected.set(1)
         self.metrics.connects.inc()
@@ -230,6 +237,11 @@ class MqttSide:
             "MQTT connected",
             extra={"epoch": self.epoch, "session_resumed": resumed, "topics": self.topics()},
         )
+
+    def _drop(self, client: MqttClient, filters: list[str]) -> None:
+        _result, mid = client.unsubscribe(filters)
+        if mid is not None:  # None: not connected, nothing sent, no UNSUBACK to come
+            self.dropping[mid] = filters
 
     def on_subscribe(
         self, _c: MqttClient, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any
@@ -242,10 +254,9 @@ class MqttSide:
         self.subscribed.set()
 
     def on_unsubscribe(
-        self, _c: MqttClient, _u: Any, _mid: int, reasons: list[ReasonCode], _p: Any
+        self, _c: MqttClient, _u: Any, mid: int, reasons: list[ReasonCode], _p: Any
     ) -> None:
-        # In the order asked: named_filters when leaving, stale_filters otherwise.
-        asked = named_filters(self.bridge) if self.leaving else stale_filters(self.bridge)
+        asked = self.dropping.pop(mid, [])  # the reason codes come in the order asked
         dropped = [f for f, r in zip(asked, reasons, strict=False) if r.value == 0]
         log.info("MQTT filters dropped from the session", extra={"filters": dropped})
         if self.leaving:
@@ -255,6 +266,7 @@ class MqttSide:
         self.epoch += 1
         self.connected.clear()
         self.subscribed.clear()
+        self.dropping.clear()  # no UNSUBACK comes for a request of a lost connection
         self.metrics.connected.set(0)
         log.warning("MQTT disconnected", extra={"reason": str(reason)})
 
