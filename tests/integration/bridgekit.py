@@ -156,8 +156,10 @@ class Publisher:
 
     def close(self) -> None:
         self.wait()
-        self.client.loop_stop()
+        # Disconnect first: the network thread then ends at once (the other way round,
+        # loop_stop waits out its 1 s select).
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 def session_present(

@@ -30,7 +30,7 @@ from typing import Any, cast
 import paho.mqtt.client as mqtt
 import psycopg
 import pytest
-from confluent_kafka import Consumer, Message
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from f2pipe.brokerconfig import TEMPLATE
 from f2pipe.seed import demo_mac
@@ -206,8 +206,8 @@ def inject_malformed(stack: Stack, root: Path) -> dict[bytes, str]:
         for payload in messages:
             client.publish(slot.topic(), payload, qos=1).wait_for_publish(10)
     finally:
+        client.disconnect()  # before loop_stop, which would wait out a 1 s select otherwise
         client.loop_stop()
-        client.disconnect()
     return messages
 
 
@@ -221,9 +221,12 @@ def dead_letters(
 ) -> list[DeadLetter]:
     """The dead letters of these payloads (other tests' letters share the topic): ``want`` of
     them, then 3 s more for any extra."""
+    topic = stack.env.get("KAFKA_DEADLETTER_TOPIC", "iot-dead-letter")
     consumer = Consumer({"bootstrap.servers": stack.env["KAFKA_BOOTSTRAP_SERVERS"],
-                         "group.id": f"e2e-{time.time_ns()}", "auto.offset.reset": "earliest"})  # fmt: skip  # noqa: E501
-    consumer.subscribe([stack.env.get("KAFKA_DEADLETTER_TOPIC", "iot-dead-letter")])
+                         "group.id": f"e2e-{time.time_ns()}", "enable.auto.commit": False})  # fmt: skip  # noqa: E501
+    # Assigned, not subscribed: joining a new group costs the local broker's rebalance wait.
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     letters: list[DeadLetter] = []
     deadline = time.monotonic() + timeout
     try:
@@ -326,8 +329,8 @@ def publish_once(stack: Stack, root: Path, topic: str, payload: bytes, retain: b
             time.sleep(0.05)
         return "acknowledged" if info.is_published() else "disconnected" if gone.is_set() else "?"
     finally:
+        client.disconnect()  # before loop_stop, which would wait out a 1 s select otherwise
         client.loop_stop()
-        client.disconnect()
 
 
 def broker_packet_limit() -> int:

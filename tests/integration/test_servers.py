@@ -69,12 +69,12 @@ def test_mosquitto_delivers_qos1(mosquitto_server: MosquittoServer) -> None:
         pub.loop_start()
         info = pub.publish("tele/f2-aabbccddee01/sensor-mode/J3/sensor-1", b"{}", qos=1)
         info.wait_for_publish(5)
-        pub.loop_stop()
         pub.disconnect()
+        pub.loop_stop()
         assert got.wait(5)
     finally:
-        sub.loop_stop()
         sub.disconnect()
+        sub.loop_stop()
     assert received == [("tele/f2-aabbccddee01/sensor-mode/J3/sensor-1", b"{}")]
 
 

@@ -70,8 +70,8 @@ def publish_backlog(port: int, total: int) -> None:
         ]
         for info in infos:
             info.wait_for_publish(120)
-    client.loop_stop()
     client.disconnect()
+    client.loop_stop()
 
 
 def bare_rate(port: int, total: int) -> float:
