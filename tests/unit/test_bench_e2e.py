@@ -7,7 +7,13 @@ import math
 
 import pytest
 
-from f2pipe_devtools.bench.e2e import missed_target, quantile, recovery_note
+from f2pipe_devtools.bench.e2e import (
+    NOT_NEAR,
+    missed_target,
+    missing_by_fault,
+    quantile,
+    recovery_note,
+)
 from f2pipe_devtools.bench.report import Report
 
 INF = math.inf
@@ -76,3 +82,22 @@ def test_a_recovery_measured_on_a_stack_below_its_rate_says_so(
     note = recovery_note("redis kill -9", 8911.0, 5500.0)
     assert note == "MISSED: only 5,500 rows/s before the fault; sink rows/s back to 90 % of 8,911"
     assert "WARNING: recovery from redis kill -9: MISSED" in capsys.readouterr().err
+
+
+def test_each_missing_reading_is_put_down_to_the_nearest_fault_within_reach() -> None:
+    struck = [("bridge kill -9", 100_000_000), ("mosquitto kill -9", 125_000_000)]
+    missing = [
+        (123_500_000, 1, 1, 1.0),  # 1.5 s before the broker died
+        (125_200_000, 1, 2, 1.0),  # just after it
+        (113_000_000, 2, 1, 1.0),  # nearer the broker (12 s) than the bridge (13 s)
+        (99_000_000, 3, 1, 1.0),  # 1 s before the bridge kill
+        (300_000_000, 4, 1, 1.0),  # long after either: no fault explains it
+    ]
+    near = missing_by_fault(missing, struck)
+    assert near == {
+        "mosquitto kill -9": [-1.5, 0.2, -12.0],
+        "bridge kill -9": [-1.0],
+        NOT_NEAR: [175.0],
+    }
+    assert missing_by_fault([], struck) == {}
+    assert missing_by_fault(missing[:1], []) == {NOT_NEAR: [0.0]}

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -332,12 +332,14 @@ def recovery_phase(report: Report, stack: DevStack, sampler: Sampler, plan: Plan
     sampler.mark("recovery start")
     sim = simulator(stack, ledger, total, plan.recovery_rate, plan.controllers)
     time.sleep(plan.warmup)
+    struck: list[tuple[str, int]] = []  # (fault, wall-clock µs): to say which lost what
     for fault in FAULTS:
         time.sleep(plan.kill_every / 2)
         # The steady rate; not the last seconds' rate, which may still be a catch-up.
         before = plan.recovery_rate * plan.readings_per_message
         steady = _rate(sampler, "sink rows", 5)
         fault.inflict(stack)
+        struck.append((fault.label, int(time.time() * 1e6)))
         struck_at = sampler.now()
         sampler.mark(fault.label)
         timeout = plan.kill_every * 2 + fault.outage
@@ -362,9 +364,37 @@ def recovery_phase(report: Report, stack: DevStack, sampler: Sampler, plan: Plan
     report.add(Measurement("recovery: readings in the ledger", "readings", [len(expected)]))
     report.add(Measurement("recovery: missing readings", "readings", [len(expected - got)],
                            "must be 0"))  # fmt: skip
+    for label, offsets in missing_by_fault(expected - got, struck).items():
+        report.add(Measurement(f"recovery: missing readings near {label}", "readings",
+                               [len(offsets)], _offsets_note(offsets)))  # fmt: skip
     extra = len(got - expected) + len(stored) - len(got)
     report.add(Measurement("recovery: unexpected or duplicated readings", "readings", [extra],
                            "must be 0"))  # fmt: skip
+
+
+NEAR_S = 15.0  # a missing reading this close to a fault is put down to it
+NOT_NEAR = "no fault"
+
+
+def missing_by_fault(
+    missing: Iterable[Row], struck: Sequence[tuple[str, int]]
+) -> dict[str, list[float]]:
+    """Each missing reading put down to the fault nearest its device timestamp (the simulator
+    stamps a message as it publishes it), if one was struck within NEAR_S, else to NOT_NEAR:
+    fault -> each of its readings' seconds from the fault (negative: published before it).
+    A broker crash, say, loses what it acknowledged before it and had not saved."""
+    near: dict[str, list[float]] = {}
+    for row in missing:
+        offsets = [((row[0] - at) / 1e6, label) for label, at in struck]
+        offset, label = min(offsets, key=lambda o: abs(o[0]), default=(0.0, NOT_NEAR))
+        near.setdefault(label if abs(offset) <= NEAR_S else NOT_NEAR, []).append(offset)
+    return near
+
+
+def _offsets_note(offsets: Sequence[float]) -> str:
+    return (
+        f"device timestamps {min(offsets):+.1f} s to {max(offsets):+.1f} s from the nearest fault"
+    )
 
 
 def recovery_note(label: str, before: float, steady: float) -> str:
@@ -406,10 +436,11 @@ def _back_to(
 
 @contextmanager
 def bench_stack(
-    prefix: str, controllers: int, instances: int = 1
+    prefix: str, controllers: int, instances: int = 1, keep_log: Path | None = None
 ) -> Iterator[tuple[DevStack, Path]]:
     """A fresh `f2pipe dev` stack (free ports, no simulator of its own, ``instances`` of
-    bridge, processor and sink each) and its work directory; both gone afterwards."""
+    bridge, processor and sink each) and its work directory; both gone afterwards, but for
+    the stack's console log when `keep_log` names where to keep it (0600: it names devices)."""
     top = Path(tempfile.mkdtemp(prefix=prefix))
     top.chmod(0o755)  # PostgreSQL may run as `postgres`: it must enter it
     console = Console(open(top / "stack.log", "w"))  # noqa: SIM115 - closed with the stack
@@ -421,13 +452,19 @@ def bench_stack(
     finally:
         stack.down()
         console.out.close()
+        if keep_log is not None:
+            keep_log.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(top / "stack.log", keep_log)
+            keep_log.chmod(0o600)
         shutil.rmtree(top, ignore_errors=True)
 
 
 def run(report: Report, repeats: int, min_seconds: float, quick: bool = False,
         out_dir: Path | None = None) -> None:  # fmt: skip
     plan = Plan(warmup=8, measure=20, kill_every=20, controllers=100) if quick else Plan()
-    with bench_stack("f2pipe-bench-", plan.controllers) as (stack, top):
+    stem = report.started_at.replace(":", "")
+    log = out_dir / f"{stem}-e2e-stack.log" if out_dir is not None else None
+    with bench_stack("f2pipe-bench-", plan.controllers, keep_log=log) as (stack, top):
         sampler = Sampler(stack)
         with sampler.running():
             throughput_phase(report, stack, sampler, plan, name="fixed", rate=plan.rate, work=top)
@@ -447,7 +484,7 @@ def run(report: Report, repeats: int, min_seconds: float, quick: bool = False,
             report.add(Measurement(f"process {name}: peak RSS", "MB", [peak],
                                    "VmHWM (certgen: during the fleet's enrolment)"))  # fmt: skip
         if out_dir is not None:
-            chart(sampler, out_dir / f"{report.started_at.replace(':', '')}-e2e.png")
+            chart(sampler, out_dir / f"{stem}-e2e.png")
 
 
 def chart(sampler: Sampler, path: Path) -> Path | None:
