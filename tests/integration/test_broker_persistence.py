@@ -63,9 +63,10 @@ class Stack:
         bridge = BridgeProcess(env, root / "bridge.log")
         return cls(broker, bridge, pki.device(CN), pki.ca_file, kafka, topics)
 
-    def publish(self, total: int, qos: int) -> set[bytes]:
-        """`total` messages of the device at `qos`, then one at QoS 1: its PUBACK says the
-        broker has handled every message before it (it handles a connection's in order)."""
+    def publish(self, total: int, qos: int, first: int = 0) -> set[bytes]:
+        """`total` messages of the device at `qos` (numbered from `first`), then one at QoS 1:
+        its PUBACK says the broker has handled every message before it (it handles a
+        connection's in order)."""
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.device.cn)
         client.tls_set(
             ca_certs=str(self.ca_file), certfile=str(self.device.cert), keyfile=str(self.device.key)
@@ -75,15 +76,15 @@ class Stack:
         client.connect("127.0.0.1", self.broker.port)
         client.loop_start()
         try:
-            for n in range(total):
+            for n in range(first, first + total):
                 client.publish(topic(n), payload(n, qos), qos=qos)
-            last = client.publish(topic(total), payload(total, 1), qos=1)
+            last = client.publish(topic(first + total), payload(first + total, 1), qos=1)
             last.wait_for_publish(60)
             assert last.is_published(), "the broker did not acknowledge the last publish"
         finally:
             client.disconnect()
             client.loop_stop()
-        return {payload(n, qos) for n in range(total)} | {payload(total, 1)}
+        return {payload(n, qos) for n in range(first, first + total)} | {payload(first + total, 1)}
 
     def in_kafka(self, expected: set[bytes], timeout: float = 60) -> set[bytes]:
         found: set[bytes] = set()
@@ -142,4 +143,27 @@ def test_queued_messages_survive_a_kill_9_of_the_broker_after_the_autosave_windo
     stack.broker.start()  # same port, same persistence directory
     stack.bridge.start()
     assert stack.in_kafka(expected) == expected
+    assert stack.bridge.terminate() == 0
+
+
+@pytest.mark.parametrize("group", [None, "g"])
+def test_a_restarted_broker_keeps_a_plain_subscription_but_not_a_shared_one(
+    stack: Stack, group: str | None
+) -> None:
+    # Mosquitto 2.0 saves a session's plain subscriptions but not its $share ones: after a
+    # restart, until a bridge in a group subscribes again, nobody is subscribed and what
+    # devices publish is dropped (docs/operations.md). So the dev stack runs one bridge plain.
+    if group:
+        stack.bridge.env["BRIDGE_SHARED_GROUP"] = group
+    stack.away()
+    before = stack.publish(20, qos=1)  # queued for the session: saved with it
+    stack.broker.stop()  # a clean stop: saves everything it keeps
+    stack.broker.start()
+    after = stack.publish(20, qos=1, first=100)  # the bridge not back yet
+    stack.bridge.start()
+    found = stack.in_kafka(before)
+    time.sleep(2)  # anything queued for it arrives with the rest
+    found |= {m.payload for _, m in raw_messages(stack.kafka, stack.topics.raw, idle=1)}
+    assert found >= before
+    assert (found & after) == (set() if group else after)
     assert stack.bridge.terminate() == 0

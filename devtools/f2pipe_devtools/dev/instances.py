@@ -5,10 +5,11 @@ an operator scales them (docs/operations.md#scaling-each-service):
 
 - bridges in one MQTT 5 shared subscription (BRIDGE_SHARED_GROUP), each with its own
   certificate and ACL block: the broker makes the CN the client id, so two bridges with one
-  certificate would take over each other's session instead of sharing the load. The first
-  bridge is in the group with one instance too (a group of one gets every message, in
-  order): a session that changes between plain and shared filters as the stack grows and
-  shrinks would keep the form it left (docs/bridge.md);
+  certificate would take over each other's session instead of sharing the load. One bridge
+  alone subscribes plainly: Mosquitto 2.0 does not save a $share subscription, so after a
+  restart of the broker what devices publish before a grouped bridge subscribes again is
+  lost, while a plain subscription is kept with the session (docs/operations.md). The stack
+  shrinking back to one bridge ends the first bridge's group session (dev/stack.py);
 - processors in one Faust group (the same PROCESSOR_APP_ID), each with its own data directory;
 - sinks in one consumer group (the same SINK_GROUP_ID);
 - each instance its own /metrics and /healthz port.
@@ -75,11 +76,15 @@ def acl_blocks(instances: int) -> str:
     return "".join(blocks)
 
 
-def instance_env(name: str, instances: int, issued_dir: str, data_root: str) -> dict[str, str]:
-    """The settings by which instance ``name`` differs from the stage's first instance."""
+def instance_env(
+    name: str, instances: int, issued_dir: str, data_root: str, *, grouped: bool = False
+) -> dict[str, str]:
+    """The settings by which instance ``name`` differs from a lone first instance; the
+    bridges are in the group with several instances, or when `grouped` (the first bridge's
+    session still in it)."""
     stage, number = parse(name)
     env: dict[str, str] = {}
-    if stage == "bridge":
+    if stage == "bridge" and (instances > 1 or grouped):
         env["BRIDGE_SHARED_GROUP"] = SHARED_GROUP
     if number == 1:
         return env
