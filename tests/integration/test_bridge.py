@@ -392,6 +392,30 @@ def test_a_plain_bridge_that_joins_a_group_bridges_each_message_once(
     assert set(found.values()) == {1}
 
 
+def test_a_bridge_out_of_its_group_bridges_each_message_once_through_its_plain_filters(
+    broker: MosquittoServer, kafka_bootstrap: str, topics: Topics, bridge_factory: BridgeFactory
+) -> None:
+    # Its session keeps the group's filters (which the broker does not keep over a restart of
+    # its own): beside the plain ones they would hand it every message twice.
+    assert (
+        bridge_factory(client_id="bridge-out", BRIDGE_SHARED_GROUP="out").start().terminate() == 0
+    )
+    plain = bridge_factory(client_id="bridge-out", BRIDGE_FORMER_GROUP="out").start()
+    total = 300
+    publish_round_robin(Publisher(broker.port), total)
+    wait_for(lambda: plain.metric("f2pipe_bridge_acknowledged_total") >= total, 30, "acks")
+    time.sleep(1)  # a second copy would come right behind the first
+    assert plain.metric("f2pipe_bridge_received_total") == total
+    dropped = (
+        "MQTT filters dropped from the session filters=['$share/out/stat/#', '$share/out/tele/#']"
+    )
+    assert dropped in plain.log()
+    assert plain.terminate() == 0
+    found = seqs(raw_messages(kafka_bootstrap, topics.raw, idle=2))
+    assert len(found) == total
+    assert set(found.values()) == {1}
+
+
 def test_sigterm_flushes_acknowledges_and_exits_0(
     broker: MosquittoServer, kafka_bootstrap: str, topics: Topics, bridge_factory: BridgeFactory
 ) -> None:

@@ -20,7 +20,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from f2pipe_bridge.batcher import MAX_BATCH_BYTES
 from f2pipe_bridge.main import build
 from f2pipe_bridge.metrics import BridgeMetrics
-from f2pipe_bridge.mqtt import MqttSide, pubacks, queue_pubacks
+from f2pipe_bridge.mqtt import MqttSide, named_filters, pubacks, queue_pubacks, stale_filters
 from f2pipe_bridge.ports import Inbound
 from f2pipe_bridge.service import GATHER_S, BridgeService
 from f2pipe_bridge.settings import BridgeSettings, Settings
@@ -515,6 +515,27 @@ def test_a_resumed_session_joining_a_group_drops_its_plain_filters_after_subscri
     # second time beside the group's share. Subscribing first leaves no moment with neither.
     assert client.requests == ["subscribe", "unsubscribe"]
     assert client.unsubscribed == ["stat/#", "tele/#"]
+
+
+def test_a_bridge_out_of_its_former_group_subscribes_plainly_then_drops_the_group() -> None:
+    side, client = mqtt_side(bridge_former_group="f2")
+    side.on_connect(client, None, RESUMED, CONNECTED, None)
+    # A plain subscription outlives a restart of the broker; the group's does not, and beside
+    # the plain one it would deliver every message twice.
+    assert client.subscribed == [("stat/#", 1), ("tele/#", 1)]
+    assert client.requests == ["subscribe", "unsubscribe"]
+    assert client.unsubscribed == ["$share/f2/stat/#", "$share/f2/tele/#"]
+    # Still in that group, nothing of it is stale; leaving drops it with the rest.
+    assert stale_filters(BridgeSettings(bridge_shared_group="f2", bridge_former_group="f2")) == [
+        "stat/#",
+        "tele/#",
+    ]
+    assert named_filters(BridgeSettings(bridge_former_group="f2")) == [
+        "stat/#",
+        "tele/#",
+        "$share/f2/stat/#",
+        "$share/f2/tele/#",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -400,48 +400,12 @@ def test_a_second_bridge_has_its_own_identity_and_both_share_one_group(tmp_path:
     assert sink.argv[-1] == "sink"
     assert sink.env["POSTGRES_USER"] == "sink"
     assert sink.health_url == f"http://127.0.0.1:{ports.of('sink-2')}/healthz"
-    # One bridge alone subscribes plainly: Mosquitto 2.0 keeps that over its own restart.
+    # One bridge alone subscribes plainly (Mosquitto 2.0 keeps that over its own restart) and
+    # drops the group's filters a larger stack left in its session.
     single = DevStack(DevOptions(tmp_path / "one", Ports.from_base(40000)), Console(io.StringIO()))
-    assert "BRIDGE_SHARED_GROUP" not in single.service("bridge").env
-
-
-def test_back_to_one_bridge_the_first_leaves_the_group_once_the_others_have(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    left: list[int] = []
-    outcome = {1: 0}
-
-    def leave(_stack: DevStack, number: int) -> int:
-        left.append(number)
-        return outcome[number]
-
-    monkeypatch.setattr(DevStack, "leave_bridge", leave)
-    grown = DevStack(DevOptions(tmp_path / "dev", Ports.from_base(40000), instances=2),
-                     Console(io.StringIO()))  # fmt: skip
-    grown.root.mkdir(parents=True)
-    grown._settle_first_bridge([])
-    assert grown.bridge_grouped
-    assert left == []
-    one = DevStack(DevOptions(tmp_path / "dev", Ports.from_base(40000)), Console(io.StringIO()))
-    one.issued_dir.mkdir(parents=True)
-    for ext in ("crt", "key"):  # bridge 2 has not left yet (its leave failed)
-        (one.issued_dir / f"bridge-2.{ext}").write_text("x")
-    one._settle_first_bridge([2])
-    assert left == []
-    assert one.service("bridge").env["BRIDGE_SHARED_GROUP"] == "f2pipe"
-    for ext in ("crt", "key"):  # it left at the next start
-        (one.issued_dir / f"bridge-2.{ext}").unlink()
-    outcome[1] = 1  # the first cannot leave: it stays in the group
-    one._settle_first_bridge([2])
-    assert left == [1]
-    assert "BRIDGE_SHARED_GROUP" in one.service("bridge").env
-    outcome[1] = 0
-    one._settle_first_bridge([])
-    assert left == [1, 1]
-    assert not one.bridge_grouped
-    assert "BRIDGE_SHARED_GROUP" not in one.service("bridge").env
-    one._settle_first_bridge([])  # plain from then on: nothing more to leave
-    assert left == [1, 1]
+    env = single.service("bridge").env
+    assert "BRIDGE_SHARED_GROUP" not in env
+    assert env["BRIDGE_FORMER_GROUP"] == "f2pipe"
 
 
 def test_bridges_beyond_the_instances_that_have_an_identity_are_the_departed(

@@ -8,8 +8,9 @@ an operator scales them (docs/operations.md#scaling-each-service):
   certificate would take over each other's session instead of sharing the load. One bridge
   alone subscribes plainly: Mosquitto 2.0 does not save a $share subscription, so after a
   restart of the broker what devices publish before a grouped bridge subscribes again is
-  lost, while a plain subscription is kept with the session (docs/operations.md). The stack
-  shrinking back to one bridge ends the first bridge's group session (dev/stack.py);
+  lost, while a plain subscription is kept with the session (docs/operations.md). It names
+  the group as its former one (BRIDGE_FORMER_GROUP), so a session left in the group by a
+  larger stack drops the group's filters once the plain ones are subscribed;
 - processors in one Faust group (the same PROCESSOR_APP_ID), each with its own data directory;
 - sinks in one consumer group (the same SINK_GROUP_ID);
 - each instance its own /metrics and /healthz port.
@@ -76,16 +77,14 @@ def acl_blocks(instances: int) -> str:
     return "".join(blocks)
 
 
-def instance_env(
-    name: str, instances: int, issued_dir: str, data_root: str, *, grouped: bool = False
-) -> dict[str, str]:
-    """The settings by which instance ``name`` differs from a lone first instance; the
-    bridges are in the group with several instances, or when `grouped` (the first bridge's
-    session still in it)."""
+def instance_env(name: str, instances: int, issued_dir: str, data_root: str) -> dict[str, str]:
+    """The settings by which instance ``name`` differs from the stage's first instance: the
+    bridges in the group when there are several, one alone out of it."""
     stage, number = parse(name)
     env: dict[str, str] = {}
-    if stage == "bridge" and (instances > 1 or grouped):
-        env["BRIDGE_SHARED_GROUP"] = SHARED_GROUP
+    if stage == "bridge":
+        group = "BRIDGE_SHARED_GROUP" if instances > 1 else "BRIDGE_FORMER_GROUP"
+        env[group] = SHARED_GROUP
     if number == 1:
         return env
     if stage == "bridge":

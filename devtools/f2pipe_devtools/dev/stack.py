@@ -9,9 +9,10 @@ With `DevOptions.instances` N > 1, bridge, processor and sink run N times each (
 sink-2, …; dev/instances.py): the bridges in one $share group, each with its own identity.
 Started with fewer bridges than before, the stack ends the departed ones' broker sessions
 first (`f2pipe bridge --leave n`), which hand their share of the group to Kafka: left alone,
-each would go on collecting a share of the messages that nobody reads. Back to one bridge,
-the first one's group session ends too, and it subscribes plainly again: Mosquitto 2.0 keeps
-a plain subscription over its own restart, not a $share one (dev/instances.py).
+each would go on collecting a share of the messages that nobody reads. One bridge alone
+subscribes plainly, and drops the group's filters its session may hold from a larger stack:
+Mosquitto 2.0 keeps a plain subscription over its own restart, not a $share one
+(dev/instances.py).
 
 Everything lives in one state directory (`.dev/` by default). PostgreSQL's data, the CA,
 the demo fleet's claim codes and the simulated controllers' certificates survive a restart;
@@ -58,8 +59,6 @@ DATABASE = "f2pipe"
 # the bridge flushes what it holds, then the processor and the sink drain theirs.
 SERVICES = ("certgen", "api", "sink", "processor", "bridge", "simulator")
 LEAVE_TIMEOUT_S = 360.0  # `--leave` gives up after 300 s of messages that keep coming
-# In the state directory while the first bridge's broker session is in the $share group.
-BRIDGE_GROUP_MARK = "bridge-in-group"
 START_TIMEOUT = {"simulator": 180.0}  # enrolment of the whole fleet on its first start
 # Each logs into PostgreSQL with a role of its own (docs/data_model.md#database-roles).
 DATABASE_SERVICES = ("certgen", "api", "sink", "processor", "simulator")
@@ -188,7 +187,6 @@ class DevStack:
             self._start_server(DevBroker(self.root / "broker", self.options.ports.mqtt,
                                          self.ca_dir, self.issued_dir, acl))  # fmt: skip
             self._end_departed_bridges(departed)
-            self._settle_first_bridge(departed)
             for group in self.options.service_groups():
                 self.start_services(group)
         except BaseException:
@@ -268,28 +266,6 @@ class DevStack:
                 path.unlink()
             self.console.line("dev", f"bridge {number}: its session ended, its share handed over")
 
-    def _settle_first_bridge(self, departed: list[int]) -> None:
-        """Several bridges now or before (departed ones): the first is in the group (marked).
-        Back to one, once the others left: the first leaves the group (its share handed over,
-        its session ended) and starts plain; if it cannot, it stays in the group until the
-        next start."""
-        mark = self.root / BRIDGE_GROUP_MARK
-        if self.options.instances > 1 or departed:
-            mark.touch()
-        if self.options.instances > 1:
-            return
-        if mark.exists() and not self.departed_bridges():
-            if self.leave_bridge(1) == 0:
-                mark.unlink()
-                self.console.line("dev", "bridge: out of the group; subscribes plainly again")
-            else:
-                self.console.line("dev", "bridge could not leave the group; tried again next start")
-
-    @property
-    def bridge_grouped(self) -> bool:
-        """Whether the bridges run in the $share group."""
-        return self.options.instances > 1 or (self.root / BRIDGE_GROUP_MARK).exists()
-
     def leave_bridge(self, number: int) -> int:
         """`f2pipe bridge --leave number` against this stack; its exit code."""
         env = {"BRIDGE_SHARED_GROUP": scaled.SHARED_GROUP, "METRICS_PORT": "0"}
@@ -355,7 +331,7 @@ class DevStack:
         argv = [sys.executable, "-m", "f2pipe", stage]
         env = {**self.env(), **self.database_env(stage), "METRICS_PORT": str(port),
                **scaled.instance_env(name, self.options.instances, str(self.issued_dir),
-                                        str(self.root), grouped=self.bridge_grouped)}  # fmt: skip
+                                        str(self.root))}  # fmt: skip
         if name in HTTP_SERVICES:
             argv += ["--host", HOST, "--port", str(port)]
             env.pop("METRICS_PORT")

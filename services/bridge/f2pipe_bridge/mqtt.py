@@ -20,7 +20,8 @@ one write (`queue_pubacks`).
 The session outlives the bridge's settings: a session that subscribed `stat/#` keeps that
 subscription when the bridge comes back in a `$share` group, and would deliver every message
 once through each. So a resumed session drops the filters the bridge can name and no longer
-wants (`stale_filters`). `leaving=True` (`f2pipe bridge --leave`) subscribes to nothing, drops
+wants (`stale_filters`: the plain filters in a group, and a group's it left, named by
+BRIDGE_FORMER_GROUP). `leaving=True` (`f2pipe bridge --leave`) subscribes to nothing, drops
 every filter it can name, and `end_session` ends the session once what it held is handed
 over.
 """
@@ -84,13 +85,17 @@ def wanted_filters(bridge: BridgeSettings, *, leaving: bool) -> list[str]:
 
 def stale_filters(bridge: BridgeSettings) -> list[str]:
     """Filters a resumed session may hold from earlier settings that this bridge can name and
-    does not want: the plain ones, in a group. (The other way, a group's name is not known.)"""
-    return list(SUBSCRIPTIONS) if bridge.bridge_shared_group else []
+    does not want: the plain ones, in a group; a former group's (BRIDGE_FORMER_GROUP)."""
+    stale = list(SUBSCRIPTIONS) if bridge.bridge_shared_group else []
+    former = bridge.bridge_former_group
+    if former and former != bridge.bridge_shared_group:
+        stale += [f"$share/{former}/{t}" for t in SUBSCRIPTIONS]
+    return stale
 
 
 def named_filters(bridge: BridgeSettings) -> list[str]:
     """Every filter this bridge's settings can name: what `--leave` drops."""
-    return list(dict.fromkeys([*SUBSCRIPTIONS, *subscriptions(bridge)]))
+    return list(dict.fromkeys([*SUBSCRIPTIONS, *subscriptions(bridge), *stale_filters(bridge)]))
 
 
 class MqttSide:

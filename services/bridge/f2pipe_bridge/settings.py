@@ -22,6 +22,12 @@ class BridgeSettings(s.F2Settings):
         pattern=r"^[A-Za-z0-9_-]+$",
         description="subscribe through `$share/<group>/…` so several bridges split the load",
     )
+    bridge_former_group: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="a `$share` group this bridge's session may still be in: its filters are "
+        "dropped once the bridge's own are subscribed",
+    )
     bridge_max_payload_bytes: int = Field(
         16_384, ge=64, le=1_000_000, description="larger MQTT payloads are dead-lettered"
     )
