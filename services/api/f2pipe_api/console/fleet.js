@@ -7,6 +7,9 @@ import { ago, Badge, html, Problem, Table, useTick, options } from "./ui.js";
 
 const PAGE = 1000;
 const HOUR = 3600 * 1000;
+// A transition streamed this long before a refresh began may not be in the api's answer yet
+// (the sink writes it a moment after the stream shows it): the refresh keeps it.
+const STREAM_GRACE_MS = 10000;
 
 async function loadFleet(status, q) {
   const [page, activity, letters] = await Promise.all([
@@ -23,6 +26,11 @@ async function loadFleet(status, q) {
   return { page, rates, dead, lettersUnavailable: Boolean(letters.unavailable) };
 }
 
+function applyConnectivity(row, frame) {
+  row.status = frame.data.status;
+  if (frame.data.last_seen) row.last_seen = frame.data.last_seen;
+}
+
 export function Fleet({ me }) {
   const [status, setStatus] = useState("");
   const [q, setQ] = useState("");
@@ -30,24 +38,31 @@ export function Fleet({ me }) {
   const [error, setError] = useState(null);
   const [live, setLive] = useState("connecting");
   const rows = useRef(new Map());
+  // mac -> the last connectivity frame streamed and when it came: also for rows not loaded yet.
+  const streamed = useRef(new Map());
   const [, bump] = useState(0);
   const now = useTick(2000);
 
   async function refresh() {
     try {
+      const started = Date.now();
       const fresh = await loadFleet(status, q.trim());
       rows.current = new Map(fresh.page.items.map((c) => [c.mac, c]));
+      for (const [mac, s] of streamed.current) {
+        const row = rows.current.get(mac);
+        if (row && s.at >= started - STREAM_GRACE_MS) applyConnectivity(row, s.frame);
+      }
       setData(fresh);
       setError(null);
     } catch (e) { setError(e); }
   }
   useEffect(() => { refresh(); const t = setInterval(refresh, 30000); return () => clearInterval(t); }, [status, q]);
   useEffect(() => stream((event, frame) => {
+    if (event === "connectivity") streamed.current.set(frame.mac, { frame, at: Date.now() });
     const row = rows.current.get(frame.mac);
     if (!row) return;
     if (event === "connectivity") {
-      row.status = frame.data.status;
-      if (frame.data.last_seen) row.last_seen = frame.data.last_seen;
+      applyConnectivity(row, frame);
     } else if (event === "reading" || event === "event") {
       row.last_seen = frame.timestamp > (row.last_seen || "") ? frame.timestamp : row.last_seen;
     } else return;
