@@ -371,46 +371,40 @@ def test_two_bridges_share_the_load_through_a_shared_group(
     assert min(produced) > 0, f"one bridge carried everything: {produced}"
 
 
-def test_a_plain_bridge_that_joins_a_group_bridges_each_message_once(
-    broker: MosquittoServer, kafka_bootstrap: str, topics: Topics, bridge_factory: BridgeFactory
+@pytest.mark.parametrize(
+    ("client_id", "before", "after", "dropped"),
+    [
+        # A plain bridge joins a group: its session keeps stat/# and tele/# from its plain days.
+        ("bridge-join", {}, {"BRIDGE_SHARED_GROUP": "join"}, ["stat/#", "tele/#"]),
+        # A bridge goes back to plain filters: its session keeps the group's (which the broker
+        # does not keep over a restart of its own).
+        ("bridge-out", {"BRIDGE_SHARED_GROUP": "out"}, {"BRIDGE_FORMER_GROUP": "out"},
+         ["$share/out/stat/#", "$share/out/tele/#"]),
+    ],
+    ids=["joins a group", "leaves its group"],
+)  # fmt: skip
+def test_a_bridge_whose_filters_changed_bridges_each_message_once(
+    broker: MosquittoServer,
+    kafka_bootstrap: str,
+    topics: Topics,
+    bridge_factory: BridgeFactory,
+    client_id: str,
+    before: dict[str, str],
+    after: dict[str, str],
+    dropped: list[str],
 ) -> None:
-    # Its session keeps stat/# and tele/# from its plain days: beside the group's filters
-    # they would hand it every message twice.
-    assert bridge_factory(client_id="bridge-join").start().terminate() == 0
-    # Each test its own group: the module's broker keeps every session that ever joined one.
-    joined = bridge_factory(client_id="bridge-join", BRIDGE_SHARED_GROUP="join").start()
+    # Beside the new filters the old ones would hand it every message twice. Each case its
+    # own client id and group: the module's broker keeps every session that ever joined one.
+    assert bridge_factory(client_id=client_id, **before).start().terminate() == 0
+    bridge = bridge_factory(client_id=client_id, **after).start()
     total = 300
     publish_round_robin(Publisher(broker.port), total)
-    wait_for(lambda: joined.metric("f2pipe_bridge_acknowledged_total") >= total, 30, "acks")
+    wait_for(lambda: bridge.metric("f2pipe_bridge_acknowledged_total") >= total, 30, "acks")
     time.sleep(1)  # a second copy would come right behind the first
-    assert joined.metric("f2pipe_bridge_received_total") == total
+    assert bridge.metric("f2pipe_bridge_received_total") == total
     # The broker's UNSUBACK matched to the request that named them (by packet id).
-    assert "MQTT filters dropped from the session filters=['stat/#', 'tele/#']" in joined.log()
-    assert joined.terminate() == 0
-    found = seqs(raw_messages(kafka_bootstrap, topics.raw, idle=2))
-    assert len(found) == total
-    assert set(found.values()) == {1}
-
-
-def test_a_bridge_out_of_its_group_bridges_each_message_once_through_its_plain_filters(
-    broker: MosquittoServer, kafka_bootstrap: str, topics: Topics, bridge_factory: BridgeFactory
-) -> None:
-    # Its session keeps the group's filters (which the broker does not keep over a restart of
-    # its own): beside the plain ones they would hand it every message twice.
-    assert (
-        bridge_factory(client_id="bridge-out", BRIDGE_SHARED_GROUP="out").start().terminate() == 0
-    )
-    plain = bridge_factory(client_id="bridge-out", BRIDGE_FORMER_GROUP="out").start()
-    total = 300
-    publish_round_robin(Publisher(broker.port), total)
-    wait_for(lambda: plain.metric("f2pipe_bridge_acknowledged_total") >= total, 30, "acks")
-    time.sleep(1)  # a second copy would come right behind the first
-    assert plain.metric("f2pipe_bridge_received_total") == total
-    dropped = (
-        "MQTT filters dropped from the session filters=['$share/out/stat/#', '$share/out/tele/#']"
-    )
-    assert dropped in plain.log()
-    assert plain.terminate() == 0
+    assert f"MQTT filters dropped from the session filters={dropped}" in bridge.log()
+    assert bridge.terminate() == 0
     found = seqs(raw_messages(kafka_bootstrap, topics.raw, idle=2))
     assert len(found) == total
     assert set(found.values()) == {1}
