@@ -92,6 +92,37 @@ def newest_in_ledger(lines: Iterable[dict[str, Any]]) -> Newest:
 # --- a stack with several instances of each stage -------------------------------------------
 
 
+def trouble(log: str, limit: int = 4000) -> str:
+    """The first error lines of a service's log and the traceback lines after each, up to
+    `limit` characters: a crash's cause, which the log's last lines (its shutdown) hide."""
+    picked: list[str] = []
+    following = False
+    for line in log.splitlines():
+        starts_entry = line[:4].isdigit()  # our log lines begin with the date
+        if starts_entry:
+            following = " ERROR " in line or " CRITICAL " in line
+        if following:
+            picked.append(line)
+            if sum(map(len, picked)) > limit:
+                break
+    return "\n".join(picked)[:limit]
+
+
+def stack_logs(stack: DevStack, tail: int = 1500) -> str:
+    """Each service's errors (whole tracebacks), then its last lines: a test's failure
+    message, which CI shows only in part, with the causes first."""
+    errors, tails = [], []
+    for name, service in stack.services.items():
+        try:
+            log = service.log_path.read_text(errors="replace")
+        except OSError:
+            log = service.tail()
+        if found := trouble(log):
+            errors.append(f"--- {name}: errors\n{found}")
+        tails.append(f"--- {name}\n{log[-tail:]}")
+    return "\n".join(errors + tails)
+
+
 @contextmanager
 def scaled_stack(prefix: str, controllers: int, instances: int) -> Iterator[DevStack]:
     """A fresh local stack (no simulator of its own) with ``instances`` bridges, processors

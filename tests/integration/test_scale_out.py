@@ -42,6 +42,7 @@ from tests.integration.scalekit import (
     load,
     newest_in_ledger,
     scaled_stack,
+    stack_logs,
     wait_all_right,
 )
 
@@ -77,7 +78,7 @@ def wait_until(done: Callable[[], bool], within: float, what: str, stack: DevSta
 
 
 def logs(stack: DevStack) -> str:
-    return "\n".join(f"--- {n}\n{s.tail()[-2000:]}" for n, s in stack.services.items())
+    return stack_logs(stack)
 
 
 def partitions(stack: DevStack, stage: str) -> int:
