@@ -101,6 +101,8 @@ def trouble(log: str, limit: int = 4000) -> str:
         starts_entry = line[:4].isdigit()  # our log lines begin with the date
         if starts_entry:
             following = " ERROR " in line or " CRITICAL " in line
+        elif "Traceback (most recent call last)" in line or " crashed: " in line:
+            following = True  # printed to stderr, not logged (mode's ServiceThread.on_crash)
         if following:
             picked.append(line)
             if sum(map(len, picked)) > limit:

@@ -18,9 +18,16 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
+from aiokafka.errors import (  # type: ignore[import-untyped]
+    CommitFailedError,
+    GroupAuthorizationFailedError,
+    IllegalStateError,
+    UnknownError,
+)
+from faust.types import TP
 
 from f2pipe_processor import faust_adapter
-from f2pipe_processor.acks import Holes, InFlight
+from f2pipe_processor.acks import COMMITS_REFUSED_UNHEALTHY_S, Commits, Holes, InFlight
 from f2pipe_processor.connectivity import Connectivity
 from f2pipe_processor.core import BatchProcessor, BatchResult, log_dead_letters
 from f2pipe_processor.decoder import (
@@ -681,6 +688,7 @@ def fake_service(output: FakeOutput, latest: FakeLatest) -> ProcessorService:
         latest=latest,
         inflight=InFlight(10, metrics),
         holes=Holes(frozenset({"raw"}), metrics),
+        commits=Commits(metrics, clock=lambda: 1000.0),
         listener=FakeListener(),
         resolver=resolver,
         registry=registry,
@@ -739,6 +747,83 @@ def test_the_service_acks_each_record_in_offset_order_once_its_output_is_deliver
     assert details["skipped_by_faust"] == "1 hole(s): restart this worker"
 
 
+def test_commits_refused_for_a_minute_without_one_accepted_make_the_worker_unhealthy() -> None:
+    now = [1000.0]
+    metrics = ProcessorMetrics()
+    commits = Commits(metrics, clock=lambda: now[0])
+    service = fake_service(FakeOutput(), FakeLatest())
+    service.commits = commits
+    commits.failed(RuntimeError("refused"))
+    now[0] += COMMITS_REFUSED_UNHEALTHY_S - 1
+    commits.failed(RuntimeError("refused"))
+    assert service.health()[0]  # a rebalance's worth of refusals: still healthy
+    now[0] += 1
+    ok, details = service.health()
+    assert not ok
+    assert details["commits"] == "2 refused in a row (RuntimeError)"
+    commits.succeeded()
+    assert service.health()[0]
+    assert metrics.commit_failures.labels(error="RuntimeError")._value.get() == 2
+
+
+def refusing_thread(
+    commits: Commits, assigned: set[TP], raises: Exception | None
+) -> tuple[SimpleNamespace, list[dict[Any, Any]]]:
+    """What ShortFetchConsumerThread._commit uses of itself, with aiokafka's consumer
+    refusing the commit with `raises` (or accepting it)."""
+    sent: list[dict[Any, Any]] = []
+
+    async def commit(offsets: dict[Any, Any]) -> None:
+        sent.append(offsets)
+        if raises is not None:
+            raise raises
+
+    consumer = SimpleNamespace(commit=commit)
+    thread = SimpleNamespace(
+        consumer=SimpleNamespace(app=SimpleNamespace(f2pipe_commits=commits)),
+        assignment=lambda: assigned,
+        _ensure_consumer=lambda: consumer,
+        tp_last_committed_at={},
+    )
+    return thread, sent
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        CommitFailedError("Commit cannot be completed since the group has already rebalanced"),
+        IllegalStateError("No partitions assigned"),
+        UnknownError("the broker's own"),
+        GroupAuthorizationFailedError("f2pipe-processor"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_a_refused_commit_is_counted_not_a_crash_of_the_worker(refusal: Exception) -> None:
+    """Faust's consumer thread crashes the worker on any refused commit but "already
+    rebalanced" (seen in CI: a processor stopped during a rebalance); ours counts it."""
+    metrics = ProcessorMetrics()
+    commits = Commits(metrics, clock=lambda: 0.0)
+    raw = TP("raw", 0)
+    thread, sent = refusing_thread(commits, {raw}, refusal)
+    commit = ShortFetchConsumerThread._commit
+    assert asyncio.run(commit(thread, {raw: 42, TP("raw", 1): 7})) is False  # type: ignore[arg-type]
+    assert [{(tp.topic, tp.partition): v.offset for tp, v in s.items()} for s in sent] == [
+        {("raw", 0): 42}  # only what is still assigned
+    ]
+    assert commits.failed_in_a_row == 1
+    assert metrics.commit_failures.labels(error=type(refusal).__name__)._value.get() == 1
+    assert thread.tp_last_committed_at == {}
+
+    accepted, _ = refusing_thread(commits, {raw}, None)
+    assert asyncio.run(commit(accepted, {raw: 43})) is True  # type: ignore[arg-type]
+    assert commits.failed_in_a_row == 0
+    assert set(accepted.tp_last_committed_at) == {raw}
+
+    nothing_left, sent = refusing_thread(commits, set(), None)
+    assert asyncio.run(commit(nothing_left, {raw: 44})) is False  # type: ignore[arg-type]
+    assert sent == []  # a rebalance took it: nothing asked of the broker
+
+
 def test_latest_table_coalesces_changes_between_flushes() -> None:
     class Backend:
         def __init__(self) -> None:
@@ -782,6 +867,7 @@ EXPORTED = (
     "lookup_seconds", "batch_seconds", "stage_seconds", "redis_up", "redis_fallbacks",
     "postgres_up", "postgres_retries", "invalidations", "cache_flushes", "records_refused",
     "produce_retries", "inflight_records", "skipped_by_faust", "assigned_partitions",
+    "commit_failures",
 )  # fmt: skip
 
 

@@ -9,6 +9,10 @@ with in-order acks the committed offset can only pass records whose output is in
 A hole the consumer reports in a topic that cannot have one (`Holes`) is never acked either:
 it is logged, counted and reported by /healthz, and a restart processes it again.
 
+A commit the broker refuses (`Commits`) is logged and counted, not fatal: what it would have
+committed is committed with the next one, or processed again by the partition's next owner
+(duplicates, which the sink ignores). Refused for a minute, /healthz says so (503).
+
 No Faust here: an ack is any ``async () -> object``; the adapter makes one per event.
 """
 
@@ -97,3 +101,43 @@ class Holes:
             extra={"topic": topic, "partition": partition, "first": first,
                    "next_seen": next_seen},
         )  # fmt: skip
+
+
+COMMITS_REFUSED_UNHEALTHY_S = 60.0  # refused that long, none accepted: /healthz turns 503
+
+
+class Commits:
+    """The outcome of each offset commit: refused ones counted by error; refused for a
+    minute without one accepted (more than a rebalance takes), /healthz says so."""
+
+    def __init__(self, metrics: ProcessorMetrics, clock: Callable[[], float]) -> None:
+        self._metrics = metrics
+        self._clock = clock
+        self.failed_in_a_row = 0
+        self.failing_since: float | None = None
+        self.last_error = ""
+
+    def succeeded(self) -> None:
+        self.failed_in_a_row = 0
+        self.failing_since = None
+
+    def failed(self, error: BaseException) -> None:
+        name = type(error).__name__
+        self.failed_in_a_row += 1
+        self.last_error = name
+        if self.failing_since is None:
+            self.failing_since = self._clock()
+        self._metrics.commit_failures.labels(error=name).inc()
+        # The error's text names partitions and offsets, never input: safe to log. Refused
+        # because the group rebalanced (CommitFailedError) is routine, anything else is not.
+        log.log(
+            logging.INFO if name == "CommitFailedError" else logging.WARNING,
+            "offset commit refused; committed with the next one, or processed again by the "
+            "partition's next owner",
+            extra={"error": name, "detail": str(error)[:300], "in_a_row": self.failed_in_a_row},
+        )
+
+    @property
+    def failing(self) -> bool:
+        since = self.failing_since
+        return since is not None and self._clock() - since >= COMMITS_REFUSED_UNHEALTHY_S

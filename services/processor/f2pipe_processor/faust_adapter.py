@@ -48,16 +48,18 @@ import logging
 import socket
 import ssl
 import tempfile
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
+from time import monotonic
 from typing import Any, cast
 
 import aiokafka  # type: ignore[import-untyped]
 import aiokafka.client  # type: ignore[import-untyped]
 import faust
-from aiokafka.errors import IllegalStateError  # type: ignore[import-untyped]
+from aiokafka.errors import IllegalStateError, KafkaError  # type: ignore[import-untyped]
 from aiokafka.protocol.metadata import MetadataRequest  # type: ignore[import-untyped]
+from aiokafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
 from faust.assignor.leader_assignor import LeaderAssignor
 from faust.assignor.partition_assignor import PartitionAssignor
 from faust.sensors.prometheus import setup_prometheus_sensors
@@ -72,7 +74,7 @@ from faust.web import Request, Response, View
 from faust.web.base import BlueprintManager, Web
 
 from f2pipe_processor import connectivity
-from f2pipe_processor.acks import Ack, Holes
+from f2pipe_processor.acks import Ack, Commits, Holes
 from f2pipe_processor.latest import CHANGELOG_CONFIG, TABLE_NAME, Entry, combine, lookup, render
 from f2pipe_processor.metrics import ProcessorMetrics
 from f2pipe_processor.service import ProcessorService
@@ -97,6 +99,30 @@ class ShortFetchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         # nothing new: up to 1.5 s more on every record's way (shared.kafka.FETCH_MAX_WAIT_MS).
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        # Faust's own crashes the worker on any refused commit but "already rebalanced" (a
+        # race with a rebalance, a broker's passing error): a restart and a rebalance of the
+        # whole group for what the next commit does anyway. Refused, it is counted instead
+        # (acks.Commits); what it held is committed next time or processed again.
+        commits: Commits | None = getattr(self.consumer.app, "f2pipe_commits", None)
+        assigned = self.assignment()
+        ours = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        if not ours:
+            return False  # a rebalance took them: their next owner processes them again
+        now = monotonic()
+        to_aiokafka = aiokafka_driver.ensure_aiokafka_TP
+        committing = {to_aiokafka(tp): OffsetAndMetadata(o, "") for tp, o in ours.items()}
+        try:
+            await self._ensure_consumer().commit(committing)
+        except (KafkaError, IllegalStateError) as exc:
+            if commits is not None:
+                commits.failed(exc)
+            return False
+        self.tp_last_committed_at.update(dict.fromkeys(ours, now))
+        if commits is not None:
+            commits.succeeded()
+        return True
 
 
 class SafeSeekConsumer(aiokafka_driver.Consumer):
@@ -169,6 +195,7 @@ class ProcessorApp(faust.App):
     """
 
     f2pipe_holes: Holes | None = None  # set by serve(); read by SafeSeekConsumer._add_gap
+    f2pipe_commits: Commits | None = None  # set by serve(); read by the consumer thread
     f2pipe_drain: Callable[[], Awaitable[None]] | None = None  # set by serve()
 
     async def _consumer_wait_empty(self, consumer: Any, logger: Any) -> None:
@@ -504,6 +531,7 @@ def serve(
 ) -> None:
     """The agent, the latest-value timer, the registry listener and the web pages."""
     app.f2pipe_holes = service.holes
+    app.f2pipe_commits = service.commits
     app.f2pipe_drain = service.drain
     raw_topic_name = settings.kafka.kafka_raw_topic
     raw_topic = app.topic(raw_topic_name, key_serializer="raw", value_serializer="raw")
@@ -721,6 +749,11 @@ HOOKS: tuple[Hook, ...] = (
          "called: wires the declared tables' changelogs (all declared before the start)"),
     Hook("faust-streaming", aiokafka_driver.Consumer, "_new_consumer_thread",
          "overridden: the consumer thread that shortens the fetch wait", SafeSeekConsumer),
+    Hook("faust-streaming", aiokafka_driver.AIOKafkaConsumerThread, "_commit",
+         "overridden: a refused commit is counted (acks.Commits), not a crash of the worker",
+         ShortFetchConsumerThread),
+    Hook("faust-streaming", aiokafka_driver.AIOKafkaConsumerThread, "tp_last_committed_at",
+         "updated: when each partition was last committed (Faust's livelock check reads it)"),
     Hook("faust-streaming", aiokafka_driver.AIOKafkaConsumerThread, "_create_worker_consumer",
          "overridden: sets the new consumer's _fetch_max_wait_ms (Faust passes 1,500 ms)",
          ShortFetchConsumerThread),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from f2pipe_processor import faust_adapter
-from f2pipe_processor.acks import Holes, InFlight
+from f2pipe_processor.acks import Commits, Holes, InFlight
 from f2pipe_processor.connectivity import Connectivity
 from f2pipe_processor.core import BatchProcessor
 from f2pipe_processor.invalidation import RegistryListener
@@ -88,6 +88,7 @@ def build(settings: Settings, partitions: int | None = None) -> Processor:
         latest=LatestTable(faust_adapter.FaustTableBackend(table)),
         inflight=InFlight(config.processor_max_inflight, metrics),
         holes=Holes(frozenset({kafka.kafka_raw_topic}), metrics),
+        commits=Commits(metrics, time.monotonic),
         listener=RegistryListener(settings.postgres.conninfo, resolver, retry_max),
         resolver=resolver,
         registry=registry,

@@ -98,6 +98,11 @@ class ProcessorMetrics(ServiceMetrics):
             "connectivity events emitted, by the status a controller went to",
             ["status"],
         )
+        self.commit_failures = self.counter(
+            "commit_failures",
+            "offset commits the broker refused, by error (retried with the next commit)",
+            ["error"],
+        )
         self.skipped_by_faust = self.counter(
             "skipped_by_faust",
             "raw records Faust skipped (kept uncommitted; a restart processes them): should stay 0",

@@ -31,7 +31,7 @@ import time
 from dataclasses import InitVar, dataclass
 from typing import Any
 
-from f2pipe_processor.acks import Ack, Holes, InFlight
+from f2pipe_processor.acks import Ack, Commits, Holes, InFlight
 from f2pipe_processor.connectivity import Connectivity, PartitionProgress
 from f2pipe_processor.core import BatchProcessor
 from f2pipe_processor.metrics import ProcessorMetrics
@@ -59,6 +59,7 @@ class ProcessorService:
     latest: LatestStore
     inflight: InFlight
     holes: Holes
+    commits: Commits
     listener: ChangeFeed
     resolver: Resolver
     registry: RegistryStatus
@@ -160,5 +161,10 @@ class ProcessorService:
         if holes:
             # Records Faust skipped wait uncommitted: a restart processes them.
             details["skipped_by_faust"] = f"{holes} hole(s): restart this worker"
+        if self.commits.failing:
+            # The broker refuses every commit: a restart would re-process all since the last.
+            details["commits"] = (f"{self.commits.failed_in_a_row} refused in a row "
+                                  f"({self.commits.last_error})")  # fmt: skip
         healthy = registry_ok and self.listener.connected and not holes
+        healthy = healthy and not self.commits.failing
         return healthy and self.output.failures == 0, details
