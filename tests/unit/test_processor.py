@@ -27,7 +27,13 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 from faust.types import TP
 
 from f2pipe_processor import faust_adapter
-from f2pipe_processor.acks import COMMITS_REFUSED_UNHEALTHY_S, Commits, Holes, InFlight
+from f2pipe_processor.acks import (
+    COMMITS_REFUSED_UNHEALTHY,
+    COMMITS_REFUSED_UNHEALTHY_S,
+    Commits,
+    Holes,
+    InFlight,
+)
 from f2pipe_processor.connectivity import Connectivity
 from f2pipe_processor.core import BatchProcessor, BatchResult, log_dead_letters
 from f2pipe_processor.decoder import (
@@ -747,23 +753,31 @@ def test_the_service_acks_each_record_in_offset_order_once_its_output_is_deliver
     assert details["skipped_by_faust"] == "1 hole(s): restart this worker"
 
 
-def test_commits_refused_for_a_minute_without_one_accepted_make_the_worker_unhealthy() -> None:
+def test_commits_refused_again_and_again_for_a_minute_make_the_worker_unhealthy() -> None:
     now = [1000.0]
     metrics = ProcessorMetrics()
     commits = Commits(metrics, clock=lambda: now[0])
     service = fake_service(FakeOutput(), FakeLatest())
     service.commits = commits
     commits.failed(RuntimeError("refused"))
+    now[0] += 3600
+    assert service.health()[0]  # one refusal, then an idle hour: no trend
+    for _ in range(COMMITS_REFUSED_UNHEALTHY - 2):
+        commits.failed(RuntimeError("refused"))
+    assert service.health()[0]
+    commits.succeeded()
+    for _ in range(COMMITS_REFUSED_UNHEALTHY):
+        commits.failed(RuntimeError("refused"))  # a burst in a rebalance's second: routine
     now[0] += COMMITS_REFUSED_UNHEALTHY_S - 1
-    commits.failed(RuntimeError("refused"))
-    assert service.health()[0]  # a rebalance's worth of refusals: still healthy
+    assert service.health()[0]
     now[0] += 1
     ok, details = service.health()
     assert not ok
-    assert details["commits"] == "2 refused in a row (RuntimeError)"
+    assert details["commits"] == f"{COMMITS_REFUSED_UNHEALTHY} refused in a row (RuntimeError)"
     commits.succeeded()
     assert service.health()[0]
-    assert metrics.commit_failures.labels(error="RuntimeError")._value.get() == 2
+    refused = 2 * COMMITS_REFUSED_UNHEALTHY - 1
+    assert metrics.commit_failures.labels(error="RuntimeError")._value.get() == refused
 
 
 def refusing_thread(

@@ -11,7 +11,7 @@ it is logged, counted and reported by /healthz, and a restart processes it again
 
 A commit the broker refuses (`Commits`) is logged and counted, not fatal: what it would have
 committed is committed with the next one, or processed again by the partition's next owner
-(duplicates, which the sink ignores). Refused for a minute, /healthz says so (503).
+(duplicates, which the sink ignores). Refused again and again for a minute, /healthz says so (503).
 
 No Faust here: an ack is any ``async () -> object``; the adapter makes one per event.
 """
@@ -103,12 +103,15 @@ class Holes:
         )  # fmt: skip
 
 
-COMMITS_REFUSED_UNHEALTHY_S = 60.0  # refused that long, none accepted: /healthz turns 503
+# Refused that many times in a row over that long, none accepted: /healthz turns 503. Both:
+# one refusal before an idle minute is no trend, and ten in a rebalance's second are routine.
+COMMITS_REFUSED_UNHEALTHY = 10
+COMMITS_REFUSED_UNHEALTHY_S = 60.0
 
 
 class Commits:
-    """The outcome of each offset commit: refused ones counted by error; refused for a
-    minute without one accepted (more than a rebalance takes), /healthz says so."""
+    """The outcome of each offset commit: refused ones counted by error; refused again and
+    again for a minute without one accepted (more than a rebalance takes), /healthz says so."""
 
     def __init__(self, metrics: ProcessorMetrics, clock: Callable[[], float]) -> None:
         self._metrics = metrics
@@ -140,4 +143,6 @@ class Commits:
     @property
     def failing(self) -> bool:
         since = self.failing_since
-        return since is not None and self._clock() - since >= COMMITS_REFUSED_UNHEALTHY_S
+        if since is None or self.failed_in_a_row < COMMITS_REFUSED_UNHEALTHY:
+            return False
+        return self._clock() - since >= COMMITS_REFUSED_UNHEALTHY_S
