@@ -297,6 +297,11 @@ def verify_topics(
     return mismatches
 
 
+def present(found: Mapping[str, tuple[str | None, int]]) -> dict[str, str]:
+    """topic -> its id, of the topics a TopicWatch description found on the broker."""
+    return {t: tid for t, (tid, _) in found.items() if tid is not None}
+
+
 class TopicWatch:
     """A running service's check, every TOPIC_CHECK_SECONDS, that its topics still exist.
 
@@ -343,7 +348,7 @@ class TopicWatch:
         # The topics there now are "seen": should the broker lose them before the first
         # check, that check calls it a loss (and replaces the producer), not a first creation.
         try:
-            self._ids = {t: tid for t, (tid, _) in self._describe().items() if tid is not None}
+            self._ids = present(self._describe())
         except Exception:  # Kafka away: the first check sees what there is
             self._ids = {}
         self._thread.start()
@@ -372,30 +377,27 @@ class TopicWatch:
     def check(self) -> None:
         """Look once: create what is missing, note what was created again, compare counts."""
         found = self._describe()
-        # A topic missing that the watch never saw was not lost: it is not created yet (Faust
-        # creates its leader topic and changelogs after the watch starts). Created, not alarmed.
-        unseen = {t: self.topics[t] for t, (tid, _) in found.items()
-                  if tid is None and t not in self._ids}  # fmt: skip
-        if unseen:
-            ensure_topics(self.settings, unseen, timeout=10, configs=self.configs)
-            found = self._describe()
-        lost = [t for t, (tid, _) in found.items() if tid is None or self._ids.get(t, tid) != tid]
+        missing = {t: self.topics[t] for t, (tid, _) in found.items() if tid is None}
+        # A missing topic the watch never saw was not lost: it is not created yet (Faust creates
+        # its leader topic and changelogs after the watch starts). Created, not alarmed.
+        lost = [t for t, (tid, _) in found.items()
+                if t in self._ids and (tid is None or self._ids[t] != tid)]  # fmt: skip
         if lost:
-            missing = {t: self.topics[t] for t in lost if found[t][0] is None}
             log.error(
                 "Kafka lost topic(s) %s (the broker restarted empty?): their records not yet "
                 "consumed are lost; creating the missing ones again with the configured "
                 "partitions",
                 ", ".join(lost),
-                extra={"topics": lost, "recreated": sorted(missing)},
+                extra={"topics": lost, "recreated": sorted(set(lost) & missing.keys())},
             )
-            if missing:
-                ensure_topics(self.settings, missing, timeout=10, configs=self.configs)
             for topic in lost:
                 self._lost.labels(topic=topic).inc()
-            found = self._describe()
             self.generation += 1
-        self._ids = {t: tid for t, (tid, _) in found.items() if tid is not None}
+        if missing:
+            ensure_topics(self.settings, missing, timeout=10, configs=self.configs)
+        if missing or lost:
+            found = self._describe()
+        self._ids = present(found)
         actual = {t: n for t, (tid, n) in found.items() if tid is not None}
         mismatches = partition_mismatches(self.settings, self.topics, actual)
         for mismatch in set(mismatches) - set(self.mismatches):  # once, not every check

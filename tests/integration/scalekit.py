@@ -96,6 +96,7 @@ def trouble(log: str, limit: int = 4000) -> str:
     """The first error lines of a service's log and the traceback lines after each, up to
     `limit` characters: a crash's cause, which the log's last lines (its shutdown) hide."""
     picked: list[str] = []
+    size = 0
     following = False
     for line in log.splitlines():
         starts_entry = line[:4].isdigit()  # our log lines begin with the date
@@ -105,7 +106,8 @@ def trouble(log: str, limit: int = 4000) -> str:
             following = True  # printed to stderr, not logged (mode's ServiceThread.on_crash)
         if following:
             picked.append(line)
-            if sum(map(len, picked)) > limit:
+            size += len(line) + 1
+            if size > limit:
                 break
     return "\n".join(picked)[:limit]
 

@@ -161,10 +161,10 @@ class ProcessorService:
         if holes:
             # Records Faust skipped wait uncommitted: a restart processes them.
             details["skipped_by_faust"] = f"{holes} hole(s): restart this worker"
-        if self.commits.failing:
+        failing = self.commits.failing
+        if failing:
             # The broker refuses every commit: a restart would re-process all since the last.
             details["commits"] = (f"{self.commits.failed_in_a_row} refused in a row "
                                   f"({self.commits.last_error})")  # fmt: skip
-        healthy = registry_ok and self.listener.connected and not holes
-        healthy = healthy and not self.commits.failing
+        healthy = registry_ok and self.listener.connected and not holes and not failing
         return healthy and self.output.failures == 0, details
