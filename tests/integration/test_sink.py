@@ -432,7 +432,8 @@ def test_records_too_large_to_dead_letter_whole_go_as_a_preview_and_the_partitio
     try:
         wait_until(committed, 60, "offsets committed")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}: wanted {wanted}, last seen {seen[0]}") from None
+        detail = f"{exc}: wanted {wanted}, last seen {seen[0]}\n{stack.logs()}"
+        raise AssertionError(detail) from None
     assert_exactly(stack.conninfo, after)
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)

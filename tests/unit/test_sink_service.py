@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import pytest
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from f2pipe_shared.deadletters import DeadLetter, Reason, Stage
 from f2pipe_shared.records import Event, ProcessedBatch, Reading, encode_processed_batch
@@ -88,6 +88,9 @@ class FakeConsumer:
         self.callbacks: dict[str, RebalanceCallback] = {}
         self.next_offset: dict[int, int] = {}
         self.closed = False
+        self.refused: list[dict[int, int]] = []
+        self.refuse = 0  # the next commits refused whole (KafkaException), as a busy group does
+        self.refuse_partitions: set[int] = set()  # refused per partition (an error on the tp)
 
     def subscribe(self, topics: list[str], **callbacks: RebalanceCallback) -> None:
         assert set(callbacks) == {"on_assign", "on_revoke", "on_lost"}  # the port's keywords
@@ -130,11 +133,34 @@ class FakeConsumer:
 
     def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> list[TopicPartition]:
         assert asynchronous is False
-        self.commits.append({tp.partition: tp.offset for tp in offsets})
-        return offsets
+        if self.refuse:
+            self.refuse -= 1
+            self.refused.append({tp.partition: tp.offset for tp in offsets})
+            raise KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS))
+        error = KafkaError(KafkaError.NOT_COORDINATOR)
+        results = [
+            TopicPartition(tp.topic, tp.partition, tp.offset)
+            if tp.partition not in self.refuse_partitions
+            else _with_error(tp, error)
+            for tp in offsets
+        ]
+        accepted = {tp.partition: tp.offset for tp in results if tp.error is None}
+        if accepted:
+            self.commits.append(accepted)
+        return results
 
     def close(self) -> None:
         self.closed = True
+
+
+def _with_error(tp: TopicPartition, error: KafkaError) -> TopicPartition:
+    # confluent-kafka's TopicPartition takes its error only from librdkafka: a stand-in.
+    class Refused(TopicPartition):
+        @property
+        def error(self) -> KafkaError:  # type: ignore[override]
+            return error
+
+    return Refused(tp.topic, tp.partition, tp.offset)
 
 
 class FakeWriter:
@@ -432,6 +458,102 @@ def test_shutdown_gives_up_after_its_timeout_without_committing(parts: Parts) ->
     assert time.monotonic() - started < 2
     assert clock.now - START == pytest.approx(0.05, abs=0.02)  # SINK_SHUTDOWN_TIMEOUT
     assert consumer.commits == []
+    assert consumer.closed
+
+
+# -- offset commits the group refuses ---------------------------------------------------------
+
+
+def commit_failures(sink: SinkService) -> float:
+    return sink.metrics.registry.get_sample_value("f2pipe_sink_offset_commit_failures_total") or 0
+
+
+def test_a_refused_commit_is_tried_again_without_new_records_and_nothing_is_written_twice(
+    parts: Parts,
+) -> None:
+    sink, consumer, writer, dlq, clock = parts
+    consumer.queue.append(FakeMessage(0, 0, b"not a batch"))  # a dead letter, sent once
+    consumer.next_offset[0] = 1
+    consumer.send(0, 10)
+    consumer.send(1, 10)
+    sink.flush_interval = 0.25  # exact in binary: due on the fake clock
+    consumer.refuse = 2  # a rebalance under way: the first commit and the first retry
+    steps(sink, 3)  # the flush interval passes
+    assert consumer.refused == [{0: 2, 1: 1}]
+    assert consumer.commits == []
+    assert sink.health()[1]["uncommitted_partitions"] == 2
+    steps(sink, 1)  # idle, before its retry time: no new attempt
+    assert len(consumer.refused) == 1
+    while consumer.refuse:
+        sink._step()
+    assert consumer.refused == [{0: 2, 1: 1}] * 2
+    failed_at = clock.now
+    while not consumer.commits:
+        sink._step()
+    # 1 s after the first refusal, then 2 s after the second: doubling.
+    assert clock.now - failed_at == pytest.approx(2.0, abs=0.5)
+    assert consumer.commits == [{0: 2, 1: 1}]
+    assert "uncommitted_partitions" not in sink.health()[1]
+    assert sink.committed == {(TOPIC, 0): 2, (TOPIC, 1): 1}
+    assert commit_failures(sink) == 2
+    steps(sink, 20)
+    assert len(consumer.commits) == 1  # nothing left to retry
+    assert len(writer.written) == 1  # one write of the three records, never again
+    assert [d.source_offset for d in dlq.sent] == [0]  # dead-lettered once
+    assert sink.commit_backoff == 1.0  # reset for the next refusal
+
+
+def test_a_partition_refused_alone_is_retried_alone_and_a_newer_batch_carries_it(
+    parts: Parts,
+) -> None:
+    sink, consumer, _, _, clock = parts
+    sink.flush_interval = 0.25  # exact in binary: due on the fake clock
+    consumer.refuse_partitions = {1}
+    consumer.send(0, 10)
+    consumer.send(1, 10)
+    steps(sink, 3)  # the flush interval passes
+    assert consumer.commits == [{0: 1}]
+    assert sink.uncommitted == {(TOPIC, 1): 1}
+    clock.advance(1.0)
+    steps(sink, 1)
+    assert consumer.commits == [{0: 1}]  # partition 1 refused again, 0 not asked again
+    assert sink.uncommitted == {(TOPIC, 1): 1}
+    consumer.refuse_partitions = set()
+    consumer.send(1, 10)  # a newer batch of partition 1 before the retry is due
+    steps(sink, 3)  # the flush interval passes
+    assert consumer.commits == [{0: 1}, {1: 2}]
+    assert sink.uncommitted == {}
+
+
+def test_a_revoked_partition_s_refused_offset_is_tried_once_more_then_forgotten(
+    parts: Parts,
+) -> None:
+    sink, consumer, _, _, _ = parts
+    sink.flush_interval = 0.25  # exact in binary: due on the fake clock
+    consumer.refuse = 1
+    consumer.send(0, 10)
+    consumer.send(1, 10)
+    steps(sink, 3)  # the flush interval passes
+    assert sink.uncommitted == {(TOPIC, 0): 1, (TOPIC, 1): 1}
+    consumer.refuse = 1
+    consumer.revoke([1])  # still ours in the callback: one try, refused, then not ours
+    assert consumer.refused[-1] == {1: 1}
+    assert sink.uncommitted == {(TOPIC, 0): 1}
+    consumer.revoke([0])  # the try succeeds this time
+    assert consumer.commits == [{0: 1}]
+    assert sink.uncommitted == {}
+
+
+def test_shutdown_tries_a_refused_commit_once_more(parts: Parts) -> None:
+    sink, consumer, _, _, _ = parts
+    sink.flush_interval = 0.25  # exact in binary: due on the fake clock
+    consumer.refuse = 1
+    consumer.send(0, 10)
+    steps(sink, 3)  # the flush interval passes
+    assert consumer.commits == []
+    sink.stop()
+    assert sink.run() == 0
+    assert consumer.commits == [{0: 1}]
     assert consumer.closed
 
 

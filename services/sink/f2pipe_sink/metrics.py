@@ -117,7 +117,7 @@ class SinkMetrics(ServiceMetrics):
         )
         self.commit_failures = self.counter(
             "offset_commit_failures",
-            "Offset commits Kafka refused (rows were written; the next owner replays them)",
+            "Offset commits Kafka refused (rows were written; the offsets are asked again)",
         )
         self.assigned = self.gauge("assigned_partitions", "Partitions assigned to this sink")
         partition = ["topic", "partition"]

@@ -46,6 +46,10 @@ FIRST_RETRY_SECONDS = 0.2
 IDLE_POLL_SECONDS = 0.5  # how long an idle poll blocks: bounds the reaction to SIGTERM
 PING_SECONDS = 5.0  # an idle sink checks the database this often, for /healthz
 DRAIN_MESSAGES = 1000  # records taken from the local queue per call
+# A refused offset commit is tried again after this, doubling up to COMMIT_RETRY_MAX_SECONDS:
+# with no later batch on the partition nothing else would carry its offset to the group.
+COMMIT_RETRY_SECONDS = 1.0
+COMMIT_RETRY_MAX_SECONDS = 30.0
 
 
 @dataclass(eq=False)
@@ -76,6 +80,11 @@ class SinkService:
         self.assignment: set[Partition] = set()
         self.committed: dict[Partition, int] = {}
         self.consumed: dict[Partition, int] = {}
+        # Written and dead-lettered, but the group refused the offset: tried again until it
+        # takes it, so a restart does not replay (and dead-letter again) what is stored.
+        self.uncommitted: dict[Partition, int] = {}
+        self.commit_retry_at = 0.0
+        self.commit_backoff = COMMIT_RETRY_SECONDS
         self.held = False  # a batch failed to write: consumption paused until it is written
         self.paused: set[Partition] = set()
         self.retry_at = 0.0
@@ -109,6 +118,8 @@ class SinkService:
     def _step(self) -> None:
         self._follow_topics()
         now = self.clock.monotonic()
+        if self.uncommitted and now >= self.commit_retry_at:
+            self._commit_offsets(dict(self.uncommitted))
         if self.held:
             # Keep polling while paused: it keeps the group membership alive and serves
             # rebalances; it returns no records of paused partitions.
@@ -194,33 +205,53 @@ class SinkService:
         return True
 
     def _commit(self, batch: Batch) -> None:
+        # Earlier refused offsets go along; a partition's newer offset supersedes its own.
+        self._commit_offsets({**self.uncommitted, **batch.next_offsets})
+
+    def _commit_offsets(self, wanted: dict[Partition, int]) -> None:
         # Only partitions still ours: a revoked one's commit would be refused anyway.
         offsets = [
-            TopicPartition(topic, partition, offset)
-            for (topic, partition), offset in batch.next_offsets.items()
-            if (topic, partition) in self.assignment
+            TopicPartition(t, p, o) for (t, p), o in wanted.items() if (t, p) in self.assignment
         ]
         if not offsets:
             return
         try:
             results = self.consumer.commit(offsets=offsets, asynchronous=False) or []
         except KafkaException as exc:
-            # The rows are written; whoever reads these records next skips them as stored.
-            self.metrics.commit_failures.inc()
-            log.warning("offset commit failed", extra={"error": str(exc)})
+            self._commit_refused({(tp.topic, tp.partition): tp.offset for tp in offsets}, exc)
             return
+        refused: dict[Partition, int] = {}
+        error: object = None
         for tp in results:
             key = (tp.topic, tp.partition)
             if tp.error is not None:
-                self.metrics.commit_failures.inc()
-                log.warning(
-                    "offset commit failed", extra={"partition": key, "error": str(tp.error)}
-                )
+                refused[key], error = tp.offset, tp.error
                 continue
+            if self.uncommitted.get(key, -1) <= tp.offset:
+                self.uncommitted.pop(key, None)
             self.committed[key] = tp.offset
             self.metrics.set_offsets(
                 tp.topic, tp.partition, self.consumed.get(key, tp.offset), tp.offset
             )
+        if refused:
+            self._commit_refused(refused, error)
+        elif not self.uncommitted:
+            self.commit_backoff = COMMIT_RETRY_SECONDS
+
+    def _commit_refused(self, offsets: dict[Partition, int], error: object) -> None:
+        """The rows are stored (a replay would skip them); keep the offsets, try again later."""
+        self.metrics.commit_failures.inc()
+        self.uncommitted.update(offsets)
+        self.commit_retry_at = self.clock.monotonic() + self.commit_backoff
+        log.warning(
+            "offset commit refused; trying again",
+            extra={
+                "partitions": sorted(offsets),
+                "error": str(error),
+                "retry_in_s": self.commit_backoff,
+            },
+        )
+        self.commit_backoff = min(self.commit_backoff * 2, COMMIT_RETRY_MAX_SECONDS)
 
     def _new_batch(self) -> Batch:
         return Batch(self.clock.monotonic)
@@ -291,7 +322,10 @@ class SinkService:
         revoked = {(tp.topic, tp.partition) for tp in partitions}
         # Still ours during this callback: write and commit what they contributed, if we can.
         if any(key in revoked for key in self.batch.next_offsets):
-            self._flush(hold_on_failure=False)
+            self._flush(hold_on_failure=False)  # commits their refused offsets too
+        pending = {key: o for key, o in self.uncommitted.items() if key in revoked}
+        if pending:
+            self._commit_offsets(pending)
         self._forget(revoked, "revoked")
 
     def _on_lost(self, _consumer: object, partitions: list[TopicPartition]) -> None:
@@ -315,6 +349,7 @@ class SinkService:
             self.metrics.forget_partition(topic, partition)
             self.committed.pop((topic, partition), None)
             self.consumed.pop((topic, partition), None)
+            self.uncommitted.pop((topic, partition), None)
         self.assignment -= gone
         self.paused -= gone
         self.metrics.assigned.set(len(self.assignment))
@@ -342,6 +377,8 @@ class SinkService:
                 break
             self._poll(min(max(self.retry_at - self.clock.monotonic(), 0.0), IDLE_POLL_SECONDS))
             self.clock.sleep(max(0.0, min(self.retry_at, give_up_at) - self.clock.monotonic()))
+        if self.uncommitted:
+            self._commit_offsets(dict(self.uncommitted))  # one last try
         self.consumer.close()  # leaves the group now, so the partitions move without a wait
         self.dead_letters.close()
         log.info("sink stopped", extra={"status": status})
@@ -373,6 +410,8 @@ class SinkService:
             "paused": self.held,
             "held_rows": self.batch.rows,
         }
+        if self.uncommitted:
+            details["uncommitted_partitions"] = len(self.uncommitted)
         problems = self.topics.problems() if self.topics else []
         if problems:
             details["kafka_topics"] = problems
