@@ -85,6 +85,8 @@ from f2pipe_shared.settings import CommonSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
 
+TRUE_END_TIMEOUT_S = 5.0  # how long recovery waits for the fetch that checks a changelog's end
+
 # The versions every hook below was read against (uv.lock).
 PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "0.7.1"}
 
@@ -99,6 +101,53 @@ class ShortFetchConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         # nothing new: up to 1.5 s more on every record's way (shared.kafka.FETCH_MAX_WAIT_MS).
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
+
+    async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        # Where table recovery reads the changelogs up to (Recovery._build_highwaters).
+        reported = await super()._highwaters(partitions)
+        if self.consumer.in_transaction:
+            return reported
+        return await self._true_ends(reported)
+
+    async def _true_ends(self, reported: Mapping[TP, int]) -> Mapping[TP, int]:
+        """The end of each partition as a fetch of its last batch reports it.
+
+        Tansu (the development broker) answers ListOffsets with the base offset of the last
+        batch produced + 1, short of the end whenever that batch held several records (a
+        fetch's high watermark is right). Recovery then stopped reading a changelog at the
+        first record of its last batch (a restarted worker lost most last values), and a
+        worker that had read further stopped on a ConsistencyError. On Kafka the two agree.
+        """
+        ends = {tp: end for tp, end in reported.items() if end}
+        if not ends:
+            return reported
+        probe = self._create_client_consumer(cast(Any, self.transport))
+        to_aiokafka = aiokafka_driver.ensure_aiokafka_TP
+        found: dict[TP, int] = {}
+        try:
+            await probe.start()
+            probe.assign([to_aiokafka(tp) for tp in ends])
+            for tp, end in ends.items():
+                probe.seek(to_aiokafka(tp), end - 1)  # the last batch's base offset
+            deadline = monotonic() + TRUE_END_TIMEOUT_S
+            while len(found) < len(ends) and monotonic() < deadline:
+                await probe.getmany(timeout_ms=100)
+                for tp in ends.keys() - found.keys():
+                    highwater = probe.highwater(to_aiokafka(tp))
+                    if highwater is not None:
+                        found[tp] = max(highwater, ends[tp])
+        except (KafkaError, OSError) as exc:  # TimeoutError included
+            log.warning("could not check the changelogs' ends", extra={"error": str(exc)})
+        finally:
+            await probe.stop()
+        corrected = {tp: end for tp, end in found.items() if end != reported[tp]}
+        if corrected:
+            shown = {
+                f"{tp.topic}[{tp.partition}]": [reported[tp], end] for tp, end in corrected.items()
+            }
+            log.info("the broker understated partition ends (reported, fetched); reading to "
+                     "the fetched ones", extra={"partitions": shown})  # fmt: skip
+        return {**reported, **found}
 
     async def _commit(self, offsets: Mapping[TP, int]) -> bool:
         # Faust's own crashes the worker on any refused commit but "already rebalanced" (a
@@ -725,6 +774,11 @@ HOOKS: tuple[Hook, ...] = (
          "called: asks the other workers for their parts of /latest"),
     Hook("faust-streaming", faust.App, "on_partitions_assigned",
          "relied on: the signal tells connectivity.py which raw partitions are new to it"),
+    Hook("faust-streaming", aiokafka_driver.AIOKafkaConsumerThread, "_highwaters",
+         "overridden: the ends table recovery reads the changelogs to, checked by a fetch "
+         "(Tansu understates them)", ShortFetchConsumerThread),
+    Hook("faust-streaming", aiokafka_driver.AIOKafkaConsumerThread, "_create_client_consumer",
+         "called: a consumer outside the group, with the app's credentials, for that fetch"),
     Hook("faust-streaming", aiokafka_driver.Consumer, "highwater",
          "called: a raw partition's high watermark, to know when the worker caught up"),
     Hook("faust-streaming", FaustConsumer, "_committed_offset",
