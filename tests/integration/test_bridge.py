@@ -250,7 +250,7 @@ def test_kill_9_while_streaming_loses_nothing(
     assert set(found) == expected  # duplicates are allowed here, loss is not
 
 
-def test_kafka_unreachable_for_20s_loses_nothing(
+def test_kafka_unreachable_for_10s_loses_nothing(
     broker: MosquittoServer, topics: Topics, bridge_factory: BridgeFactory, servers_dir: Path
 ) -> None:
     proxy_port = free_port()
@@ -271,7 +271,8 @@ def test_kafka_unreachable_for_20s_loses_nothing(
 
         total = 3_000
         expected = publish_round_robin(Publisher(broker.port), total, at=1_000, then=cut)
-        time.sleep(max(0.0, 20 - (time.monotonic() - outage_started[0])))
+        # The window fills within a second; librdkafka gives a record 300 s (message.timeout.ms).
+        time.sleep(max(0.0, 10 - (time.monotonic() - outage_started[0])))
         # While Kafka is away the bridge holds at most its in-flight window; the broker the rest.
         assert bridge.metric("f2pipe_bridge_in_flight") == 500
         assert bridge.metric("f2pipe_bridge_received_total") < total

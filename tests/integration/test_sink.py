@@ -460,7 +460,7 @@ def test_a_dead_letter_kafka_refuses_is_sent_without_the_original_bytes(
     assert (sent.reason, sent.source_offset) == (Reason.bad_batch, 7)
 
 
-def test_postgres_down_for_20_seconds_loses_and_duplicates_nothing(
+def test_postgres_down_for_10_seconds_loses_and_duplicates_nothing(
     stack: Stack, postgres_server: PostgresServer
 ) -> None:
     proc = stack.start(FLUSH_INTERVAL="0.1")
@@ -490,7 +490,8 @@ def test_postgres_down_for_20_seconds_loses_and_duplicates_nothing(
         assert health["database"] == "down"
         assert health["paused"] is True
         assert health["held_rows"] > 0
-        time.sleep(max(0.0, 20 - (time.monotonic() - outage_started)))
+        # Several retries with backoff (0.2 s doubling); longer proves nothing more.
+        time.sleep(max(0.0, 10 - (time.monotonic() - outage_started)))
     finally:
         postgres_server.start()  # shared by the whole session: it must be up again
     time.sleep(3)  # records keep arriving after the outage
