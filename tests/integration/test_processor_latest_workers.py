@@ -8,6 +8,7 @@ test_scale_out.py asks the same of the two workers of a whole scaled-out stack.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -179,7 +180,8 @@ def test_a_rebalance_does_not_stop_a_worker_whose_changelog_ends_past_the_broker
     assert first.stop() == 0
     ends = changelog_ends(env)
     understated = {p: e for p, e in ends.items() if e[1] < e[0]}
-    assert understated, f"the broker reported every changelog end right: {ends}"
+    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):  # Tansu, not a Kafka given to the tests
+        assert understated, f"Tansu reported every changelog end right: {ends}"
 
     first = two_workers("processor-1", 1)  # recovers every partition past the reported end
     wait_all_right([first], expected, within=60)
