@@ -45,6 +45,7 @@ from f2pipe_shared.deadletters import DeadLetter
 from f2pipe_shared.decoding import build_modbus_response, format_hex_frame
 from f2pipe_shared.timestamps import format_device_timestamp, to_epoch_us
 from tests.integration.devkit import dev_stack_top
+from tests.integration.scalekit import trouble
 
 CONTROLLERS = 6
 INJECTOR = demo_mac(6)  # never simulated: sends the malformed messages
@@ -75,6 +76,21 @@ class Stack:
     def log(self, lines: int = 60) -> str:
         text = (self.state_dir / "dev.log").read_text(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+    def pipeline_log(self, tail: int = 40) -> str:
+        """The errors (whole tracebacks) and last lines of the bridge, processor and sink:
+        why data stopped, which the stack log's last lines (status and broker chatter) hide."""
+        text = (self.state_dir / "dev.log").read_text(errors="replace")
+        parts = []
+        for name in ("bridge", "processor", "sink"):
+            own = [
+                rest.strip()
+                for who, bar, rest in (line.partition("|") for line in text.splitlines())
+                if bar and who.strip() == name
+            ]
+            parts.append(f"--- {name}: errors\n{trouble(chr(10).join(own))}")
+            parts.append(f"--- {name}: last lines\n" + "\n".join(own[-tail:]))
+        return "\n".join(parts)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +167,7 @@ def wait_for_ledger(stack: Stack, macs: list[str], ledger: Path, timeout: float 
     rows, got_events = stored(stack, macs)
     missing_rows = readings - set(rows)
     assert not missing_rows, (
-        f"{len(missing_rows)} of {len(readings)} readings missing\n{stack.log()}"
+        f"{len(missing_rows)} of {len(readings)} readings missing\n{stack.pipeline_log()}"
     )
     assert len(rows) == len(set(rows)) == len(readings), "readings not in the ledger"
     assert got_events == events
