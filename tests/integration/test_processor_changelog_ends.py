@@ -12,41 +12,21 @@ import asyncio
 import logging
 import os
 import time
-import uuid
 from collections.abc import Mapping
-from typing import Any, cast
 
 import aiokafka  # type: ignore[import-untyped]
 import pytest
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 from faust.types import TP
 
 from f2pipe_devtools.servers import free_port
 from f2pipe_processor import faust_adapter
-from f2pipe_processor.faust_adapter import ShortFetchConsumerThread, create_app
-from f2pipe_processor.settings import Settings
+from tests.integration.faustkit import consumer_thread, new_topic, produce_batches
 
 pytestmark = pytest.mark.integration
 
 
 async def true_ends(reported: dict[TP, int]) -> Mapping[TP, int]:
-    """``_true_ends`` of the consumer thread of an app (on KAFKA_BOOTSTRAP_SERVERS) made inside
-    the running loop: Faust takes that loop then; a loop of its own would be left unclosed."""
-    app = create_app(Settings.load(), partitions=3)
-    thread = cast(Any, app.consumer)._thread
-    assert isinstance(thread, ShortFetchConsumerThread)
-    return await thread._true_ends(reported)
-
-
-def produce_batches(bootstrap: str, topic: str, batches: dict[int, list[int]]) -> None:
-    """Per partition, batches of the given record counts, each flushed as one batch."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 50})
-    for partition, sizes in batches.items():
-        for size in sizes:
-            for i in range(size):
-                producer.produce(topic, b"v%d" % i, key=b"k%d" % i, partition=partition)
-            assert producer.flush(15) == 0
+    return await consumer_thread(partitions=3)._true_ends(reported)
 
 
 async def reported_ends(bootstrap: str, topic: str, partitions: int) -> dict[TP, int]:
@@ -64,10 +44,7 @@ async def reported_ends(bootstrap: str, topic: str, partitions: int) -> dict[TP,
 def test_each_end_is_the_one_a_fetch_of_the_last_batch_reports(
     kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    topic = f"changelog-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    for future in admin.create_topics([NewTopic(topic, num_partitions=3)]).values():
-        future.result(30)
+    topic = new_topic(kafka_bootstrap, "changelog", partitions=3)
     # Partition 0: a single record, then a batch of 5; partition 1: one batch of 3; 2: empty.
     produce_batches(kafka_bootstrap, topic, {0: [1, 5], 1: [3]})
     reported = asyncio.run(reported_ends(kafka_bootstrap, topic, 3))

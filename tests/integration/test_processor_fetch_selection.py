@@ -14,26 +14,15 @@ has paused, the active set emptied while the fetch waits, then something else ar
 from __future__ import annotations
 
 import asyncio
-import uuid
-from typing import Any, cast
+from typing import Any
 
 import aiokafka  # type: ignore[import-untyped]
 import pytest
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 from faust.types import TP
 
-from f2pipe_processor.faust_adapter import ShortFetchConsumerThread, create_app
-from f2pipe_processor.settings import Settings
+from tests.integration.faustkit import consumer_thread, new_topic, produce_batches
 
 pytestmark = pytest.mark.integration
-
-
-def produce(bootstrap: str, topic: str, partition: int, count: int) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap})
-    for i in range(count):
-        producer.produce(topic, b"v%d" % i, partition=partition)
-    assert producer.flush(15) == 0
 
 
 async def buffered(consumer: Any, tp: Any, deadline_s: float = 15) -> None:
@@ -46,9 +35,7 @@ async def buffered(consumer: Any, tp: Any, deadline_s: float = 15) -> None:
 
 
 async def drain_while_the_selection_empties(bootstrap: str, topic: str) -> dict[str, Any]:
-    app = create_app(Settings.load(), partitions=2)  # inside the loop: Faust takes this one
-    thread = cast(Any, app.consumer)._thread
-    assert isinstance(thread, ShortFetchConsumerThread)
+    thread = consumer_thread(partitions=2)
     paused_tp, other_tp = aiokafka.TopicPartition(topic, 0), aiokafka.TopicPartition(topic, 1)
     consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers=bootstrap, fetch_max_wait_ms=100)
     await consumer.start()
@@ -61,7 +48,8 @@ async def drain_while_the_selection_empties(bootstrap: str, topic: str) -> dict[
         fetch = asyncio.ensure_future(thread._fetch_records(consumer, active, timeout=3.0))
         await asyncio.sleep(0.3)
         active.clear()  # perform_seek pauses every stream partition
-        await asyncio.to_thread(produce, bootstrap, topic, 1, 1)  # a fetch lands meanwhile
+        # A fetch lands meanwhile: one record for the other partition.
+        await asyncio.to_thread(produce_batches, bootstrap, topic, {1: [1]})
         while_empty = await fetch
         position_after = await consumer.position(paused_tp)
         # Once Faust resumes the partition, its records are drained, from where they were.
@@ -74,11 +62,8 @@ async def drain_while_the_selection_empties(bootstrap: str, topic: str) -> dict[
 def test_an_emptied_selection_drains_nothing_and_the_records_wait_for_their_resume(
     kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    topic = f"fetch-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
-    for future in admin.create_topics([NewTopic(topic, num_partitions=2)]).values():
-        future.result(30)
-    produce(kafka_bootstrap, topic, 0, 5)
+    topic = new_topic(kafka_bootstrap, "fetch", partitions=2)
+    produce_batches(kafka_bootstrap, topic, {0: [5]})
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
 
     got = asyncio.run(drain_while_the_selection_empties(kafka_bootstrap, topic))
