@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,19 +112,26 @@ def trouble(log: str, limit: int = 4000) -> str:
     return "\n".join(picked)[:limit]
 
 
-def stack_logs(stack: DevStack, tail: int = 1500) -> str:
+def logs_report(logs: Mapping[str, str], tail: int = 1500) -> str:
     """Each service's errors (whole tracebacks), then its last lines: a test's failure
     message, which CI shows only in part, with the causes first."""
     errors, tails = [], []
-    for name, service in stack.services.items():
-        try:
-            log = service.log_path.read_text(errors="replace")
-        except OSError:
-            log = service.tail()
+    for name, log in logs.items():
         if found := trouble(log):
             errors.append(f"--- {name}: errors\n{found}")
         tails.append(f"--- {name}\n{log[-tail:]}")
     return "\n".join(errors + tails)
+
+
+def stack_logs(stack: DevStack, tail: int = 1500) -> str:
+    """``logs_report`` of every service of a stack this process runs."""
+    logs = {}
+    for name, service in stack.services.items():
+        try:
+            logs[name] = service.log_path.read_text(errors="replace")
+        except OSError:
+            logs[name] = service.tail()
+    return logs_report(logs, tail)
 
 
 @contextmanager

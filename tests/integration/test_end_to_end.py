@@ -45,7 +45,7 @@ from f2pipe_shared.deadletters import DeadLetter
 from f2pipe_shared.decoding import build_modbus_response, format_hex_frame
 from f2pipe_shared.timestamps import format_device_timestamp, to_epoch_us
 from tests.integration.devkit import dev_stack_top
-from tests.integration.scalekit import trouble
+from tests.integration.scalekit import logs_report
 
 CONTROLLERS = 6
 INJECTOR = demo_mac(6)  # never simulated: sends the malformed messages
@@ -77,20 +77,12 @@ class Stack:
         text = (self.state_dir / "dev.log").read_text(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
 
-    def pipeline_log(self, tail: int = 40) -> str:
-        """The errors (whole tracebacks) and last lines of the bridge, processor and sink:
-        why data stopped, which the stack log's last lines (status and broker chatter) hide."""
-        text = (self.state_dir / "dev.log").read_text(errors="replace")
-        parts = []
-        for name in ("bridge", "processor", "sink"):
-            own = [
-                rest.strip()
-                for who, bar, rest in (line.partition("|") for line in text.splitlines())
-                if bar and who.strip() == name
-            ]
-            parts.append(f"--- {name}: errors\n{trouble(chr(10).join(own))}")
-            parts.append(f"--- {name}: last lines\n" + "\n".join(own[-tail:]))
-        return "\n".join(parts)
+    def pipeline_log(self) -> str:
+        """The bridge's, processor's and sink's errors and last lines (each service's own log
+        file): why data stopped, which the stack log's last lines (status, broker) hide."""
+        logs = self.state_dir / "logs"
+        return logs_report({name: (logs / f"{name}.log").read_text(errors="replace")
+                            for name in ("bridge", "processor", "sink")})  # fmt: skip
 
 
 @pytest.fixture(scope="module")
