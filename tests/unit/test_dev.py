@@ -373,12 +373,14 @@ def test_further_instances_get_ports_of_their_own_clear_of_the_stack_s() -> None
         Ports.free(instances=10)
 
 
-def test_two_instances_start_each_scaled_stage_twice_in_order() -> None:
-    options = DevOptions(Path("x"), Ports.from_base(DEFAULT_BASE, 2), simulator=False, instances=2)
-    assert options.service_groups() == [
-        ["certgen"], ["api"], ["sink", "sink-2"], ["processor", "processor-2"],
-        ["bridge", "bridge-2"],
-    ]  # fmt: skip
+def test_the_pipeline_starts_at_once_and_the_simulator_after_it() -> None:
+    options = DevOptions(Path("x"), Ports.from_base(DEFAULT_BASE, 2), instances=2)
+    assert options.start_waves() == [
+        ["certgen", "api", "sink", "sink-2", "processor", "processor-2", "bridge", "bridge-2"],
+        ["simulator"],
+    ]
+    without = DevOptions(Path("x"), Ports.from_base(DEFAULT_BASE), simulator=False)
+    assert without.start_waves() == [["certgen", "api", "sink", "processor", "bridge"]]
 
 
 def test_a_second_bridge_has_its_own_identity_and_both_share_one_group(tmp_path: Path) -> None:

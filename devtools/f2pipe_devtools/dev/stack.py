@@ -3,7 +3,8 @@
     PostgreSQL, Redis, Kafka-protocol broker (Tansu)      servers (f2pipe_devtools.servers)
       -> f2pipe migrate, f2pipe seed-demo, f2pipe certgen --bootstrap-only   (idempotent)
       -> Mosquitto (production configuration, mutual TLS, under run-broker.sh)
-      -> certgen, api, sink, processor, bridge, simulator   our services, each waited healthy
+      -> certgen, api, sink, processor, bridge    our services, started together, waited healthy
+      -> simulator                                  once every bridge is subscribed
 
 With `DevOptions.instances` N > 1, bridge, processor and sink run N times each (sink,
 sink-2, …; dev/instances.py): the bridges in one $share group, each with its own identity.
@@ -80,10 +81,14 @@ class DevOptions:
     env: dict[str, str] = field(default_factory=dict)  # extra settings for every service
     instances: int = 1  # of bridge, processor and sink each (their ports: Ports(instances))
 
-    def service_groups(self) -> list[list[str]]:
-        """The services in start order, a scaled stage's instances in one group."""
-        wanted = [n for n in SERVICES if n != "simulator" or self.simulator]
-        return [scaled.names(stage, self.instances) for stage in wanted]
+    def start_waves(self) -> list[list[str]]:
+        """The services in start order: every instance of every stage but the simulator at
+        once (each retries what it talks to, and the consumers start at the earliest offset,
+        so none needs another up first), then the simulator once every bridge is subscribed
+        (on a fresh broker a message published before would have no session to wait in)."""
+        pipeline = [name for stage in SERVICES if stage != "simulator"
+                    for name in scaled.names(stage, self.instances)]  # fmt: skip
+        return [pipeline, ["simulator"]] if self.simulator else [pipeline]
 
 
 class StateDirError(RuntimeError):
@@ -187,8 +192,8 @@ class DevStack:
             self._start_server(DevBroker(self.root / "broker", self.options.ports.mqtt,
                                          self.ca_dir, self.issued_dir, acl))  # fmt: skip
             self._end_departed_bridges(departed)
-            for group in self.options.service_groups():
-                self.start_services(group)
+            for wave in self.options.start_waves():
+                self.start_services(wave)
         except BaseException:
             self.down()
             raise
@@ -314,8 +319,8 @@ class DevStack:
         return result.returncode
 
     def start_services(self, names: list[str]) -> None:
-        """Start the instances of one stage together, then wait for each to be healthy (two
-        Faust workers starting one after the other would double the wait)."""
+        """Start ``names`` together, then wait for each to be healthy: one after the other,
+        each would wait out the imports and group joins of those before it."""
         started = []
         for name in names:
             service = self.service(name)
