@@ -1,5 +1,6 @@
 """`f2pipe dev` supervises its servers too: one `dev up --detach --no-simulator` stack whose
-Redis, Kafka broker (Tansu, memory storage) and PostgreSQL are killed with SIGKILL in turn.
+Redis, Kafka broker (Tansu, memory storage), PostgreSQL and Mosquitto are killed with
+SIGKILL in turn.
 
 Each comes back on its port; the Kafka broker with the pipeline's topics made again at the
 configured partition counts (3 and 2 here: neither Tansu's 4 nor the default 6); `dev status`
@@ -215,11 +216,29 @@ def test_a_killed_postgres_is_restarted_safely(stack: Stack) -> None:
     wait_for("every process healthy again", healthy, stack)
 
 
+def test_the_broker_probe_is_one_quiet_session_that_follows_a_restarted_broker(
+    stack: Stack,
+) -> None:
+    # A status line a second and several `dev status` so far: the broker logged one session
+    # of the status line's probe, and no certificate-less handshake (an OpenSSL error each).
+    assert "peer did not return a certificate" not in stack.log()
+    assert stack.log().count("as svc-dev-watch") == 1
+    assert "as svc-dev-status" in stack.log()  # `dev status`: CONNECT, CONNACK, DISCONNECT
+    pid = kill(stack, "mosquitto")
+    wait_for("the status line names mosquitto",
+             lambda: "mosquitto" in stack.last_status_line(), stack)  # fmt: skip
+    wait_for("mosquitto restarted", restarted(stack, "mosquitto", pid), stack)
+    wait_for("the status line healthy again",
+             lambda: stack.last_status_line().endswith("| all healthy"), stack)  # fmt: skip
+    assert stack.log().count("as svc-dev-watch") == 2  # the same session, reconnected
+    assert "peer did not return a certificate" not in stack.log()
+
+
 def test_down_stops_every_server_it_ran_restarted_ones_too(stack: Stack) -> None:
     ports = stack.state()["ports"]
     for name in PORTS:
         stack.holder(name)
-    assert len(stack.seen_pids) >= 7  # four servers, three of them restarted
+    assert len(stack.seen_pids) >= 8  # four servers, each restarted
     # What `dev down` would stop if `dev up` were gone (Mosquitto: run-broker.sh, its parent).
     servers = stack.state()["servers"]
     for name in ("postgres", "redis", "kafka"):

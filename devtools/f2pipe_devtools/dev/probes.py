@@ -11,9 +11,11 @@ import contextlib
 import os
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import psycopg
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
@@ -23,6 +25,12 @@ TIMEOUT = 2.0
 SERVERS = ("postgres", "redis", "kafka", "mosquitto")
 # The server's port in `Ports` (Mosquitto's is the MQTT one).
 PORT_NAMES = {"postgres": "postgres", "redis": "redis", "kafka": "kafka", "mosquitto": "mqtt"}
+# The broker probes' own identities (CN svc-<name>, files <name>.crt/.key among the issued):
+# `dev up`'s standing session and `dev status`'s one-shot one. Two, because the broker takes
+# the CN as the client id: one would end the other's session.
+WATCH_IDENTITY = "dev-watch"
+STATUS_IDENTITY = "dev-status"
+KEEPALIVE_S = 5  # a hung broker shows within ~1.5 keepalives
 
 
 def postgres(port: int, passfile: Path, dbname: str = "postgres") -> bool:
@@ -97,14 +105,70 @@ def mqtt_tls(port: int, ca_file: Path) -> bool:
         return False
 
 
+class MqttSession:
+    """An MQTT session of one of the probe identities: connected means the broker took our
+    certificate and answered CONNECT (and, standing, every PINGREQ since). paho's thread
+    connects, keeps alive and reconnects (1-5 s apart) after a broker restart.
+
+    Held for a whole `dev up`, it is the status line's broker probe: the earlier one, a TLS
+    handshake without a certificate every few seconds, cost three lines of Mosquitto's log
+    each ("peer did not return a certificate", "Protocol error"), an alarm in every
+    `make dev`; a session logs its connect once, and once more after a restart."""
+
+    def __init__(self, port: int, ca_file: Path, cert: Path, key: Path) -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.tls_set(ca_certs=str(ca_file), certfile=str(cert), keyfile=str(key))
+        self.client.reconnect_delay_set(1, 5)
+        self.client.connect_async(HOST, port, keepalive=KEEPALIVE_S)
+        self.client.loop_start()
+
+    def __call__(self) -> bool:
+        return self.client.is_connected()
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def identity_files(root: Path, name: str) -> tuple[Path, Path]:
+    issued = root / "issued"
+    return issued / f"{name}.crt", issued / f"{name}.key"
+
+
+def mqtt_session(root: Path, port: int, name: str) -> MqttSession | None:
+    """A session of the probe identity ``name``; None when the state directory has none (a
+    stack started before they existed: ``mqtt_tls`` then)."""
+    cert, key = identity_files(root, name)
+    if not (cert.exists() and key.exists()):
+        return None
+    return MqttSession(port, root / "ca" / "ca.crt", cert, key)
+
+
+def mqtt_once(root: Path, port: int) -> bool:
+    """`dev status`'s broker probe: CONNECT as svc-dev-status, CONNACK, DISCONNECT."""
+    session = mqtt_session(root, port, STATUS_IDENTITY)
+    if session is None:
+        return mqtt_tls(port, root / "ca" / "ca.crt")
+    try:
+        return session.wait(TIMEOUT)
+    finally:
+        session.close()
+
+
 def probes(root: Path, ports: dict[str, int]) -> dict[str, Callable[[], bool]]:
-    """Each server's probe, from the state directory `root` and the stack's ports."""
+    """Each server's one-shot probe, from the state directory `root` and the stack's ports."""
     secret = (root / "redis-processor-password").read_text().strip()
     return {
         "postgres": lambda: postgres(ports["postgres"], root / "postgres" / "pgpass"),
         "redis": lambda: redis(ports["redis"], "processor", secret),
         "kafka": lambda: kafka(f"{HOST}:{ports['kafka']}"),
-        "mosquitto": lambda: mqtt_tls(ports["mqtt"], root / "ca" / "ca.crt"),
+        "mosquitto": lambda: mqtt_once(root, ports["mqtt"]),
     }
 
 

@@ -174,6 +174,7 @@ class DevStack:
         self.supervised: dict[str, SupervisedServer] = {}
         self.followers: list[Follower] = []
         self.services: dict[str, Service] = {}
+        self.broker_session: probes.MqttSession | None = None  # the status line's probe
 
     # --- up ---------------------------------------------------------------------------------
 
@@ -231,24 +232,35 @@ class DevStack:
                                 "--claim-codes", str(self.claim_codes)], login="owner")  # fmt: skip
         self._run("ca", ["certgen", "--bootstrap-only"], login="certgen")
         self._bridge_identities()
+        self._probe_identities()
         self._api_admin_token()
 
     def _bridge_identities(self) -> None:
         """Bridges 2..N: a service certificate each from the stack's CA (kept, as the first
         bridge's; certgen's bootstrap issues only that one)."""
+        for number in range(2, self.options.instances + 1):
+            cn = scaled.bridge_identity(number)[1]
+            if self._issue(cn, *self._bridge_files(number)):
+                self.console.line("dev", f"issued {cn} for bridge {number}")
+
+    def _probe_identities(self) -> None:
+        """The broker probes' identities (dev/probes.py): they connect, and neither publish
+        nor subscribe."""
+        for name in (probes.WATCH_IDENTITY, probes.STATUS_IDENTITY):
+            self._issue(f"svc-{name}", *probes.identity_files(self.root, name))
+
+    def _issue(self, cn: str, cert: Path, key: Path) -> bool:
+        """A service certificate for ``cn`` from the stack's CA, kept; False if it was there."""
         from f2pipe_certgen.ca import CertificateAuthority
         from f2pipe_certgen.files import PRIVATE, PUBLIC, replace
 
-        for number in range(2, self.options.instances + 1):
-            cn = scaled.bridge_identity(number)[1]
-            cert, key = self._bridge_files(number)
-            if cert.exists() and key.exists():
-                continue
-            ca = CertificateAuthority.load(self.ca_dir)
-            issued, key_pem = ca.issue_key_and_certificate(cn, days=365, kind="service")
-            replace(key, key_pem.encode(), PRIVATE)
-            replace(cert, issued.pem.encode(), PUBLIC)
-            self.console.line("dev", f"issued {cn} for bridge {number} ({cert})")
+        if cert.exists() and key.exists():
+            return False
+        ca = CertificateAuthority.load(self.ca_dir)
+        issued, key_pem = ca.issue_key_and_certificate(cn, days=365, kind="service")
+        replace(key, key_pem.encode(), PRIVATE)
+        replace(cert, issued.pem.encode(), PUBLIC)
+        return True
 
     def departed_bridges(self) -> list[int]:
         """Bridges beyond the instances asked for that have an identity: they ran before, and
@@ -452,8 +464,17 @@ class DevStack:
         return failed
 
     def server_probes(self) -> dict[str, Callable[[], bool]]:
-        """Each running server's probe: a real exchange (dev/probes.py)."""
+        """Each running server's probe: a real exchange (dev/probes.py); for the broker one
+        standing session, held until `down`."""
         every = probes.probes(self.root, self.options.ports.as_dict())
+        if self.broker_session is None:
+            self.broker_session = probes.mqtt_session(
+                self.root, self.options.ports.mqtt, probes.WATCH_IDENTITY
+            )
+            if self.broker_session is not None:  # connected before the first status line
+                self.broker_session.wait(probes.TIMEOUT)
+        if self.broker_session is not None:
+            every["mosquitto"] = self.broker_session
         return {name: every[name] for name in self.supervised}
 
     @property
@@ -506,6 +527,9 @@ class DevStack:
         return reached
 
     def down(self) -> None:
+        if self.broker_session is not None:
+            self.broker_session.close()
+            self.broker_session = None
         for name in reversed(list(self.services)):
             self.console.line("dev", f"stopping {name}")
             code = self.services[name].stop()
