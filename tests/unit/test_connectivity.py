@@ -151,7 +151,8 @@ def test_messages_of_unknown_macs_and_commands_prove_nothing() -> None:
 
 
 def test_no_offline_decision_on_a_partition_faust_skipped_records_of() -> None:
-    # The skipped records wait for a restart (acks.Holes): a gap may be theirs.
+    # The skipped records are read again, or wait for a restart (acks.Holes): a gap may be
+    # theirs.
     c = connectivity()
     c.observe(0, 0, {"aa": Heard(7, T0, T0)})
     assert c.observe(0, 50, {"aa": Heard(7, T0 + 9 * S, T0 + 9 * S)}, holed=True).events == []

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import tomllib
+from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import timedelta
 from importlib.metadata import version
@@ -17,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import aiokafka  # type: ignore[import-untyped]
 import pytest
 from aiokafka.errors import (  # type: ignore[import-untyped]
     CommitFailedError,
@@ -25,14 +27,18 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
     UnknownError,
 )
 from faust.types import TP
+from intervaltree import IntervalTree  # type: ignore[import-untyped]
 
 from f2pipe_processor import faust_adapter
 from f2pipe_processor.acks import (
     COMMITS_REFUSED_UNHEALTHY,
     COMMITS_REFUSED_UNHEALTHY_S,
+    REREAD_DEADLINE_S,
+    REREADS_IN_A_ROW,
     Commits,
     Holes,
     InFlight,
+    Verdict,
 )
 from f2pipe_processor.connectivity import Connectivity
 from f2pipe_processor.core import BatchProcessor, BatchResult, log_dead_letters
@@ -457,21 +463,207 @@ def test_each_raw_partition_goes_to_its_own_processed_partition_so_every_sink_ha
     assert record.partition is None  # without a count: librdkafka's partitioner, as before
 
 
-def test_a_hole_in_the_raw_topic_is_never_acked() -> None:
-    added: list[tuple[int, int]] = []
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
 
-    async def base_add_gap(tp: Any, start: int, end: int) -> None:
-        added.append((start, end))
+    def __call__(self) -> float:
+        return self.now
 
+
+def counted(metrics: ProcessorMetrics, outcome: str) -> float:
+    return cast(float, metrics.holes.labels(outcome=outcome)._value.get())
+
+
+def test_a_hole_is_read_again_and_heals_when_its_first_record_is_handed_out() -> None:
     metrics = ProcessorMetrics()
     holes = Holes(frozenset({"raw"}), metrics)
-    consumer = SimpleNamespace(app=SimpleNamespace(f2pipe_holes=holes))
-    before = metrics.skipped_by_faust._value.get()
-    tp = SimpleNamespace(topic="raw", partition=0)
-    asyncio.run(SafeSeekConsumer._add_gap(consumer, tp, 4, 6))  # type: ignore[arg-type]
-    assert holes.seen == 1
-    assert added == []
-    assert metrics.skipped_by_faust._value.get() - before == 2
+    assert holes.skipped("raw", 0, 4, 6) is Verdict.REREAD
+    assert holes.partitions == {0}  # connectivity makes no offline decision meanwhile
+    assert holes.stuck == 0  # healthy while it is read again
+    assert metrics.skipped_by_faust._value.get() == 2
+    holes.record(0, 6)  # the rest of the fetch before the seek: not the hole
+    holes.record(1, 4)  # another partition
+    assert holes.partitions == {0}
+    holes.record(0, 4)
+    assert holes.partitions == set()
+    assert counted(metrics, "healed") == 1
+    assert metrics.offsets_without_records._value.get() == 0
+
+
+def test_a_hole_still_empty_when_read_again_holds_no_records_and_is_committed_past() -> None:
+    metrics = ProcessorMetrics()
+    holes = Holes(frozenset({"raw"}), metrics)
+    assert holes.skipped("raw", 2, 7, 8) is Verdict.REREAD
+    # Read again from 7: the next record is 8 again (a commit marker at 7).
+    assert holes.skipped("raw", 2, 7, 8) is Verdict.NO_RECORDS
+    assert holes.partitions == set()
+    assert metrics.offsets_without_records._value.get() == 1
+    assert counted(metrics, "no_records") == 1
+    # Retention moved on meanwhile: the second read starts further on; still nothing there.
+    assert holes.skipped("raw", 2, 20, 25) is Verdict.REREAD
+    assert holes.skipped("raw", 2, 20, 40) is Verdict.NO_RECORDS
+    assert metrics.offsets_without_records._value.get() == 21
+    assert metrics.skipped_by_faust._value.get() == 6  # first reports only
+
+
+def test_holes_that_do_not_resolve_are_left_for_a_restart() -> None:
+    metrics = ProcessorMetrics()
+    holes = Holes(frozenset({"raw"}), metrics)
+    verdicts = [holes.skipped("raw", 0, 10 * n, 10 * n + 3) for n in range(1, 6)]
+    assert verdicts == [Verdict.REREAD] * REREADS_IN_A_ROW + [Verdict.LEAVE] * 2
+    assert holes.stuck == 1
+    assert holes.partitions == {0}
+    assert holes.skipped("raw", 1, 5, 6) is Verdict.REREAD  # other partitions go on
+    assert counted(metrics, "left") == 2
+    holes.assigned()  # a rebalance seeks every partition to its committed offset
+    assert holes.stuck == 0
+    assert holes.partitions == set()
+    assert holes.skipped("raw", 0, 50, 51) is Verdict.REREAD
+
+
+def test_a_reread_that_does_not_resolve_in_time_is_left_for_a_restart() -> None:
+    clock = Clock()
+    holes = Holes(frozenset({"raw"}), ProcessorMetrics(), clock=clock)
+    assert holes.skipped("raw", 3, 4, 6) is Verdict.REREAD
+    clock.now += REREAD_DEADLINE_S - 1
+    assert holes.stuck == 0
+    clock.now += 1
+    assert holes.stuck == 1
+    assert holes.partitions == {3}
+    holes.record(3, 4)  # too late to count as healed: a restart is asked for
+    assert holes.stuck == 1
+
+
+def test_health_asks_for_a_restart_only_for_a_hole_left_unresolved() -> None:
+    service = fake_service(FakeOutput(), FakeLatest())
+    service.holes.skipped("raw", 0, 4, 6)
+    ok, details = service.health()
+    assert ok
+    assert details["rereading"] == [0]
+    for n in range(REREADS_IN_A_ROW):
+        service.holes.skipped("raw", 0, 10 + n * 5, 12 + n * 5)
+    ok, details = service.health()
+    assert not ok
+    assert details["skipped_by_faust"] == "1 hole(s): restart this worker"
+
+
+class ThreadDouble:
+    """What SafeSeekConsumer asks of aiokafka through Faust's consumer thread."""
+
+    def __init__(self, assigned: set[TP]) -> None:
+        self.assigned = assigned
+        self.seeks: list[tuple[TP, int]] = []
+
+    def assignment(self) -> set[TP]:
+        return self.assigned
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    async def seek_to_committed(self) -> dict[TP, int]:
+        return dict.fromkeys(self.assigned, 2)  # offset 2 of each is committed
+
+    async def seek_to_beginning(self, *tps: Any) -> None:
+        raise AssertionError("every partition has a committed offset")
+
+
+def consumer_double(holes: Holes, assigned: set[TP]) -> Any:
+    """A SafeSeekConsumer with only the state its hole handling touches (no broker)."""
+    consumer: Any = SafeSeekConsumer.__new__(SafeSeekConsumer)
+    consumer.app = SimpleNamespace(
+        f2pipe_holes=holes, in_recovery=False, tables=SimpleNamespace(changelog_topics=set())
+    )
+    consumer.log = SimpleNamespace(dev=lambda *args: None)
+    consumer._thread = ThreadDouble(assigned)
+    consumer._active_partitions = set(assigned)
+    consumer._paused_partitions = set()
+    consumer._buffered_partitions = set()
+    consumer._read_offset = defaultdict(lambda: None)
+    consumer._committed_offset = defaultdict(lambda: None)
+    consumer._gap = defaultdict(IntervalTree)
+    consumer._held = set()
+    consumer._rereading = set()
+    consumer._reread_tasks = set()
+    consumer._next_fetch = asyncio.Event()
+    return consumer
+
+
+def test_the_consumer_seeks_back_to_a_hole_once_the_fetch_it_was_in_is_handed_out() -> None:
+    raw, other = TP("raw", 0), TP("raw", 1)
+    holes = Holes(frozenset({"raw"}), ProcessorMetrics())
+    consumer = consumer_double(holes, {raw, other})
+
+    async def scenario() -> None:
+        fetch = consumer._next_fetch
+        # aiokafka's partition type, as Faust hands it over.
+        await consumer._add_gap(aiokafka.TopicPartition("raw", 0), 4, 6)
+        assert raw not in consumer._active_partitions  # the rest of the fetch is held back
+        consumer.on_buffer_drop(raw)  # a stream buffer draining does not resume it early
+        assert raw not in consumer._active_partitions
+        consumer._read_offset[raw] = 6  # Faust marks the record after the hole read
+        await asyncio.sleep(0.05)
+        assert consumer._thread.seeks == []  # not while that fetch is handed out
+        fetch.set()  # the next fetch starts: the one with the hole is done
+        await asyncio.gather(*consumer._reread_tasks)
+        assert consumer._thread.seeks == [(raw, 4)]
+        assert consumer._read_offset[raw] == 3  # so offset 4 is taken as the next one
+        assert consumer._active_partitions == {raw, other}
+        assert not consumer._rereading
+
+    asyncio.run(scenario())
+    assert holes.partitions == {0}  # until offset 4 is handed out
+
+
+def test_the_consumer_commits_past_offsets_still_empty_on_the_second_read() -> None:
+    raw = TP("raw", 0)
+    holes = Holes(frozenset({"raw"}), ProcessorMetrics())
+    consumer = consumer_double(holes, {raw})
+    holes.skipped("raw", 0, 4, 6)  # the first report: read again
+
+    asyncio.run(consumer._add_gap(raw, 4, 6))
+
+    # Faust's gap is inclusive of its end: exactly 4 and 5 marked processed, not 6.
+    assert [(i.begin, i.end) for i in consumer._gap[raw]] == [(4, 6)]
+    assert consumer._thread.seeks == []
+
+
+def test_a_rebalance_s_seek_cancels_a_re_read_waiting_for_its_own() -> None:
+    """Every partition goes to its committed offset, before any hole: seeking to the hole
+    after that would skip what lies between, and commits would stop there."""
+    raw = TP("raw", 0)
+    holes = Holes(frozenset({"raw"}), ProcessorMetrics())
+    consumer = consumer_double(holes, {raw})
+
+    async def scenario() -> None:
+        fetch = consumer._next_fetch
+        await consumer._add_gap(raw, 4, 6)
+        tasks = set(consumer._reread_tasks)
+        consumer.resume_partitions([raw])  # what Faust's recovery does before the seek
+        await consumer.perform_seek()
+        fetch.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(task.cancelled() for task in tasks)
+
+    asyncio.run(scenario())
+    assert consumer._thread.seeks == []
+    assert consumer._read_offset[raw] == 2  # where Faust's seek put it
+    assert not consumer._rereading
+
+
+def test_a_hole_is_not_read_again_for_a_revoked_partition() -> None:
+    raw = TP("raw", 0)
+    holes = Holes(frozenset({"raw"}), ProcessorMetrics())
+    consumer = consumer_double(holes, set())
+
+    async def scenario() -> None:
+        fetch = consumer._next_fetch
+        await consumer._add_gap(raw, 4, 6)
+        fetch.set()
+        await asyncio.gather(*consumer._reread_tasks)
+
+    asyncio.run(scenario())
+    assert consumer._thread.seeks == []  # its next owner starts from the committed offset
 
 
 def test_settings_and_intervals() -> None:
@@ -747,10 +939,6 @@ def test_the_service_acks_each_record_in_offset_order_once_its_output_is_deliver
 
     ok, details = service.health()
     assert ok, details
-    service.holes.skipped("raw", 0, 5, 7)
-    ok, details = service.health()
-    assert not ok
-    assert details["skipped_by_faust"] == "1 hole(s): restart this worker"
 
 
 def test_commits_refused_again_and_again_for_a_minute_make_the_worker_unhealthy() -> None:
@@ -1036,8 +1224,6 @@ def test_the_worker_consumer_waits_at_most_the_short_fetch_wait() -> None:
     """Faust passes fetch_max_wait_ms=1500, which Tansu waits out on every fetch that finds
     nothing new; ShortFetchConsumerThread sets aiokafka's attribute, which start() hands to
     the fetcher: both still so in the pinned aiokafka."""
-    import aiokafka  # type: ignore[import-untyped]
-
     init = inspect.getsource(aiokafka.AIOKafkaConsumer.__init__)
     assert "self._fetch_max_wait_ms = fetch_max_wait_ms" in init  # what the thread overwrites
     assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(

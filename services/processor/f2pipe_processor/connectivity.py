@@ -130,8 +130,8 @@ class Connectivity:
     ) -> Observed:
         """A raw record's controllers: their states updated, transitions as events.
 
-        ``holed``: Faust skipped records of this partition (acks.Holes), which wait
-        unprocessed for a restart; a gap may be theirs, so no offline decision is made."""
+        ``holed``: the consumer skipped records of this partition (acks.Holes), not read
+        again yet; a gap may be theirs, so no offline decision is made."""
         self._next_offset[partition] = offset + 1
         events: list[Event] = []
         seen: list[Seen] = []

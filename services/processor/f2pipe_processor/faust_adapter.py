@@ -38,9 +38,11 @@ runs of the pipeline's kill -9 test ended with thousands of readings missing. Th
   (``ShortFetchConsumerThread._fetch_records``): the cause;
 - the stream partitions stay paused from the seek until flow control is back on, so no
   record is handed to Faust while it would drop it (``perform_seek`` / ``resume_flow``);
-- a hole in a topic that cannot have one (the raw topic) is never acked: ``_add_gap`` hands
-  it to ``acks.Holes``, which logs, counts and reports it; no commit passes it, and a
-  restart processes it again;
+- a hole in a topic that cannot have one (the raw topic) is never acked unprocessed:
+  ``_add_gap`` hands it to ``acks.Holes`` and the partition is read again from the hole
+  (``_reread``); offsets still empty on that read (transaction markers, records expired by
+  retention) are marked processed, and a hole that does not resolve is left uncommitted for
+  a restart;
 - a partition nothing was committed of yet is sought to its beginning: aiokafka's
   ``seek_to_committed`` leaves it where the dropped records left it, and Faust, having no
   committed offset to compare with, sees no hole (a rebalance before a new group's first
@@ -50,11 +52,12 @@ runs of the pipeline's kill -9 test ended with thousands of readings missing. Th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
 import tempfile
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, MutableMapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +85,7 @@ from faust.web import Request, Response, View
 from faust.web.base import BlueprintManager, Web
 
 from f2pipe_processor import connectivity
-from f2pipe_processor.acks import Ack, Commits, Holes
+from f2pipe_processor.acks import Ack, Commits, Holes, Verdict
 from f2pipe_processor.latest import CHANGELOG_CONFIG, TABLE_NAME, Entry, combine, lookup, render
 from f2pipe_processor.metrics import ProcessorMetrics
 from f2pipe_processor.service import ProcessorService
@@ -94,6 +97,9 @@ from f2pipe_shared.settings import CommonSettings, KafkaSettings
 log = logging.getLogger(__name__)
 
 TRUE_END_TIMEOUT_S = 5.0  # how long recovery waits for the fetch that checks a changelog's end
+# How long a re-read waits for Faust to be done with the record after a hole (normally
+# within a loop turn or two: Faust marks it read once the stream took it).
+REREAD_WAIT_S = 30.0
 
 # The versions every hook below was read against (uv.lock).
 PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "0.7.1"}
@@ -223,11 +229,19 @@ class SafeSeekConsumer(aiokafka_driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._held: set[TP] = set()
+        self._rereading: set[TP] = set()  # paused until their re-read's seek (acks.Holes)
+        self._reread_tasks: set[asyncio.Future[None]] = set()
+        self._next_fetch = asyncio.Event()  # set when the fetch after the current one starts
 
     def _new_consumer_thread(self) -> ShortFetchConsumerThread:
         return ShortFetchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def perform_seek(self) -> None:
+        # A re-read waiting for its seek is moot: every partition goes to its committed
+        # offset, which is before any hole (acks.Holes), and Faust has resumed them all.
+        for task in self._reread_tasks:
+            task.cancel()
+        self._rereading.clear()
         # Faust resumed these partitions just before calling us: hold them until the flow
         # is on again, or what they fetch during the seek is dropped.
         active = {tp for tp in self._get_active_partitions() if not self._is_changelog_tp(tp)}
@@ -251,13 +265,69 @@ class SafeSeekConsumer(aiokafka_driver.Consumer):
             self.resume_partitions(held & self.assignment())
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        # Faust calls this on reading offset `offset_to` when the last offset it read was
+        # `offset_from - 1`, before handing `offset_to` to the stream; its own version marks
+        # [offset_from, offset_to] processed, the record it is about to hand out included.
         holes: Holes | None = getattr(self.app, "f2pipe_holes", None)
         if holes is None or not holes.guards(tp.topic):
             await super()._add_gap(tp, offset_from, offset_to)
             return
-        # Never ack what was not processed: commits stop before the hole, and a restart
-        # processes it again (duplicates, which the sink ignores, instead of losses).
-        holes.skipped(tp.topic, tp.partition, offset_from, offset_to)
+        # Never ack what was not processed: read the hole again (acks.Holes).
+        verdict = holes.skipped(tp.topic, tp.partition, offset_from, offset_to)
+        if verdict is Verdict.NO_RECORDS:
+            await super()._add_gap(tp, offset_from, offset_to - 1)  # exactly the empty ones
+        elif verdict is Verdict.REREAD:
+            # Nothing more of this partition is handed out until the seek: the rest of this
+            # fetch is what the seek goes back before. (Faust hands us aiokafka's partition
+            # type here; its active set asserts its own.)
+            tp = TP(tp.topic, tp.partition)
+            self.pause_partitions([tp])
+            self._rereading.add(tp)
+            task = asyncio.ensure_future(self._reread(tp, offset_from, self._next_fetch))
+            self._reread_tasks.add(task)
+            task.add_done_callback(self._reread_tasks.discard)
+
+    async def _reread(self, tp: TP, first: int, next_fetch: asyncio.Event) -> None:
+        """Seek ``tp`` back to ``first`` once Faust is done with this fetch (``next_fetch``).
+
+        Not before: Faust records the record after the hole as read once the stream took it
+        (a seek before would be undone), and the rest of that fetch is still being handed out
+        (its records of ``tp``, resumed, would look like the hole read again and empty)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(next_fetch.wait(), REREAD_WAIT_S)
+        # (A rebalance's seek cancels the wait: Faust seeks and resumes every partition.)
+        self._rereading.discard(tp)
+        try:
+            if tp in self.assignment():  # else its next owner starts from the committed offset
+                await self.seek(tp, first)
+                # Faust's seek records `first` as read (gaps are measured from the last offset
+                # read): the record at `first` must count as the next one.
+                self._read_offset[tp] = first - 1
+        except Exception as exc:  # the hole stays unacked; acks.Holes gives up on it in time
+            log.error(
+                "could not seek back to skipped raw records",
+                extra={"partition": tp.partition, "first": first, "error": repr(exc)},
+            )
+        finally:
+            if tp not in self._held:  # held for a rebalance's seek: resume_flow resumes it
+                self.resume_partitions([tp])
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:  # noqa: ASYNC109
+        # A new fetch: the one before has been handed out.
+        started, self._next_fetch = self._next_fetch, asyncio.Event()
+        started.set()
+        async for item in super().getmany(timeout):
+            yield item
+
+    def on_buffer_full(self, tp: TP) -> None:
+        # Faust hands out a partition whose stream buffer is full even when paused: not one
+        # that waits for its re-read.
+        if tp not in self._rereading:
+            super().on_buffer_full(tp)
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        if tp not in self._rereading:  # would resume it before its seek
+            super().on_buffer_drop(tp)
 
 
 class SafeSeekTransport(aiokafka_driver.Transport):
@@ -658,6 +728,7 @@ def serve(
         raw = [tp.partition for tp in assigned if tp.topic == raw_topic_name]
         metrics.assigned_partitions.set(len(raw))
         service.connectivity.assigned(raw)
+        service.holes.assigned()
 
     @app.page("/healthz")
     async def healthz(self: View, request: Request) -> Response:
@@ -776,8 +847,21 @@ HOOKS: tuple[Hook, ...] = (
     Hook("faust-streaming", aiokafka_driver.Consumer, "resume_flow",
          "overridden: release the partitions held during the seek", SafeSeekConsumer),
     Hook("faust-streaming", aiokafka_driver.Consumer, "_add_gap",
-         "overridden: a hole in the raw topic is never marked processed (restart bug)",
+         "overridden: a hole in the raw topic is read again, never marked processed unread "
+         "(restart bug)", SafeSeekConsumer),
+    Hook("faust-streaming", aiokafka_driver.Consumer, "getmany",
+         "overridden: counts fetches, so a re-read seeks once the fetch with the hole is "
+         "handed out", SafeSeekConsumer),
+    Hook("faust-streaming", aiokafka_driver.Consumer, "on_buffer_full",
+         "overridden: a partition waiting for its re-read is not handed out while paused",
          SafeSeekConsumer),
+    Hook("faust-streaming", aiokafka_driver.Consumer, "on_buffer_drop",
+         "overridden: nor resumed before its seek", SafeSeekConsumer),
+    Hook("faust-streaming", aiokafka_driver.Consumer, "seek",
+         "called: seeks a partition back to its hole (and sets the offset read last)"),
+    Hook("faust-streaming", FaustConsumer, "_read_offset",
+         "set: the offset before the hole counts as read last, so the hole's first record "
+         "is taken and a hole read again empty is reported again"),
     Hook("faust-streaming", aiokafka_driver.Consumer, "_get_active_partitions",
          "called: the partitions Faust has just resumed, to hold during the seek"),
     Hook("faust-streaming", aiokafka_driver.Consumer, "_is_changelog_tp",

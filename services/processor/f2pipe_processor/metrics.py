@@ -105,5 +105,16 @@ class ProcessorMetrics(ServiceMetrics):
         )
         self.skipped_by_faust = self.counter(
             "skipped_by_faust",
-            "raw records Faust skipped (kept uncommitted; a restart processes them): should stay 0",
+            "raw offsets the consumer skipped (never acked unprocessed; read again): should stay 0",
+        )
+        self.holes = self.counter(
+            "holes",
+            "skipped raw offsets by outcome: healed (read again), no_records (nothing there to "
+            "read: committed past), left (uncommitted until a restart)",
+            ["outcome"],
+        )
+        self.offsets_without_records = self.counter(
+            "offsets_without_records",
+            "raw offsets found empty when read again (transaction markers, or records deleted "
+            "by retention before they were processed), committed past",
         )

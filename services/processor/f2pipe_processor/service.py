@@ -79,6 +79,8 @@ class ProcessorService:
 
     async def handle(self, partition: int, offset: int, value: bytes | None, ack: Ack) -> None:
         """One raw record: process, output, latest values, deliver; ``ack`` when its turn comes."""
+        if self.holes.rereading:
+            self.holes.record(partition, offset)
         result = await self.core.process(partition, offset, value)
         started = time.perf_counter()
         holed = partition in self.holes.partitions
@@ -144,7 +146,7 @@ class ProcessorService:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         registry_ok = self.registry.down_since is None
-        holes = self.holes.seen
+        holes = self.holes.stuck
         cache = self.cache
         details: dict[str, Any] = {
             "registry": "up" if registry_ok else f"down: {self.registry.last_error}",
@@ -158,8 +160,10 @@ class ProcessorService:
         if not cache.up:
             # Redis down degrades, it does not stop processing: still healthy (200).
             details["degraded"] = "Redis down: every lookup asks PostgreSQL (slower, correct)"
+        if self.holes.rereading:
+            details["rereading"] = sorted(self.holes.rereading)  # healthy meanwhile
         if holes:
-            # Records Faust skipped wait uncommitted: a restart processes them.
+            # Skipped records that reading again did not bring: a restart processes them.
             details["skipped_by_faust"] = f"{holes} hole(s): restart this worker"
         failing = self.commits.failing
         if failing:
