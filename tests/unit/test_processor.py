@@ -28,6 +28,7 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 )
 from faust.types import TP
 from intervaltree import IntervalTree  # type: ignore[import-untyped]
+from prometheus_client import generate_latest
 
 from f2pipe_processor import faust_adapter
 from f2pipe_processor.acks import (
@@ -1080,6 +1081,10 @@ def test_metrics_instances_share_no_counter_and_keep_the_exported_names() -> Non
     names = {family.name for family in first.registry.collect()}
     assert {f"f2pipe_processor_{name}" for name in EXPORTED} <= names
     assert "process_cpu_seconds" in names
+    # Every outcome of a hole is exported from the start, so the alert sees the first one.
+    text = generate_latest(first.registry).decode()
+    for outcome in ("healed", "no_records", "left"):
+        assert f'f2pipe_processor_holes_total{{outcome="{outcome}"}} 0.0' in text
 
 
 def test_build_wires_one_metrics_registry_into_the_service_and_faust(

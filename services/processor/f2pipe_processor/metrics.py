@@ -113,6 +113,9 @@ class ProcessorMetrics(ServiceMetrics):
             "read: committed past), left (uncommitted until a restart)",
             ["outcome"],
         )
+        for outcome in ("healed", "no_records", "left"):
+            # At 0 from the start: increase() sees the first one (alerts.yml).
+            self.holes.labels(outcome=outcome)
         self.offsets_without_records = self.counter(
             "offsets_without_records",
             "raw offsets found empty when read again (transaction markers, or records deleted "
