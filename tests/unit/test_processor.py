@@ -532,8 +532,12 @@ def test_a_reread_that_does_not_resolve_in_time_is_left_for_a_restart() -> None:
     clock.now += 1
     assert holes.stuck == 1
     assert holes.partitions == {3}
-    holes.record(3, 4)  # too late to count as healed: a restart is asked for
+    assert holes.skipped("raw", 3, 4, 6) is Verdict.LEAVE  # never taken as empty now
+    holes.record(3, 5)
     assert holes.stuck == 1
+    holes.record(3, 4)  # its re-read came late (a stream waiting for PostgreSQL): healed
+    assert holes.stuck == 0
+    assert holes.partitions == set()
 
 
 def test_health_asks_for_a_restart_only_for_a_hole_left_unresolved() -> None:

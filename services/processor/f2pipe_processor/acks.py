@@ -122,7 +122,8 @@ class Holes:
     - neither within ``REREAD_DEADLINE_S``, or ``REREADS_IN_A_ROW`` holes in a row on one
       partition: left unacked (``Verdict.LEAVE``), reported by /healthz and the alert; a
       restart (or the next rebalance, which seeks every partition to its committed offset)
-      processes it again.
+      processes it again. A re-read that comes late (the stream held its fetch, waiting for
+      PostgreSQL) still heals it; reported again, it stays left, never taken as empty.
     """
 
     def __init__(
@@ -188,10 +189,12 @@ class Holes:
         return Verdict.REREAD
 
     def record(self, partition: int, offset: int) -> None:
-        """A record of ``partition`` handed to processing: the first of a hole heals it."""
-        pending = self.rereading.get(partition)
+        """A record of ``partition`` handed to processing: the first of a hole heals it (one
+        left for a restart too: its re-read came late, a stream waiting for PostgreSQL)."""
+        pending = self.rereading.get(partition) or self.left.get(partition)
         if pending is not None and offset == pending.first:
-            del self.rereading[partition]
+            self.rereading.pop(partition, None)
+            self.left.pop(partition, None)
             self._in_a_row[partition] = 0
             self._metrics.holes.labels(outcome="healed").inc()
             log.info(

@@ -52,7 +52,6 @@ runs of the pipeline's kill -9 test ended with thousands of readings missing. Th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import ssl
@@ -97,9 +96,6 @@ from f2pipe_shared.settings import CommonSettings, KafkaSettings
 log = logging.getLogger(__name__)
 
 TRUE_END_TIMEOUT_S = 5.0  # how long recovery waits for the fetch that checks a changelog's end
-# How long a re-read waits for Faust to be done with the record after a hole (normally
-# within a loop turn or two: Faust marks it read once the stream took it).
-REREAD_WAIT_S = 30.0
 
 # The versions every hook below was read against (uv.lock).
 PINNED = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0", "mode-streaming": "0.7.1"}
@@ -292,9 +288,11 @@ class SafeSeekConsumer(aiokafka_driver.Consumer):
 
         Not before: Faust records the record after the hole as read once the stream took it
         (a seek before would be undone), and the rest of that fetch is still being handed out
-        (its records of ``tp``, resumed, would look like the hole read again and empty)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(next_fetch.wait(), REREAD_WAIT_S)
+        (its records of ``tp``, resumed, would look like the hole read again and empty, and
+        be marked processed unread). However long that takes: a stream that waits for
+        PostgreSQL holds the fetch for as long, and acks.Holes leaves the hole for a restart
+        meanwhile (a later report of it is then left too, never taken as empty)."""
+        await next_fetch.wait()
         # (A rebalance's seek cancels the wait: Faust seeks and resumes every partition.)
         self._rereading.discard(tp)
         try:
