@@ -601,9 +601,15 @@ def test_the_consumer_seeks_back_to_a_hole_once_the_fetch_it_was_in_is_handed_ou
 
     async def scenario() -> None:
         fetch = consumer._next_fetch
+        consumer.on_buffer_full(raw)  # its stream's buffer was full: handed out all the same
+        assert raw in consumer._buffered_partitions
         # aiokafka's partition type, as Faust hands it over.
         await consumer._add_gap(aiokafka.TopicPartition("raw", 0), 4, 6)
-        assert raw not in consumer._active_partitions  # the rest of the fetch is held back
+        # The rest of the fetch is held back, a full buffer or not.
+        assert raw not in consumer._active_partitions
+        assert raw not in consumer._buffered_partitions
+        consumer.on_buffer_full(raw)
+        assert raw not in consumer._buffered_partitions
         consumer.on_buffer_drop(raw)  # a stream buffer draining does not resume it early
         assert raw not in consumer._active_partitions
         consumer._read_offset[raw] = 6  # Faust marks the record after the hole read

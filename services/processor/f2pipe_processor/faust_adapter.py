@@ -274,10 +274,12 @@ class SafeSeekConsumer(aiokafka_driver.Consumer):
             await super()._add_gap(tp, offset_from, offset_to - 1)  # exactly the empty ones
         elif verdict is Verdict.REREAD:
             # Nothing more of this partition is handed out until the seek: the rest of this
-            # fetch is what the seek goes back before. (Faust hands us aiokafka's partition
-            # type here; its active set asserts its own.)
+            # fetch is what the seek goes back before. Faust hands out a partition whose
+            # stream buffer is full even when it is not active: not this one. (Faust hands
+            # us aiokafka's partition type here; its active set asserts its own.)
             tp = TP(tp.topic, tp.partition)
             self.pause_partitions([tp])
+            self._buffered_partitions.discard(tp)
             self._rereading.add(tp)
             task = asyncio.ensure_future(self._reread(tp, offset_from, self._next_fetch))
             self._reread_tasks.add(task)
@@ -318,9 +320,7 @@ class SafeSeekConsumer(aiokafka_driver.Consumer):
             yield item
 
     def on_buffer_full(self, tp: TP) -> None:
-        # Faust hands out a partition whose stream buffer is full even when paused: not one
-        # that waits for its re-read.
-        if tp not in self._rereading:
+        if tp not in self._rereading:  # (see _add_gap)
             super().on_buffer_full(tp)
 
     def on_buffer_drop(self, tp: TP) -> None:
@@ -848,8 +848,11 @@ HOOKS: tuple[Hook, ...] = (
          "overridden: a hole in the raw topic is read again, never marked processed unread "
          "(restart bug)", SafeSeekConsumer),
     Hook("faust-streaming", aiokafka_driver.Consumer, "getmany",
-         "overridden: counts fetches, so a re-read seeks once the fetch with the hole is "
-         "handed out", SafeSeekConsumer),
+         "overridden: marks where each fetch starts, so a re-read seeks once the fetch with "
+         "the hole is handed out", SafeSeekConsumer),
+    Hook("faust-streaming", FaustConsumer, "_buffered_partitions",
+         "changed: a partition waiting for its re-read leaves it (getmany hands those out "
+         "even when they are not active)"),
     Hook("faust-streaming", aiokafka_driver.Consumer, "on_buffer_full",
          "overridden: a partition waiting for its re-read is not handed out while paused",
          SafeSeekConsumer),
