@@ -29,6 +29,7 @@ from f2pipe_devtools.servers import RedisServer, free_port
 from f2pipe_devtools.testkit.samples import Sample, Slot, load_fleet, samples
 from f2pipe_shared.deadletters import PREVIEW_BYTES, DeadLetter, Reason
 from f2pipe_shared.records import ProcessedBatch, decode_processed_batch, encode_raw_batch
+from tests.integration.certgen_harness import metric
 
 pytestmark = pytest.mark.integration
 
@@ -349,12 +350,20 @@ def test_a_raw_record_too_large_to_dead_letter_whole_does_not_stop_the_worker(
         letters.close()
 
 
-def metric(text: str, name: str) -> float:
-    """A sample's value from /metrics text (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return 0.0
+def worker_group(env: dict[str, str]) -> Consumer:
+    """A client of the worker's consumer group that never joins it: its committed offsets."""
+    return Consumer(
+        {
+            "bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"],
+            "group.id": env["PROCESSOR_APP_ID"],
+            "enable.auto.commit": False,
+        }
+    )
+
+
+def committed(group: Consumer, topic: str) -> dict[int, int]:
+    tps = group.committed([TopicPartition(topic, p) for p in range(PARTITIONS)], 10)
+    return {tp.partition: tp.offset for tp in tps}
 
 
 def test_a_raw_topic_written_in_transactions_is_committed_past_its_markers(
@@ -390,35 +399,28 @@ def test_a_raw_topic_written_in_transactions_is_committed_past_its_markers(
 
     worker = start_worker("processor")
     reader = TopicReader(env["KAFKA_BOOTSTRAP_SERVERS"], env["KAFKA_PROCESSED_TOPIC"])
-    group = Consumer(
-        {
-            "bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"],
-            "group.id": env["PROCESSOR_APP_ID"],
-            "enable.auto.commit": False,
-        }
-    )
+    group = worker_group(env)
     try:
         expected = {(r.timestamp_us, r.device_id, r.datapoint_id) for s in sent for r in s.readings}
         ends = {p: group.get_watermark_offsets(TopicPartition(raw, p), 10)[1]
                 for p in range(PARTITIONS)}  # fmt: skip
-        committed: dict[int, int] = {}
+        offsets: dict[int, int] = {}
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             reader.poll(0.2)
-            tps = group.committed([TopicPartition(raw, p) for p in range(PARTITIONS)], 10)
-            committed = {tp.partition: tp.offset for tp in tps}
+            offsets = committed(group, raw)
             # The last record of a partition is just before its last marker.
-            done = all(committed[p] >= ends[p] - 1 for p in range(PARTITIONS) if touched[p])
+            done = all(offsets[p] >= ends[p] - 1 for p in range(PARTITIONS) if touched[p])
             if done and not expected - reader.readings().keys():
                 break
         assert not expected - reader.readings().keys(), worker.tail()
-        assert all(committed[p] >= ends[p] - 1 for p in range(PARTITIONS) if touched[p]), (
-            f"commits stopped at {committed}, ends {ends}:\n{worker.tail()}"
+        assert all(offsets[p] >= ends[p] - 1 for p in range(PARTITIONS) if touched[p]), (
+            f"commits stopped at {offsets}, ends {ends}:\n{worker.tail()}"
         )
         status, text = worker.get("/metrics")
         assert metric(text, "f2pipe_processor_offsets_without_records_total") == holes
-        assert metric(text, 'f2pipe_processor_holes_total{outcome="no_records"}') == holes
-        assert metric(text, 'f2pipe_processor_holes_total{outcome="left"}') == 0
+        assert metric(text, "f2pipe_processor_holes_total", outcome="no_records") == holes
+        assert metric(text, "f2pipe_processor_holes_total", outcome="left") == 0
         status, health = worker.get("/healthz")
         assert status == 200, health
         assert "skipped_by_faust" not in health
@@ -479,23 +481,22 @@ def test_a_record_the_consumer_skipped_is_read_again_and_processed(
     command = [sys.executable, "-c", LOSES_ONE_FETCHED_RECORD, raw]
     worker = start_worker("processor", command)
     reader = TopicReader(env["KAFKA_BOOTSTRAP_SERVERS"], env["KAFKA_PROCESSED_TOPIC"])
-    group = Consumer({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"],
-                      "group.id": env["PROCESSOR_APP_ID"]})  # fmt: skip
+    group = worker_group(env)
     try:
         expected = {(r.timestamp_us, r.device_id, r.datapoint_id) for s in sent for r in s.readings}
-        committed = -1
+        last = -1
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             reader.poll(0.2)
-            committed = group.committed([TopicPartition(raw, 0)], 10)[0].offset
-            if committed >= 6 and not expected - reader.readings().keys():
+            last = committed(group, raw)[0]
+            if last >= 6 and not expected - reader.readings().keys():
                 break
         assert "the fetch lost offset 3" in worker.tail(200)  # the fault did happen
         assert not expected - reader.readings().keys(), worker.tail()
-        assert committed >= 6, f"commits stopped at {committed}:\n{worker.tail()}"
+        assert last >= 6, f"commits stopped at {last}:\n{worker.tail()}"
         status, text = worker.get("/metrics")
         assert metric(text, "f2pipe_processor_skipped_by_faust_total") == 1
-        assert metric(text, 'f2pipe_processor_holes_total{outcome="healed"}') == 1
+        assert metric(text, "f2pipe_processor_holes_total", outcome="healed") == 1
         assert metric(text, "f2pipe_processor_offsets_without_records_total") == 0
         status, health = worker.get("/healthz")
         assert status == 200, health
