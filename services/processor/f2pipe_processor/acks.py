@@ -133,7 +133,6 @@ class Holes:
         self.contiguous_topics = contiguous_topics
         self._metrics = metrics
         self._clock = clock
-        self.seen = 0  # holes reported, re-read or not
         self.rereading: dict[int, Hole] = {}  # by partition
         self.left: dict[int, Hole] = {}  # by partition: waiting for a restart
         self._in_a_row: dict[int, int] = {}
@@ -170,7 +169,6 @@ class Holes:
                 extra=extra,
             )
             return Verdict.NO_RECORDS
-        self.seen += 1
         self._metrics.skipped_by_faust.inc(max(0, next_seen - first))
         in_a_row = self._in_a_row.get(partition, 0) + 1
         self._in_a_row[partition] = in_a_row

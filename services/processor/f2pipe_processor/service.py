@@ -79,8 +79,7 @@ class ProcessorService:
 
     async def handle(self, partition: int, offset: int, value: bytes | None, ack: Ack) -> None:
         """One raw record: process, output, latest values, deliver; ``ack`` when its turn comes."""
-        if self.holes.rereading or self.holes.left:
-            self.holes.record(partition, offset)
+        self.holes.record(partition, offset)
         result = await self.core.process(partition, offset, value)
         started = time.perf_counter()
         holed = partition in self.holes.partitions
