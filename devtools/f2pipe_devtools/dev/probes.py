@@ -137,6 +137,7 @@ class MqttSession:
 
 
 def identity_files(root: Path, name: str) -> tuple[Path, Path]:
+    """An identity's certificate and key among the stack's issued ones (DevStack.issued_dir)."""
     issued = root / "issued"
     return issued / f"{name}.crt", issued / f"{name}.key"
 

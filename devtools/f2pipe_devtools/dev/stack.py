@@ -269,8 +269,7 @@ class DevStack:
                 if all(p.exists() for p in self._bridge_files(n))]  # fmt: skip
 
     def _bridge_files(self, number: int) -> tuple[Path, Path]:
-        stem = scaled.bridge_identity(number)[0]
-        return self.issued_dir / f"{stem}.crt", self.issued_dir / f"{stem}.key"
+        return probes.identity_files(self.root, scaled.bridge_identity(number)[0])
 
     def _end_departed_bridges(self, departed: list[int]) -> None:
         """End each departed bridge's session, then retire its identity (issued again if the
