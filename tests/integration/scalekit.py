@@ -179,12 +179,18 @@ class Instance:
     def metric(self, name: str) -> float:
         return self.metrics().get(name, 0.0)
 
-    def kill9(self) -> None:
+    @property
+    def pid(self) -> int:
         service = self.stack.services[self.name]
         assert service.proc is not None
         assert service.running, f"{self.name} is not running"
-        os.kill(service.proc.pid, signal.SIGKILL)
-        service.proc.wait(10)
+        return service.proc.pid
+
+    def kill9(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        proc = self.stack.services[self.name].proc
+        assert proc is not None
+        proc.wait(10)
 
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.stack.services[self.name].tail().splitlines()[-lines:])

@@ -9,20 +9,22 @@ either processor answers /latest for every device (test_processor_latest_workers
 killed with SIGKILL in turn while the simulator publishes; the killed bridge comes back (its
 persistent session holds its share of the group's messages meanwhile), the killed processor
 and sink stay dead and their survivors take every partition: exactly the ledger, again. The
-third: `f2pipe bridge --workers 2` in the bridges' place, one worker killed and started again
-by the supervisor. The fourth: bridge 2 taken away mid-load and made to leave the group, as
+third: a processor and a sink frozen (SIGSTOP) past their sessions, then continued. The
+fourth: `f2pipe bridge --workers 2` in the bridges' place, one worker killed and started again
+by the supervisor. The fifth: bridge 2 taken away mid-load and made to leave the group, as
 `f2pipe dev` does for a bridge it no longer runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -54,10 +56,11 @@ SHARES = {"processor": "f2pipe_processor_assigned_partitions",
 WORK = {"bridge": "f2pipe_bridge_received_total",
         "processor": "f2pipe_processor_messages_total",
         "sink": "f2pipe_sink_rows_written_total"}  # fmt: skip
-CONTROLLERS = 36
+CONTROLLERS = 48
 SHARING = [demo_mac(n) for n in range(1, 13)]  # each test its own devices: its own /latest
 KILLING = [demo_mac(n) for n in range(13, 25)]
 WORKING = [demo_mac(n) for n in range(25, 37)]
+FREEZING = [demo_mac(n) for n in range(37, 49)]
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +165,58 @@ def test_kill_9_of_one_of_two_of_each_stage_mid_load_stores_exactly_the_ledger(
     for stage, gauge in SHARES.items():  # the survivor owns every partition
         survivor = pair(stack, stage)[0]
         assert survivor.metric(gauge) == partitions(stack, stage), logs(stack)
+
+
+@contextlib.contextmanager
+def frozen(instances: Sequence[Instance]) -> Iterator[None]:
+    """The instances stopped with SIGSTOP (a stalled VM, a swap storm), then continued."""
+    pids = [instance.pid for instance in instances]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_a_processor_and_a_sink_frozen_past_their_sessions_lose_and_double_nothing(
+    stack: DevStack, tmp_path: Path
+) -> None:
+    """Processor 2 and sink 2 frozen (SIGSTOP) mid-load until their groups have given every
+    partition to the survivors, then continued. Each wakes up holding records it had fetched
+    and not committed: whichever it meets first, its commit refused (the group moved on
+    without it: counted; in most runs here)  or its partitions taken back
+    (what it held dropped for their new owner), nothing is lost or doubled: exactly the
+    ledger is stored, the keys skip what a zombie wrote again, and what it wrote into the
+    latest values lets no older value win. Both rejoin and take a share again."""
+    all_instances_running(stack)
+    survivors, zombies = {}, {}
+    for stage in SHARES:
+        survivors[stage], zombies[stage] = pair(stack, stage)
+    before = {stage: zombie.metric(WORK[stage]) for stage, zombie in zombies.items()}
+    since_us = int(time.time() * 1e6) - 1_000_000
+    ledger = tmp_path / "freezing.jsonl"
+    simulator = load(stack, FREEZING, ledger, count=6000, rate=500)  # 12 s
+
+    def at_work() -> bool:
+        return all(z.metric(WORK[stage]) > before[stage] + 200 for stage, z in zombies.items())
+
+    wait_until(at_work, 60, "both at work", stack)
+    with frozen(list(zombies.values())):
+
+        def taken_over() -> bool:
+            return all(survivors[s].metric(SHARES[s]) == partitions(stack, s) for s in SHARES)
+
+        wait_until(taken_over, 60, "the survivors own every partition", stack)
+        assert simulator.poll() is None, "the load ended before the group moved on"
+    assert simulator.wait(120) == 0, (tmp_path / "freezing.log").read_text()[-3000:]
+    exactly_the_ledger(stack, ledger, since_us, within=90)
+    for stage in SHARES:
+        wait_until(partial(shared, stack, stage), 60, f"the {stage} back in its group", stack)
+    assert all(stack.services[z.name].running for z in zombies.values()), logs(stack)
+    # What the zombie worker wrote into the latest values on waking is no older value's win.
+    wait_all_right(list(pair(stack, "processor")), newest_in_ledger(read_ledger(ledger)), 30)
 
 
 def two_free_ports() -> int:
