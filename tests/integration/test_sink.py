@@ -91,16 +91,21 @@ class Stack:
         env.update(overrides)
         return env
 
-    def start(self, **overrides: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, port: int | None = None, *, ready: bool = True, **overrides: str
+    ) -> subprocess.Popen[bytes]:
+        """A sink on the stack's metrics port, or on ``port`` (a second sink beside it); with
+        ``ready``, once it is (partitions assigned, database up)."""
         log = (self.tmp / f"sink-{len(self.procs)}.log").open("wb")
         proc = subprocess.Popen(
             [sys.executable, "-m", "f2pipe", "sink"],
-            env=self.env(**overrides),
+            env=self.env(METRICS_PORT=str(port or self.port), **overrides),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         self.procs.append(proc)
-        wait_until(lambda: self.health()[0] == 200, 30, "the sink to be ready", proc)
+        if ready:
+            wait_until(lambda: self.health(port)[0] == 200, 30, "the sink to be ready", proc)
         return proc
 
     def logs(self) -> str:
@@ -109,17 +114,19 @@ class Stack:
             for p in sorted(self.tmp.glob("sink-*.log"))
         )
 
-    def health(self) -> tuple[int | None, dict[str, Any]]:
+    def health(self, port: int | None = None) -> tuple[int | None, dict[str, Any]]:
+        url = f"http://127.0.0.1:{port or self.port}/healthz"
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2) as r:
                 return r.status, json.loads(r.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
         except OSError:
             return None, {}
 
-    def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
+    def metrics(self, port: int | None = None) -> dict[str, float]:
+        url = f"http://127.0.0.1:{port or self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=2) as r:
             text = r.read().decode()
         values = {}
         for line in text.splitlines():
@@ -335,6 +342,50 @@ def test_kill_9_mid_batch_then_restart_lands_every_row_once(stack: Stack) -> Non
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
     print(f"second kill at {at_kill} of {len(everything)} rows")
+
+
+def test_a_write_held_past_max_poll_interval_has_its_commit_refused_and_lands_once(
+    stack: Stack,
+) -> None:
+    """A lock on telemetry.readings (a migration, an ALTER by hand) holds sink A's COPY past
+    max.poll.interval.ms (5 s here): librdkafka takes A out of the group, and sink B, started
+    meanwhile, gets every partition. When the lock goes, A's write commits, and the broker
+    refuses A's offset commit (counted; A goes on). B reads the same records from the last
+    committed offsets and writes them again, skipped by the keys: every row once, the
+    group's offsets at the end, both sinks still running."""
+    a = stack.start()
+    first = make_readings(300)
+    records = [(i % 3, batch(first[i * 100 : (i + 1) * 100])) for i in range(3)]
+    stack.produce(records)
+    wait_until(lambda: stack.committed() == {0: 1, 1: 1, 2: 1}, 20, "the first records", a)
+    refused = stack.metrics()["f2pipe_sink_offset_commit_failures_total"]
+    b_port = free_port()
+    with psycopg.connect(stack.conninfo) as lock:
+        lock.execute("LOCK TABLE telemetry.readings IN EXCLUSIVE MODE")  # writes wait
+        second = make_readings(600)
+        held = [(i % 3, batch(second[i * 100 : (i + 1) * 100])) for i in range(6)]
+        stack.produce(held)
+        wait_until(lambda: stack.metrics()["f2pipe_sink_records_total"] == 9, 20, "A reads", a)
+        wait_until(lambda: "leaving group" in stack.logs(), 20, "A out of the group", a)
+        # Started only now: Tansu completes no join that began while A was blocked.
+        b = stack.start(port=b_port, ready=False)  # ready once it has partitions
+
+        def b_owns_all() -> bool:
+            return stack.health(b_port)[1].get("assigned_partitions") == 3
+
+        wait_until(b_owns_all, 30, "B owning every partition", b)
+        assert count(stack.conninfo) == 300  # A's write still waits for the lock
+    # The lock is gone with the transaction.
+
+    def a_refused() -> bool:
+        return stack.metrics()["f2pipe_sink_offset_commit_failures_total"] > refused
+
+    wait_until(a_refused, 20, "A's commit refused", a)
+    expected = produced_per_partition(records + held)
+    wait_until(lambda: stack.committed() == expected, 30, "offsets committed to the end", b)
+    assert_exactly(stack.conninfo, first + second)
+    assert a.poll() is None, stack.logs()
+    assert b.poll() is None, stack.logs()
 
 
 def test_duplicated_messages_land_once(stack: Stack) -> None:
