@@ -185,9 +185,9 @@ def test_a_processor_and_a_sink_frozen_past_their_sessions_lose_and_double_nothi
 ) -> None:
     """Processor 2 and sink 2 frozen (SIGSTOP) mid-load until their groups have given every
     partition to the survivors, then continued. Each wakes up holding records it had fetched
-    and not committed: whichever it meets first, its commit refused (the group moved on
-    without it: counted; in most runs here)  or its partitions taken back
-    (what it held dropped for their new owner), nothing is lost or doubled: exactly the
+    and not committed. Whichever it meets first, its commit refused (the group moved on
+    without it; counted; in most runs here) or its partitions taken back (what it held
+    dropped for their new owner), nothing is lost or doubled: exactly the
     ledger is stored, the keys skip what a zombie wrote again, and what it wrote into the
     latest values lets no older value win. Both rejoin and take a share again."""
     all_instances_running(stack)
