@@ -197,7 +197,7 @@ def test_a_processor_and_a_sink_frozen_past_their_sessions_lose_and_double_nothi
     before = {stage: zombie.metric(WORK[stage]) for stage, zombie in zombies.items()}
     since_us = int(time.time() * 1e6) - 1_000_000
     ledger = tmp_path / "freezing.jsonl"
-    simulator = load(stack, FREEZING, ledger, count=6000, rate=500)  # 12 s
+    simulator = load(stack, FREEZING, ledger, count=9000, rate=500)  # 18 s; takeover: 5-6 s
 
     def at_work() -> bool:
         return all(z.metric(WORK[stage]) > before[stage] + 200 for stage, z in zombies.items())
