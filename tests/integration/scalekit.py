@@ -180,16 +180,20 @@ class Instance:
         return self.metrics().get(name, 0.0)
 
     @property
-    def pid(self) -> int:
+    def proc(self) -> subprocess.Popen[bytes]:
+        """Its running process."""
         service = self.stack.services[self.name]
         assert service.proc is not None
         assert service.running, f"{self.name} is not running"
-        return service.proc.pid
+        return service.proc
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
 
     def kill9(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)
-        proc = self.stack.services[self.name].proc
-        assert proc is not None
+        proc = self.proc
+        os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
 
     def tail(self, lines: int = 40) -> str:

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -25,6 +23,7 @@ from psycopg.conninfo import make_conninfo
 from f2pipe.seed import demo_mac
 from f2pipe_devtools.servers import PostgresServer, RedisServer
 from f2pipe_devtools.servers.proxy import TcpProxy
+from f2pipe_devtools.testkit.processes import frozen
 from f2pipe_devtools.testkit.samples import Slot, load_fleet, make_sample
 from f2pipe_processor.invalidation import RegistryListener
 from f2pipe_processor.metrics import ProcessorMetrics
@@ -53,18 +52,6 @@ PROBE_SECONDS = 0.5
 # A probe that finds Redis frozen takes its timeout (0.5 s) to say so; the shared CI machine
 # may be slow: generous, but far below the ~50 s the issue measured.
 NOTICED_WITHIN = 10.0
-
-
-@contextlib.contextmanager
-def frozen(redis_server: RedisServer) -> Iterator[None]:
-    """Redis stopped with SIGSTOP (its port still accepts connections, nothing answers)."""
-    pid = redis_server.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 def until(check: Callable[[], bool], within: float, what: str) -> float:
@@ -132,8 +119,10 @@ def test_a_frozen_redis_neither_delays_start_up_nor_hides_from_healthz(
 
         return until(seen, within, "readings of the batch")
 
+    redis_pid = redis_server.pid
+    assert redis_pid is not None
     try:
-        with frozen(redis_server):
+        with frozen(redis_pid):  # its port still accepts connections, nothing answers
             started = time.monotonic()
             worker = start_worker("processor")  # healthy (200): Redis down only degrades
             send_and_see(60, 30)
@@ -146,7 +135,7 @@ def test_a_frozen_redis_neither_delays_start_up_nor_hides_from_healthz(
         # Warm: every topic of the fleet is in the worker's memory, so no lookup reaches
         # Redis any more; only the probe can notice it freezing.
         send_and_see(60, 30)
-        with frozen(redis_server):
+        with frozen(redis_pid):
             noticed = until(lambda: redis_down(worker), NOTICED_WITHIN, "redis down, warm")
             send_and_see(60, 15)  # memory hits: processing goes on
         until(lambda: redis_back(worker), NOTICED_WITHIN, "redis up again, warm")

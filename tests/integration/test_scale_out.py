@@ -17,14 +17,13 @@ by the supervisor. The fifth: bridge 2 taken away mid-load and made to leave the
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from f2pipe_devtools.dev.instances import SHARED_GROUP
 from f2pipe_devtools.dev.stack import DevStack
 from f2pipe_devtools.servers import free_port
 from f2pipe_devtools.testkit.ledger import expected_rows, read_ledger
+from f2pipe_devtools.testkit.processes import frozen
 from tests.integration.bridgekit import session_present
 from tests.integration.scalekit import (
     Instance,
@@ -167,19 +167,6 @@ def test_kill_9_of_one_of_two_of_each_stage_mid_load_stores_exactly_the_ledger(
         assert survivor.metric(gauge) == partitions(stack, stage), logs(stack)
 
 
-@contextlib.contextmanager
-def frozen(instances: Sequence[Instance]) -> Iterator[None]:
-    """The instances stopped with SIGSTOP (a stalled VM, a swap storm), then continued."""
-    pids = [instance.pid for instance in instances]
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
-
-
 def test_a_processor_and_a_sink_frozen_past_their_sessions_lose_and_double_nothing(
     stack: DevStack, tmp_path: Path
 ) -> None:
@@ -203,7 +190,7 @@ def test_a_processor_and_a_sink_frozen_past_their_sessions_lose_and_double_nothi
         return all(z.metric(WORK[stage]) > before[stage] + 200 for stage, z in zombies.items())
 
     wait_until(at_work, 60, "both at work", stack)
-    with frozen(list(zombies.values())):
+    with frozen(*(zombie.pid for zombie in zombies.values())):
 
         def taken_over() -> bool:
             return all(survivors[s].metric(SHARES[s]) == partitions(stack, s) for s in SHARES)
