@@ -23,7 +23,7 @@ def _insert(conninfo: str, *ages: timedelta) -> None:
 @pytest.mark.engine("timescaledb")
 @pytest.mark.parametrize(
     ("interval", "start_hour", "end_hour", "in_chunk"),
-    [("6 hours", 18, 24, 2), ("1 day", 0, 24, 3), ("2 hours", 20, 22, 0)],
+    [("6 hours", 18, 24, 2), ("1 day", 0, 24, 3), ("30 minutes", 20, 20, 0)],
 )
 def test_the_written_chunk_follows_the_chunk_interval(
     pg_conninfo: str, interval: str, start_hour: int, end_hour: int, in_chunk: int

@@ -26,7 +26,10 @@ sink's reference).
    and without the index readings_device_time (a diagnosis: the last thing the suite does).
    TimescaleDB's policy jobs are paused in both databases so a compression or refresh job
    does not land in one run only; the hourly aggregate is refreshed once after the fill, as
-   its policy would have done.
+   its policy would have done. Before that, what the rate depends on: databases whose
+   written chunk holds the fleet's last 10, 30, 60, 120 and 240 minutes, each against an
+   empty chunk (`measure_written_chunk`). When the chunk interval makes END begin a chunk
+   (`--chunk-interval '30 minutes'`), the runs start in a new chunk and may cross into the next.
 3. **Grafana.** The SQL of every panel of deploy/grafana/dashboards that reads readings, the
    macros expanded as Grafana does (TimescaleDB on), for one controller with all its devices
    and datapoints, over the last 6 and 24 hours before END: median ms per panel, and again
@@ -49,6 +52,7 @@ import tracemalloc
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -769,10 +773,13 @@ def sink_windows(
 
 def measure_sink(
     report: Report, servers: Servers, series: Sequence[tuple[int, int]], repeats: int, rows: int,
-    *, first_us: int, label: str,
+    *, first_us: int, label: str, in_one_chunk: bool,
 ) -> int:  # fmt: skip
     """The writer into `empty` and into `growth`, run by run; returns where the next
-    measurement may start writing."""
+    measurement may start writing. `in_one_chunk`: the runs must stay in the chunk holding
+    END (it holds some of the fill: its fill is what is measured); else END begins a chunk
+    (30-minute chunks do), and the runs may cross into the next ones, meeting chunks of every
+    age from new, as a live table's writes do."""
     full = writer_method(servers.conninfo)
     empty = writer_method(servers.empty)
     starts = sink_windows(first_us, repeats + 1, SINK_ROWS, len(series))
@@ -781,7 +788,7 @@ def measure_sink(
     _rate(full, warm)
     _rate(empty, warm)
     # Writes stay in END's chunk: a new chunk would be empty in both databases.
-    held = written_chunk(servers.conninfo, END) if servers.timescaledb else None
+    held = written_chunk(servers.conninfo, END) if in_one_chunk else None
     last_us = starts[-1] + SINK_ROWS // len(series) * READING_PERIOD_US
     if held is not None and last_us >= held[1].timestamp() * 1_000_000:
         raise RuntimeError("the sink runs would leave END's chunk: fewer repeats or SINK_ROWS")
@@ -798,11 +805,55 @@ def measure_sink(
              " every 30 s; Writer.write, direct COPY path")  # fmt: skip
     report.add(Measurement(f"sink writer: empty table{label}", "rows/s", results["empty"], shape))
     report.add(Measurement(f"sink writer: {rows / 1e6:g} M-row table{label}", "rows/s",
-                           results["full"], "the same batches, after END"))  # fmt: skip
+                           results["full"], "the same batches, after END" + (
+                               "" if in_one_chunk else ", into chunks from new")))  # fmt: skip
     ratios = [f / e for f, e in zip(results["full"], results["empty"], strict=True)]
     report.add(Measurement(f"sink writer: {rows / 1e6:g} M rows / empty{label}", "ratio", ratios,
                            "paired run by run; target >= 0.8"))  # fmt: skip
     return starts[-1] + (SINK_ROWS // len(series) + 1) * READING_PERIOD_US
+
+
+CHUNK_FILLS_MIN = (10, 30, 60, 120, 240)  # the fleet's minutes already in the written chunk
+
+
+def measure_written_chunk(
+    report: Report, pg: PostgresServer, series: Sequence[tuple[int, int]], repeats: int
+) -> None:
+    """The sink's rate by what the chunk it writes into already holds: one database per
+    CHUNK_FILLS_MIN, its chunk holding the fleet's last minutes before END (1 day chunks:
+    all in END's), and an empty one, written in turn run by run (the order reversed every
+    other run); each run's rows are deleted again, so every run meets exactly the fill."""
+    fills = {m: m * 60_000_000 // READING_PERIOD_US * len(series) for m in (0, *CHUNK_FILLS_MIN)}
+    databases: dict[int, str] = {}
+    for minutes, rows in fills.items():
+        conninfo = pg.create_database(f"chunk{minutes}")
+        apply_migrations(conninfo)  # 1 day chunks: END's holds the whole fill
+        pause_jobs(conninfo)
+        if rows:
+            fill_readings(conninfo, series, rows)
+            settle(conninfo, timescaledb=True)
+        databases[minutes] = conninfo
+    methods = {m: writer_method(c) for m, c in databases.items()}
+    starts = sink_windows(END_US, repeats + 1, SINK_ROWS, len(series))
+    results: dict[int, list[float]] = {m: [] for m in databases}
+    for run, start in enumerate(starts):
+        batches = series_workload(series, SINK_ROWS, start)
+        order = sorted(databases) if run % 2 == 0 else sorted(databases, reverse=True)
+        for minutes in order:
+            rate = _rate(methods[minutes], batches)
+            if run:  # the first run warms up every database (connections, plans)
+                results[minutes].append(rate)
+        for conninfo in databases.values():
+            _empty_again(conninfo, END_US)
+    for minutes in CHUNK_FILLS_MIN:
+        name = f"sink writer: chunk holding {minutes} min ({fills[minutes] / 1e6:g} M rows)"
+        report.add(Measurement(name, "rows/s", results[minutes], "1 day chunks, 128MB"))
+        ratios = [r / e for r, e in zip(results[minutes], results[0], strict=True)]
+        report.add(Measurement(name + " / empty chunk", "ratio", ratios, "paired run by run"))
+    report.add(Measurement("sink writer: empty chunk (the reference)", "rows/s", results[0],
+                           "the same batches; rows deleted after every run"))  # fmt: skip
+    for minutes in databases:
+        pg.drop_database(f"chunk{minutes}")
 
 
 # -- Grafana panels ---------------------------------------------------------------------------
@@ -922,6 +973,7 @@ def _readings(
     shape = table_shape(servers.conninfo, servers.timescaledb)
     print("readings table: " + ", ".join(f"{k} {v:,.0f}" for k, v in shape.items()))
     written = shape["rows in the written chunk"]
+    in_one_chunk = written > 0  # else END begins a chunk: the runs meet new chunks
     report.add(Measurement("readings table: rows", "rows", [shape["rows"]],
                            f"{shape['chunks']:.0f} chunks; {written:,.0f} rows in the chunk "
                            "the sink writes to"))  # fmt: skip
@@ -930,19 +982,22 @@ def _readings(
     for median, plan in measure_panels(report, servers.conninfo, repeats, out_dir):
         if median >= SLOW_MS:
             print(plan, end="\n\n")
+    if servers.timescaledb:  # what the cost depends on: the written chunk's rows
+        measure_written_chunk(report, pg, series, repeats)
+    sink = partial(measure_sink, report, servers, series, repeats, rows, in_one_chunk=in_one_chunk)
     label = f" [shared_buffers {pg.shared_buffers}]"
-    after = measure_sink(report, servers, series, repeats, rows, first_us=END_US, label=label)
+    after = sink(first_us=END_US, label=label)
     # Again with production's memory for PostgreSQL: is a difference the table's size or
     # the harness's small buffer cache?
     pg.stop()
     pg.shared_buffers = tuned_shared_buffers()
     pg.start()
     label = f" [shared_buffers {pg.shared_buffers}]"
-    after = measure_sink(report, servers, series, repeats, rows, first_us=after, label=label)
+    after = sink(first_us=after, label=label)
     # Diagnosis: the same without the dashboards' index (device_id, timestamp DESC), whose
     # inserts land all over a big chunk's index while the primary key's append at its end.
     for conninfo in (servers.conninfo, servers.empty):
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute("DROP INDEX telemetry.readings_device_time")
     label += " [without readings_device_time]"
-    measure_sink(report, servers, series, repeats, rows, first_us=after, label=label)
+    sink(first_us=after, label=label)

@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--chunk-interval",
         metavar="INTERVAL",
-        help="growth: readings chunks this long, e.g. '6 hours' (readings only)",
+        help="growth: readings chunks this long, e.g. '30 minutes' (readings only)",
     )
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="JSON output directory")
     p.set_defaults(handler=_bench)
