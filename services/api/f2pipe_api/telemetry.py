@@ -15,6 +15,7 @@ query reads a bounded slice of the hypertables through their (device_id, timesta
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -30,6 +31,7 @@ MAX_MINUTES = 24 * 60
 MAX_POINTS = 360
 RATE_MINUTES = 10
 RECENT_EVENTS = 20
+BUCKET_STEPS_S = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600)  # divide an hour
 Minutes = Annotated[int, Query(ge=1, le=MAX_MINUTES, description="how far back, in minutes")]
 
 router = APIRouter(tags=["telemetry"])
@@ -132,8 +134,13 @@ WHERE l.controller_mac IS NOT NULL
 GROUP BY l.controller_mac ORDER BY l.controller_mac"""
 
 
-def _bucket(minutes: int) -> timedelta:
-    return timedelta(seconds=max(1.0, minutes * 60 / MAX_POINTS))
+def bucket(minutes: int) -> timedelta:
+    """The shortest round step giving at most MAX_POINTS points over `minutes`. Round, since
+    date_bin counts steps from 2000-01-01: a step like 10 min / 360 (1.666667 s, rounded to
+    the microsecond) would put its bins ever further from round clock times, so readings a
+    second apart at hh:mm:10 would fall in one bin for weeks and in two for the next weeks."""
+    wanted = minutes * 60 / MAX_POINTS
+    return timedelta(seconds=next((s for s in BUCKET_STEPS_S if s >= wanted), math.ceil(wanted)))
 
 
 def _devices(rows: list[tuple[Any, ...]]) -> dict[int, DeviceTelemetry]:
@@ -175,7 +182,7 @@ async def controller_telemetry(
         latest = await conn.execute(_LATEST, ([k[0] for k in keys], [k[1] for k in keys]))
         for device_id, dp_id, t, v in await latest.fetchall():
             points[(device_id, dp_id)].latest = Point(t=t, v=v)
-        step, ids = _bucket(minutes), list(devices)
+        step, ids = bucket(minutes), list(devices)
         series = await conn.execute(_SERIES, (step, ids, timedelta(minutes=minutes)))
         for device_id, dp_id, t, v in await series.fetchall():
             if (found := points.get((device_id, dp_id))) is not None:
