@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import psycopg
 import redis
@@ -63,7 +63,7 @@ from psycopg.rows import TupleRow
 from f2pipe.migrate import apply_migrations
 from f2pipe.seed import CONNECTOR_MODES, LAYOUT, seed_demo
 from f2pipe_devtools.bench.report import Measurement, Report
-from f2pipe_devtools.bench.sink import Batch, writer_method
+from f2pipe_devtools.bench.sink import Batch, Method, writer_method
 from f2pipe_devtools.servers import PostgresServer, RedisServer
 from f2pipe_devtools.servers.postgres import postgres_bin_dir, timescaledb_installed
 from f2pipe_processor.metrics import ProcessorMetrics
@@ -75,6 +75,7 @@ from f2pipe_shared.topics import parse_topic
 from f2pipe_sink.batch import take
 
 Connection = psycopg.Connection[TupleRow]
+K = TypeVar("K")  # what alternating_rates names its writers by
 
 BASE_MAC = 0x02F3_0000_0000  # locally administered; no clash with seed-demo or the importer
 BATCH = 500  # messages per raw record, as the bridge batches them
@@ -771,42 +772,49 @@ def sink_windows(
     return [first_us + run * span for run in range(runs)]
 
 
+def alternating_rates(
+    methods: Mapping[K, Method], series: Sequence[tuple[int, int]], starts: Sequence[int],
+    emptied: Iterable[str],
+) -> dict[K, list[float]]:  # fmt: skip
+    """Each writer's rows/s over the same batches, a run from each of starts[1:] (starts[0]
+    warms every database up: connections, plans, the chunk), the order reversed every other
+    run so a drift of the machine hits all alike. The `emptied` databases lose each run's
+    rows (those from END on), so every run meets what they held before it."""
+    rates: dict[K, list[float]] = {name: [] for name in methods}
+    names, emptied = list(methods), list(emptied)
+    for run, start in enumerate(starts):
+        batches = series_workload(series, SINK_ROWS, start)
+        for name in names if run % 2 else names[::-1]:
+            rate = _rate(methods[name], batches)
+            if run:
+                rates[name].append(rate)
+        for conninfo in emptied:
+            _empty_again(conninfo, END_US)
+    return rates
+
+
 def measure_sink(
     report: Report, servers: Servers, series: Sequence[tuple[int, int]], repeats: int, rows: int,
-    *, first_us: int, label: str, in_one_chunk: bool,
+    *, first_us: int, label: str, stay_in: tuple[datetime, datetime] | None,
 ) -> int:  # fmt: skip
     """The writer into `empty` and into `growth`, run by run; returns where the next
-    measurement may start writing. `in_one_chunk`: the runs must stay in the chunk holding
-    END (it holds some of the fill: its fill is what is measured); else END begins a chunk
-    (30-minute chunks do), and the runs may cross into the next ones, meeting chunks of every
+    measurement may start writing. `stay_in`: the chunk the runs must not leave (END's, when
+    it holds some of the fill: its fill is what is measured); None when END begins a chunk
+    (30-minute chunks do): the runs may then cross into the next ones, meeting chunks of every
     age from new, as a live table's writes do."""
-    full = writer_method(servers.conninfo)
-    empty = writer_method(servers.empty)
     starts = sink_windows(first_us, repeats + 1, SINK_ROWS, len(series))
-    # Warm-up on both (connections, plans, the chunk after END); the empty one emptied again.
-    warm = series_workload(series, SINK_ROWS, starts[0])
-    _rate(full, warm)
-    _rate(empty, warm)
     # Writes stay in END's chunk: a new chunk would be empty in both databases.
-    held = written_chunk(servers.conninfo, END) if in_one_chunk else None
     last_us = starts[-1] + SINK_ROWS // len(series) * READING_PERIOD_US
-    if held is not None and last_us >= held[1].timestamp() * 1_000_000:
+    if stay_in is not None and last_us >= stay_in[1].timestamp() * 1_000_000:
         raise RuntimeError("the sink runs would leave END's chunk: fewer repeats or SINK_ROWS")
-    _empty_again(servers.empty, END_US)
-    results: dict[str, list[float]] = {"empty": [], "full": []}
-    for run, start in enumerate(starts[1:]):
-        batches = series_workload(series, SINK_ROWS, start)
-        # Alternate which goes first, so a drift of the machine hits both alike.
-        order = ("empty", "full") if run % 2 == 0 else ("full", "empty")
-        for name in order:
-            results[name].append(_rate(empty if name == "empty" else full, batches))
-        _empty_again(servers.empty, END_US)
+    methods = {"empty": writer_method(servers.empty), "full": writer_method(servers.conninfo)}
+    results = alternating_rates(methods, series, starts, [servers.empty])
     shape = (f"{SINK_ROWS // BATCH_ROWS} x {BATCH_ROWS:,}-row batches of {len(series):,} series"
              " every 30 s; Writer.write, direct COPY path")  # fmt: skip
     report.add(Measurement(f"sink writer: empty table{label}", "rows/s", results["empty"], shape))
     report.add(Measurement(f"sink writer: {rows / 1e6:g} M-row table{label}", "rows/s",
                            results["full"], "the same batches, after END" + (
-                               "" if in_one_chunk else ", into chunks from new")))  # fmt: skip
+                               "" if stay_in else ", into chunks from new")))  # fmt: skip
     ratios = [f / e for f, e in zip(results["full"], results["empty"], strict=True)]
     report.add(Measurement(f"sink writer: {rows / 1e6:g} M rows / empty{label}", "ratio", ratios,
                            "paired run by run; target >= 0.8"))  # fmt: skip
@@ -821,8 +829,8 @@ def measure_written_chunk(
 ) -> None:
     """The sink's rate by what the chunk it writes into already holds: one database per
     CHUNK_FILLS_MIN, its chunk holding the fleet's last minutes before END (1 day chunks:
-    all in END's), and an empty one, written in turn run by run (the order reversed every
-    other run); each run's rows are deleted again, so every run meets exactly the fill."""
+    all in END's), and an empty one, written in turn run by run; each run's rows are deleted
+    again, so every run meets exactly the fill."""
     fills = {m: m * 60_000_000 // READING_PERIOD_US * len(series) for m in (0, *CHUNK_FILLS_MIN)}
     databases: dict[int, str] = {}
     for minutes, rows in fills.items():
@@ -835,16 +843,7 @@ def measure_written_chunk(
         databases[minutes] = conninfo
     methods = {m: writer_method(c) for m, c in databases.items()}
     starts = sink_windows(END_US, repeats + 1, SINK_ROWS, len(series))
-    results: dict[int, list[float]] = {m: [] for m in databases}
-    for run, start in enumerate(starts):
-        batches = series_workload(series, SINK_ROWS, start)
-        order = sorted(databases) if run % 2 == 0 else sorted(databases, reverse=True)
-        for minutes in order:
-            rate = _rate(methods[minutes], batches)
-            if run:  # the first run warms up every database (connections, plans)
-                results[minutes].append(rate)
-        for conninfo in databases.values():
-            _empty_again(conninfo, END_US)
+    results = alternating_rates(methods, series, starts, databases.values())
     for minutes in CHUNK_FILLS_MIN:
         name = f"sink writer: chunk holding {minutes} min ({fills[minutes] / 1e6:g} M rows)"
         report.add(Measurement(name, "rows/s", results[minutes], "1 day chunks, 128MB"))
@@ -973,7 +972,8 @@ def _readings(
     shape = table_shape(servers.conninfo, servers.timescaledb)
     print("readings table: " + ", ".join(f"{k} {v:,.0f}" for k, v in shape.items()))
     written = shape["rows in the written chunk"]
-    in_one_chunk = written > 0  # else END begins a chunk: the runs meet new chunks
+    # The chunk the sink's runs stay in; None: END begins a chunk, the runs meet new chunks.
+    stay_in = written_chunk(servers.conninfo, END) if servers.timescaledb else None
     report.add(Measurement("readings table: rows", "rows", [shape["rows"]],
                            f"{shape['chunks']:.0f} chunks; {written:,.0f} rows in the chunk "
                            "the sink writes to"))  # fmt: skip
@@ -984,7 +984,7 @@ def _readings(
             print(plan, end="\n\n")
     if servers.timescaledb:  # what the cost depends on: the written chunk's rows
         measure_written_chunk(report, pg, series, repeats)
-    sink = partial(measure_sink, report, servers, series, repeats, rows, in_one_chunk=in_one_chunk)
+    sink = partial(measure_sink, report, servers, series, repeats, rows, stay_in=stay_in)
     label = f" [shared_buffers {pg.shared_buffers}]"
     after = sink(first_us=END_US, label=label)
     # Again with production's memory for PostgreSQL: is a difference the table's size or
